@@ -1,0 +1,26 @@
+"""lightning_prune: prune language models while they train, with PyTorch Lightning callbacks."""
+
+from lightning_prune.callbacks import ImportanceTracking, ScheduledPruning
+from lightning_prune.importance import CRITERIA, Criterion, get_criterion
+from lightning_prune.masks import compute_masks
+from lightning_prune.schedules import AtEpochs, AtSteps, Cubic, Linear, OneShot, Schedule
+from lightning_prune.selection import select_parameters
+from lightning_prune.trackers import RunningStats
+
+__all__ = [
+    "CRITERIA",
+    "AtEpochs",
+    "AtSteps",
+    "Criterion",
+    "Cubic",
+    "ImportanceTracking",
+    "Linear",
+    "OneShot",
+    "RunningStats",
+    "Schedule",
+    "ScheduledPruning",
+    "compute_masks",
+    "get_criterion",
+    "select_parameters",
+]
+__version__ = "0.1.0"

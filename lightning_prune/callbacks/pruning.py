@@ -1,0 +1,263 @@
+"""``ScheduledPruning``: prunes to the schedule's target and holds the masks through every later step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_prune.callbacks.tracking import ImportanceTracking
+from lightning_prune.importance import get_criterion
+from lightning_prune.masks import apply_masks_, compute_masks, parse_pattern, sparsity_report
+from lightning_prune.schedules import AtEpochs, Schedule, check_sparsity
+from lightning_prune.selection import in_dim, select_parameters
+from lightning_prune.trackers import RunningStats
+
+__all__ = ["ScheduledPruning"]
+
+
+class ScheduledPruning(Callback):
+    """Prune the selected weights to the target sparsity of a schedule, from importance judged over the run.
+
+    At the start of every training batch the schedule is read at ``trainer.global_step`` (``unit="step"``) or
+    ``trainer.current_epoch`` (``unit="epoch"``); when its target exceeds the sparsity already reached, scores
+    are computed by the criterion (already-pruned entries score −inf, so they stay pruned), new masks are
+    computed and broadcast from process 0, and the weights and the optimizer's state (Adam moments, momentum)
+    of pruned entries are set to zero. From then on the masks hold: gradients of pruned entries are zeroed in
+    ``on_before_optimizer_step`` and the weights re-zeroed right after every ``optimizer.step``. Parameters
+    keep their names: masks live in this callback's ``state_dict`` (bool tensors keyed by fqn), never in the
+    model.
+
+    Args:
+        schedule: a :class:`~lightning_prune.schedules.Schedule`, or ``{epoch: sparsity}`` for
+            :class:`~lightning_prune.schedules.AtEpochs`.
+        criterion: a name from :data:`~lightning_prune.importance.CRITERIA` or a callable
+            ``(fqn, weight, stats) -> scores``.
+        scope: ``"global"`` (one ranking over all selected weights) or ``"layer"`` (each weight on its own).
+        pattern: ``"unstructured"``, ``"N:M"`` such as ``"2:4"``, or ``"row"`` (whole output neurons).
+        max_layer_sparsity: with global scope, no single weight is pruned beyond this fraction.
+        parameters: fqn glob patterns of the weights to prune (default: the Linear weights inside the blocks).
+        exclude: fqn glob patterns to leave out.
+        log_histograms: add score histograms at each pruning event when a logger is TensorBoard.
+        name: distinguishes several instances in one checkpoint (``state_key``).
+
+    Raises:
+        ValueError: for an unknown criterion, scope or pattern, a sparsity outside [0, 1), a schedule past the
+            run's end, patterns that match nothing, N:M on a dim not divisible by M, or masks in a checkpoint
+            that do not fit the model.
+
+    Example:
+        >>> pruning = ScheduledPruning(AtEpochs({2: 0.3, 4: 0.5, 6: 0.6}), criterion="running_magnitude")
+        >>> trainer = pl.Trainer(max_epochs=8, callbacks=[ImportanceTracking(), pruning])
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule | Mapping[int, float],
+        criterion: str | Callable[..., Tensor] = "magnitude",
+        scope: str = "global",
+        pattern: str = "unstructured",
+        max_layer_sparsity: float | None = None,
+        parameters: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        log_histograms: bool = True,
+        name: str | None = None,
+    ) -> None:
+        self.schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
+        self.criterion = get_criterion(criterion)
+        if scope not in ("global", "layer"):
+            raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}.")
+        self.kind, self.n, self.m = parse_pattern(pattern)
+        end = self.schedule.end_sparsity()
+        if self.kind == "nm" and end > (self.m - self.n) / self.m:
+            raise ValueError(
+                f"pattern {pattern!r} allows at most {(self.m - self.n) / self.m} sparsity, schedule ends at {end}."
+            )
+        if max_layer_sparsity is not None:
+            check_sparsity(max_layer_sparsity, "max_layer_sparsity")
+            if max_layer_sparsity < end:
+                raise ValueError(
+                    f"max_layer_sparsity={max_layer_sparsity} is below the schedule's final sparsity {end}."
+                )
+        self.scope, self.pattern, self.max_layer_sparsity = scope, pattern, max_layer_sparsity
+        self.patterns, self.exclude = (list(parameters) if parameters is not None else None), list(exclude)
+        self.log_histograms, self.name = log_histograms, name
+        self.sparsity = 0.0  # target reached so far
+        self.masks: dict[str, Tensor] = {}  # fqn -> bool, True keeps
+        self.events: list[dict[str, float]] = []  # one record per pruning event
+        self._params: dict[str, torch.nn.Parameter] = {}
+        self._in_dims: dict[str, int] = {}
+        self._pruned: dict[str, Tensor] = {}  # fqn -> bool, True where pruned (~mask), for masked_fill_
+        self._handles: list[Any] = []
+        self._pending: dict[str, Any] | None = None
+        self._tracking: ImportanceTracking | None = None
+
+    # ---- setup: validate everything before the first step --------------------------------------------------
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        selected = select_parameters(pl_module, self.patterns, self.exclude)
+        self._params = {f: p for f, (_, p) in selected.items()}
+        self._in_dims = {f: in_dim(module) if p.dim() == 2 else p.dim() - 1 for f, (module, p) in selected.items()}
+        self.schedule.check_fits(trainer.max_epochs, trainer.max_steps)
+        if self.kind == "nm":
+            for f, p in self._params.items():
+                d = self._in_dims[f]
+                if p.shape[d] % self.m:
+                    raise ValueError(
+                        f"{f}: input dim of size {p.shape[d]} is not divisible by M={self.m} ({self.pattern})."
+                    )
+        if self.criterion.stats:
+            trackers = [cb for cb in trainer.callbacks if isinstance(cb, ImportanceTracking)]
+            if not trackers:
+                raise ValueError(
+                    f"criterion {self.criterion.name!r} reads running statistics {self.criterion.stats}: add "
+                    "ImportanceTracking() to the Trainer's callbacks."
+                )
+            self._tracking = trackers[0]
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._tracking is not None:
+            missing = sorted(set(self._params) - set(self._tracking.fqns))
+            if missing:
+                raise ValueError(f"ImportanceTracking does not track parameters that are to be pruned: {missing[:5]}.")
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+        self._hold_(trainer)
+        for optimizer in trainer.optimizers:
+            self._handles.append(optimizer.register_step_post_hook(lambda *_: apply_masks_(self._params, self._pruned)))
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # ---- the training loop ---------------------------------------------------------------------------------
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        t = trainer.global_step if self.schedule.unit == "step" else trainer.current_epoch
+        target = self.schedule(t)
+        if target > self.sparsity:
+            self.prune(trainer, target)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        apply_masks_({f: p.grad for f, p in self._params.items()}, self._pruned)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer)
+
+    # ---- pruning -------------------------------------------------------------------------------------------
+
+    def prune(self, trainer: pl.Trainer, target: float) -> None:
+        """Compute new masks at ``target`` sparsity, make them identical on all processes and hold them."""
+        stats = self._tracking.stats if self._tracking is not None else None
+        scores = self.scores(stats)
+        masks = compute_masks(scores, target, self.scope, self.pattern, self.max_layer_sparsity, self._in_dims)
+        masks = trainer.strategy.broadcast({f: m.cpu() for f, m in masks.items()}, src=0)
+        self._set_masks({f: m.to(self._params[f].device) for f, m in masks.items()})
+        self.sparsity = target
+        self._hold_(trainer)
+        measured = self._log(trainer, scores)
+        self.events.append(
+            {"step": trainer.global_step, "epoch": trainer.current_epoch, "target": target, "sparsity": measured}
+        )
+
+    @torch.no_grad()
+    def scores(self, stats: RunningStats | None) -> dict[str, Tensor]:
+        """Criterion scores per fqn, with −inf where entries are already pruned."""
+        scores = {}
+        for f, p in self._params.items():
+            s = self.criterion(f, p, stats).float()
+            if f in self._pruned:
+                s = s.masked_fill(self._pruned[f], float("-inf"))
+            scores[f] = s
+        return scores
+
+    def _set_masks(self, masks: Mapping[str, Tensor]) -> None:
+        for f, m in masks.items():
+            keep = m.bool() if f not in self.masks else m.bool() & self.masks[f]  # never un-prune
+            self.masks[f] = keep
+            self._pruned[f] = ~keep
+
+    @torch.no_grad()
+    def _hold_(self, trainer: pl.Trainer) -> None:
+        """Zero the pruned entries of the weights and of every optimizer state tensor shaped like them."""
+        if not self._pruned:
+            return
+        apply_masks_(self._params, self._pruned)
+        for optimizer in trainer.optimizers:
+            for f, p in self._params.items():
+                for value in optimizer.state.get(p, {}).values():
+                    if isinstance(value, Tensor) and value.shape == p.shape:
+                        value.masked_fill_(self._pruned[f], 0)
+
+    # ---- logging -------------------------------------------------------------------------------------------
+
+    def _log(self, trainer: pl.Trainer, scores: Mapping[str, Tensor] | None = None) -> float:
+        measured, per_layer = sparsity_report({f: p.detach() for f, p in self._params.items()})
+        prefix = f"sparsity/{self.name}" if self.name else "sparsity"
+        metrics = {f"{prefix}/global": measured, f"{prefix}/target": self.sparsity}
+        metrics.update({f"{prefix}/layer/{f}": s for f, s in per_layer.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            if scores is not None and self.log_histograms and isinstance(logger, TensorBoardLogger):
+                for f, s in scores.items():
+                    finite = s[torch.isfinite(s)]
+                    if finite.numel():
+                        logger.experiment.add_histogram(f"scores/{f}", finite.cpu(), trainer.global_step)
+        return measured
+
+    # ---- checkpoint ----------------------------------------------------------------------------------------
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return f"ScheduledPruning[{self.name}]" if self.name else "ScheduledPruning"
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        if self._pending is not None:
+            return dict(self._pending)
+        return {
+            "masks": {f: m.clone() for f, m in self.masks.items()},
+            "shapes": {f: list(p.shape) for f, p in self._params.items()},
+            "sparsity": self.sparsity,
+            "events": [dict(e) for e in self.events],
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        shapes = {f: tuple(s) for f, s in state["shapes"].items()}
+        mine = {f: tuple(p.shape) for f, p in self._params.items()}
+        if shapes != mine:
+            missing, extra = sorted(set(mine) - set(shapes)), sorted(set(shapes) - set(mine))
+            wrong = [f"{f}: {shapes[f]} vs {mine[f]}" for f in set(mine) & set(shapes) if shapes[f] != mine[f]]
+            raise ValueError(
+                "the checkpoint's masks do not fit this model (another model or another parameter selection): "
+                f"missing {missing[:5]}, unexpected {extra[:5]}, shape mismatches {wrong[:5]}."
+            )
+        self.masks, self._pruned = {}, {}
+        self._set_masks({f: m.to(self._params[f].device) for f, m in state["masks"].items()})
+        self.sparsity = float(state["sparsity"])
+        self.events = [dict(e) for e in state["events"]]

@@ -1,0 +1,102 @@
+"""Which parameters to prune: by module type and fqn patterns, with a default for transformer models.
+
+The default selects the 2-D weights of ``nn.Linear`` layers, ``transformers``' ``Conv1D`` layers (GPT-2) and
+``nn.MultiheadAttention``'s ``in_proj_weight`` that sit inside numbered blocks (an fqn with a number in it,
+e.g. ``transformer.h.3.mlp.c_fc.weight``). Embeddings, norms, biases and the output head are left out: a
+layer whose name matches :data:`HEAD_PATTERNS`. A model without numbered blocks falls back to all such
+weights except those shaped like an embedding matrix (the output head).
+
+Example:
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    >>> list(select_parameters(model, ["0.weight"]))
+    ['0.weight']
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+__all__ = ["HEAD_PATTERNS", "in_dim", "select_parameters"]
+
+HEAD_PATTERNS = ("*lm_head*", "*classifier*", "*score*", "*pooler*", "*qa_outputs*", "*cls.*")
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")  # transformers.pytorch_utils.Conv1D
+
+
+def _candidates(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Parameter]]:
+    """``{fqn: (module, weight)}`` for every prunable matrix in the model."""
+    found: dict[str, tuple[nn.Module, nn.Parameter]] = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.Linear) or _is_conv1d(module):
+            found[prefix + "weight"] = (module, module.weight)
+        elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+            found[prefix + "in_proj_weight"] = (module, module.in_proj_weight)
+    return found
+
+
+def in_dim(module: nn.Module) -> int:
+    """The input dim of a layer's weight: 0 for ``Conv1D`` (weight is (in, out)), else 1 ((out, in))."""
+    return 0 if _is_conv1d(module) else 1
+
+
+def _matches(fqn: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(fqn, p) for p in patterns)
+
+
+def _default(model: nn.Module, found: dict[str, tuple[nn.Module, nn.Parameter]]) -> list[str]:
+    ok = [f for f, (_, p) in found.items() if p.dim() == 2 and not _matches(f, HEAD_PATTERNS)]
+    in_blocks = [f for f in ok if re.search(r"\.\d+\.", f)]
+    if in_blocks:
+        return in_blocks
+    embeddings = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+    shapes = {tuple(e.shape) for e in embeddings}
+    return [f for f in ok if tuple(found[f][1].shape) not in shapes]  # the output head has the embedding's shape
+
+
+def select_parameters(
+    model: nn.Module,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> dict[str, tuple[nn.Module, nn.Parameter]]:
+    """Select prunable weights by fqn glob patterns.
+
+    Args:
+        model: the model whose ``named_parameters`` fqns are matched.
+        include: glob patterns over parameter fqns (``"*.mlp.*.weight"``); None for the default above. A pattern
+            may name any parameter of the model, not only Linear weights.
+        exclude: glob patterns removed from the selection.
+
+    Returns:
+        ``{fqn: (owning module, parameter)}`` in model order.
+
+    Raises:
+        ValueError: if an include or exclude pattern matches no parameter, or nothing is left selected.
+    """
+    found = _candidates(model)
+    if include is None:
+        chosen = _default(model, found)
+    else:
+        params = dict(model.named_parameters())
+        modules = dict(model.named_modules())
+        for p in include:
+            if not any(fnmatch.fnmatchcase(f, p) for f in params):
+                raise ValueError(f"parameter pattern {p!r} matches no parameter; fqns look like {list(params)[:4]}.")
+        chosen = [f for f in params if _matches(f, include)]
+        for f in chosen:
+            if f not in found:
+                owner = modules[f.rpartition(".")[0]]
+                found[f] = (owner, params[f])
+    for p in exclude:
+        if not any(fnmatch.fnmatchcase(f, p) for f in chosen):
+            raise ValueError(f"exclude pattern {p!r} matches no selected parameter; selected: {chosen[:4]}...")
+    chosen = [f for f in chosen if not _matches(f, exclude)]
+    if not chosen:
+        raise ValueError("no parameter selected for pruning: give `parameters` patterns such as ['*.weight'].")
+    return {f: found[f] for f in chosen}

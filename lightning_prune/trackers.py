@@ -1,0 +1,249 @@
+"""Running statistics per parameter, keyed by the parameter's dotted name (``fqn``).
+
+Statistics (each kept only if asked for, so memory is one state tensor per statistic per tracked weight):
+
+==================  ===================================================================================
+``abs_weight``      exponential moving average of |w|: m_1 = |w_1|, m_n = β·m_{n-1} + (1-β)·|w_n|
+``abs_grad``        exponential moving average of |g|, same recursion
+``movement``        running sum Σ_n w_n·g_n (movement pruning scores −Σ w·g, Sanh et al. 2020)
+``taylor``          running sum Σ_n |w_n·g_n| (first-order Taylor importance, Molchanov et al. 2019)
+``time_weighted``   time-weighted average of |w| over snapshots (one per epoch by default), later snapshots
+                    weigh more: Σ_i c_i·|w_i| / Σ_i c_i with c_i = √i for snapshot i = 1, 2, ... over the
+                    last ``window`` snapshots (all if ``window`` is None) — "Systematic Weight Evaluation
+                    for Pruning LLMs", arXiv 2502.17071
+==================  ===================================================================================
+
+A step whose gradients hold a NaN or an infinity is skipped and counted in ``skipped``; it is never folded
+into the statistics. Updates run under ``torch.no_grad()`` with ``torch._foreach_*`` kernels: one fused
+pass per statistic, no per-element Python.
+
+Example:
+    >>> w = torch.nn.Parameter(torch.ones(2, 2))
+    >>> stats = RunningStats({"w": w}, stats=("abs_weight",), decay=0.5)
+    >>> w.grad = torch.zeros(2, 2)
+    >>> stats.update({"w": w})
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["STATS", "RunningStats", "snapshot_weights"]
+
+STATS = ("abs_weight", "abs_grad", "movement", "taylor", "time_weighted")
+_WEIGHTINGS: dict[str, Callable[[int], float]] = {
+    "sqrt": math.sqrt,
+    "linear": float,
+    "uniform": lambda i: 1.0,
+}
+
+
+def snapshot_weights(weighting: str | Callable[[int], float]) -> Callable[[int], float]:
+    """Resolve a weighting name (``sqrt``, ``linear``, ``uniform``) or callable c(i) for snapshot i >= 1."""
+    if callable(weighting):
+        return weighting
+    if weighting not in _WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {sorted(_WEIGHTINGS)} or a callable, got {weighting!r}.")
+    return _WEIGHTINGS[weighting]
+
+
+class RunningStats:
+    """Running statistics for a fixed set of named parameters.
+
+    Args:
+        params: ``{fqn: parameter}``; only shapes, devices and names are read here.
+        stats: which statistics to keep, a subset of :data:`STATS`.
+        decay: β of the exponential moving averages, in [0, 1).
+        every: fold in one optimizer step out of ``every`` (the others are counted, not read).
+        dtype: dtype of the state tensors (``torch.bfloat16`` halves the memory of ``float32``).
+        window: number of most recent snapshots in ``time_weighted`` (None: all, kept as a running sum).
+        weighting: snapshot weighting c(i): ``"sqrt"`` (default), ``"linear"``, ``"uniform"`` or a callable.
+
+    Raises:
+        ValueError: for an unknown statistic, a decay outside [0, 1), ``every`` < 1 or ``window`` < 1.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, Tensor],
+        stats: Iterable[str] = ("abs_weight", "abs_grad"),
+        decay: float = 0.99,
+        every: int = 1,
+        dtype: torch.dtype = torch.float32,
+        window: int | None = None,
+        weighting: str | Callable[[int], float] = "sqrt",
+    ) -> None:
+        self.stats = tuple(dict.fromkeys(stats))
+        unknown = [s for s in self.stats if s not in STATS]
+        if unknown:
+            raise ValueError(f"unknown statistics {unknown}; allowed: {list(STATS)}.")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every!r}.")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {window!r}.")
+        self.decay, self.every, self.dtype, self.window = decay, every, dtype, window
+        self.weight_of = snapshot_weights(weighting)
+        self.fqns = list(params)
+        self.shapes = {fqn: tuple(p.shape) for fqn, p in params.items()}
+        self.calls = 0  # optimizer steps seen
+        self.steps = 0  # steps folded into the statistics
+        self.skipped = 0  # steps skipped for non-finite gradients
+        self.snapshots = 0  # snapshots taken for time_weighted
+        self.state: dict[str, dict[str, Tensor]] = {}
+        for stat in self.stats:
+            if stat == "time_weighted" and window is not None:
+                continue  # kept as a ring of snapshots below
+            self.state[stat] = {fqn: torch.zeros_like(p, dtype=dtype) for fqn, p in params.items()}
+        self.twa_norm = 0.0  # Σ c_i over the snapshots in the running sum
+        self.ring: list[dict[str, Tensor]] = []  # window snapshots of |w|, oldest first
+        self.ring_index: list[int] = []  # their snapshot numbers i
+
+    @torch.no_grad()
+    def update(self, params: Mapping[str, Tensor]) -> bool:
+        """Fold one optimizer step (``p`` and ``p.grad``) into the statistics.
+
+        Returns:
+            True if folded in; False if skipped (not this step's turn, or a non-finite gradient).
+        """
+        self.calls += 1
+        if (self.calls - 1) % self.every:
+            return False
+        needs_grad = any(s in self.state for s in ("abs_grad", "movement", "taylor"))
+        weights = [params[f].detach() for f in self.fqns]
+        grads: list[Tensor] = []
+        if needs_grad:
+            grads = [_grad_or_zeros(params[f]) for f in self.fqns]
+            if not _all_finite(grads):
+                self.skipped += 1
+                return False
+        first = self.steps == 0
+        if "abs_weight" in self.state:
+            self._ema_(self.state["abs_weight"], torch._foreach_abs(weights), first)
+        if "abs_grad" in self.state:
+            self._ema_(self.state["abs_grad"], torch._foreach_abs(grads), first)
+        if "movement" in self.state or "taylor" in self.state:
+            prods = torch._foreach_mul(weights, grads)  # w·g per entry
+            if "movement" in self.state:
+                self._add_(self.state["movement"], prods)
+            if "taylor" in self.state:
+                torch._foreach_abs_(prods)
+                self._add_(self.state["taylor"], prods)
+        self.steps += 1
+        return True
+
+    @torch.no_grad()
+    def snapshot(self, params: Mapping[str, Tensor]) -> None:
+        """Record |w| as the next snapshot of the time-weighted average (call once per epoch)."""
+        if "time_weighted" not in self.stats:
+            return
+        self.snapshots += 1
+        c = self.weight_of(self.snapshots)
+        abs_w = torch._foreach_abs([params[f].detach() for f in self.fqns])
+        if self.window is None:
+            self._add_(self.state["time_weighted"], abs_w, alpha=c)
+            self.twa_norm += c
+            return
+        self.ring.append({f: a.to(self.dtype) for f, a in zip(self.fqns, abs_w)})
+        self.ring_index.append(self.snapshots)
+        del self.ring[: -self.window], self.ring_index[: -self.window]
+
+    def value(self, stat: str, fqn: str) -> Tensor:
+        """The statistic for one parameter, as float32 (the EMA, the sum, or the time-weighted average).
+
+        Raises:
+            KeyError: if the statistic is not kept or the fqn is not tracked.
+            RuntimeError: if nothing has been folded in yet, so the value would be meaningless.
+        """
+        if stat not in self.stats:
+            raise KeyError(f"statistic {stat!r} is not tracked; tracked: {list(self.stats)}.")
+        if fqn not in self.shapes:
+            raise KeyError(f"parameter {fqn!r} is not tracked.")
+        if stat == "time_weighted":
+            return self._time_weighted(fqn)
+        if self.steps == 0:
+            raise RuntimeError(f"no optimizer step has been folded into {stat!r} yet (skipped: {self.skipped}).")
+        return self.state[stat][fqn].float()
+
+    def _time_weighted(self, fqn: str) -> Tensor:
+        if self.snapshots == 0:
+            raise RuntimeError("time_weighted needs at least one snapshot (one finished epoch) before pruning.")
+        if self.window is None:
+            return self.state["time_weighted"][fqn].float() / self.twa_norm
+        cs = [self.weight_of(i) for i in self.ring_index]
+        total = sum(c * snap[fqn].float() for c, snap in zip(cs, self.ring))
+        return total / sum(cs)
+
+    def _ema_(self, state: dict[str, Tensor], values: list[Tensor], first: bool) -> None:
+        targets = [state[f] for f in self.fqns]
+        values = [v.to(self.dtype) for v in values] if values and values[0].dtype != self.dtype else values
+        if first:
+            torch._foreach_copy_(targets, values)
+        else:
+            torch._foreach_lerp_(targets, values, 1.0 - self.decay)
+
+    def _add_(self, state: dict[str, Tensor], values: list[Tensor], alpha: float = 1.0) -> None:
+        targets = [state[f] for f in self.fqns]
+        values = [v.to(self.dtype) for v in values] if values and values[0].dtype != self.dtype else values
+        torch._foreach_add_(targets, values, alpha=alpha)
+
+    def nbytes(self) -> int:
+        """Bytes held by the state tensors."""
+        held = [t for per in self.state.values() for t in per.values()] + [t for s in self.ring for t in s.values()]
+        return sum(t.numel() * t.element_size() for t in held)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and numbers; restored with :meth:`load_state_dict`."""
+        return {
+            "stats": list(self.stats),
+            "shapes": {f: list(s) for f, s in self.shapes.items()},
+            "counters": {"calls": self.calls, "steps": self.steps, "skipped": self.skipped},
+            "snapshots": self.snapshots,
+            "twa_norm": self.twa_norm,
+            "state": {stat: {f: t.clone() for f, t in per.items()} for stat, per in self.state.items()},
+            "ring": [{f: t.clone() for f, t in snap.items()} for snap in self.ring],
+            "ring_index": list(self.ring_index),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`, checking that it was made for the same parameters and statistics.
+
+        Raises:
+            ValueError: if the statistics, parameter names or shapes differ from this tracker's.
+        """
+        shapes = {f: tuple(s) for f, s in state["shapes"].items()}
+        if set(shapes) != set(self.shapes):
+            missing, extra = sorted(set(self.shapes) - set(shapes)), sorted(set(shapes) - set(self.shapes))
+            raise ValueError(
+                f"checkpointed statistics are for other parameters (missing: {missing[:5]}, unexpected: {extra[:5]})."
+            )
+        bad = [f"{f}: {shapes[f]} vs model {self.shapes[f]}" for f in self.shapes if shapes[f] != self.shapes[f]]
+        if bad:
+            raise ValueError(f"checkpointed statistics do not fit the model's shapes: {bad[:5]}.")
+        if list(state["stats"]) != list(self.stats):
+            raise ValueError(f"checkpoint tracks statistics {state['stats']}, this tracker {list(self.stats)}.")
+        for stat, per in state["state"].items():
+            for f, t in per.items():
+                self.state[stat][f].copy_(t)
+        self.ring = [{f: t.to(self.dtype) for f, t in snap.items()} for snap in state["ring"]]
+        self.ring_index = list(state["ring_index"])
+        counters = state["counters"]
+        self.calls, self.steps, self.skipped = counters["calls"], counters["steps"], counters["skipped"]
+        self.snapshots, self.twa_norm = state["snapshots"], state["twa_norm"]
+
+
+def _grad_or_zeros(p: Tensor) -> Tensor:
+    return p.grad.detach() if p.grad is not None else torch.zeros_like(p)
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """One reduction over all tensors; a single host sync per step."""
+    norms = torch._foreach_norm(tensors, ord=math.inf)
+    return bool(torch.isfinite(torch.stack(norms)).all())

@@ -1,0 +1,198 @@
+"""ScheduledPruning + ImportanceTracking in real Lightning training runs."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import TinyLM, token_loader, trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.demos.transformer import LightningTransformer, WikiText2
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+
+from lightning_prune import AtEpochs, AtSteps, ImportanceTracking, ScheduledPruning
+
+
+class KeepTraining(Callback):
+    """Records the selected weights right after the last pruning event, to check they keep training."""
+
+    def __init__(self, pruning: ScheduledPruning) -> None:
+        self.pruning, self.after_prune = pruning, None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.pruning.events and self.after_prune is None:
+            self.after_prune = {f: p.detach().clone() for f, p in self.pruning._params.items()}
+
+
+def _fit(model, callbacks, **kwargs):
+    t = trainer(callbacks=callbacks, **kwargs)
+    t.fit(model, token_loader())
+    return t
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_training_run_reaches_target_and_pruned_weights_stay_zero(optimizer):
+    pl.seed_everything(0, verbose=False)
+    model = TinyLM(optimizer=optimizer)
+    pruning = ScheduledPruning(AtEpochs({1: 0.25, 2: 0.5}), criterion="taylor")
+    probe = KeepTraining(pruning)
+    t = _fit(model, [ImportanceTracking(), pruning, probe], max_epochs=5, precision="bf16-mixed")
+    params = pruning._params
+    total = sum(p.numel() for p in params.values())
+    zeros = sum(int((p == 0).sum()) for p in params.values())
+    assert zeros == round(0.5 * total)  # measured sparsity is the target, exactly
+    for f, p in params.items():
+        assert torch.all(p[~pruning.masks[f]] == 0), f  # pruned entries still zero after 3 more epochs
+        state = t.optimizers[0].state[p]
+        for key in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
+            if key in state:
+                assert torch.all(state[key][~pruning.masks[f]] == 0), (f, key)
+    moved = [not torch.equal(probe.after_prune[f][m], p[m]) for f, p in params.items() for m in [pruning.masks[f]]]
+    assert all(moved)  # the survivors kept training
+    assert [e["target"] for e in pruning.events] == [0.25, 0.5]
+    assert [e["epoch"] for e in pruning.events] == [1, 2]
+    assert pruning.events[-1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_multihead_attention_out_proj_stays_pruned_and_names_are_unchanged(tiny):
+    names = list(tiny.state_dict())
+    pruning = ScheduledPruning({1: 0.6}, parameters=["*.attn.out_proj.weight", "*.attn.in_proj_weight"], scope="layer")
+    _fit(tiny, [pruning], max_epochs=3)
+    for i in range(2):
+        out = tiny.blocks[i].attn.out_proj.weight
+        assert int((out == 0).sum()) == round(0.6 * out.numel())
+    assert list(tiny.state_dict()) == names  # no weight_orig / weight_mask
+    assert not any(isinstance(m, torch.nn.Module) and hasattr(m, "weight_mask") for m in tiny.modules())
+
+
+def test_layer_scope_prunes_each_layer_to_target_within_rounding(tiny):
+    pruning = ScheduledPruning({1: 0.5}, criterion="running_magnitude", scope="layer")
+    _fit(tiny, [ImportanceTracking(), pruning], max_epochs=2)
+    for f, p in pruning._params.items():
+        assert int((p == 0).sum()) == round(0.5 * p.numel()), f
+
+
+def test_two_four_pattern_holds(tiny):
+    pruning = ScheduledPruning({1: 0.5}, pattern="2:4", parameters=["*.fc1.weight", "*.fc2.weight"])
+    _fit(tiny, [pruning], max_epochs=3)
+    for p in pruning._params.values():
+        groups = (p != 0).view(-1, 4).sum(1)
+        assert torch.all(groups <= 2)
+
+
+def test_step_schedule_with_accumulation_and_clipping_counts_real_steps(tiny):
+    tracking = ImportanceTracking(stats=("abs_grad",))
+    pruning = ScheduledPruning(AtSteps({6: 0.3, 12: 0.5}), criterion="gradient")
+    t = _fit(tiny, [tracking, pruning], max_epochs=4, accumulate_grad_batches=2, gradient_clip_val=0.5)
+    assert t.global_step == 16  # 8 batches / 2 per step * 4 epochs
+    assert tracking.stats.steps == 16  # one update per optimizer step, not per batch
+    assert [e["step"] for e in pruning.events] == [6, 12]
+    zeros = sum(int((p == 0).sum()) for p in pruning._params.values())
+    assert zeros == round(0.5 * sum(p.numel() for p in pruning._params.values()))
+
+
+def test_time_weighted_criterion_prunes_from_epoch_snapshots(tiny):
+    tracking = ImportanceTracking(window=2)
+    pruning = ScheduledPruning({2: 0.4}, criterion="time_weighted")
+    _fit(tiny, [tracking, pruning], max_epochs=3)
+    assert tracking.stats.snapshots == 3 and tracking.stats.ring_index == [2, 3]
+    assert pruning.events[0]["sparsity"] == pytest.approx(0.4, abs=1e-3)
+
+
+def test_callbacks_prune_lightnings_own_demo_transformer_unchanged(tmp_path, monkeypatch):
+    """The demo's own model and dataloader; only its download is replaced by a local file (no network)."""
+    from pydoc_data.topics import topics
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(WikiText2, "download", staticmethod(lambda destination: None))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "wikitext-2.txt").write_text(" ".join(list(topics.values())[:3]))
+    pl.seed_everything(0, verbose=False)
+    model = LightningTransformer(vocab_size=WikiText2(download=False).vocab_size)
+    pruning = ScheduledPruning({1: 0.5}, criterion="taylor")
+    t = trainer(callbacks=[ImportanceTracking(), pruning], max_epochs=3, limit_train_batches=4, precision="bf16-mixed")
+    t.fit(model)
+    mha_out = [f for f in pruning._params if f.endswith("self_attn.out_proj.weight")]
+    assert mha_out  # nn.MultiheadAttention reads this weight without calling its forward
+    total = sum(p.numel() for p in pruning._params.values())
+    assert sum(int((p == 0).sum()) for p in pruning._params.values()) == round(0.5 * total)
+    for f in mha_out:
+        assert torch.all(pruning._params[f][~pruning.masks[f]] == 0)
+
+
+class Recorder(Logger):
+    def __init__(self):
+        super().__init__()
+        self.metrics = []
+
+    name, version = "recorder", 0
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def test_sparsity_is_logged_at_each_event_and_epoch(tiny, tmp_path):
+    rec = Recorder()
+    tb = TensorBoardLogger(tmp_path)
+    pruning = ScheduledPruning({1: 0.3, 2: 0.6}, criterion="magnitude")
+    _fit(tiny, [pruning], max_epochs=3, logger=[rec, tb])
+    logged = [m for _, m in rec.metrics if "sparsity/global" in m]
+    assert len(logged) == 2 + 3  # two events, three epoch ends
+    assert [round(m["sparsity/target"], 2) for m in logged] == [0.0, 0.3, 0.3, 0.6, 0.6]
+    assert logged[-1]["sparsity/global"] == pytest.approx(0.6, abs=1e-3)
+    assert "sparsity/layer/blocks.0.fc1.weight" in logged[-1]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "lightning_logs" / "version_0"), size_guidance={"histograms": 0})
+    events.Reload()
+    assert "scores/blocks.0.fc1.weight" in events.Tags()["histograms"]
+    assert "sparsity/global" in events.Tags()["scalars"]
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------
+
+
+def test_schedule_past_the_end_is_rejected_at_setup(tiny):
+    with pytest.raises(ValueError, match=r"epoch 3.*max_epochs=3"):
+        _fit(tiny, [ScheduledPruning({1: 0.3, 3: 0.5})], max_epochs=3)
+
+
+def test_unknown_criterion_scope_pattern_and_sparsity_are_rejected():
+    with pytest.raises(ValueError, match="unknown criterion 'obd'"):
+        ScheduledPruning({1: 0.5}, criterion="obd")
+    with pytest.raises(ValueError, match="scope must be"):
+        ScheduledPruning({1: 0.5}, scope="tensor")
+    with pytest.raises(ValueError, match="pattern must be"):
+        ScheduledPruning({1: 0.5}, pattern="blocks")
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        ScheduledPruning({1: 1.2})
+    with pytest.raises(ValueError, match="allows at most 0.5"):
+        ScheduledPruning({1: 0.7}, pattern="2:4")
+    with pytest.raises(ValueError, match="below the schedule's final"):
+        ScheduledPruning({1: 0.7}, max_layer_sparsity=0.5)
+    with pytest.raises(ValueError, match="unknown statistics"):
+        ImportanceTracking(stats=("hessian",))
+    with pytest.raises(ValueError, match="dtype must be"):
+        ImportanceTracking(dtype="int8")
+
+
+def test_patterns_matching_nothing_are_rejected_at_setup(tiny):
+    with pytest.raises(ValueError, match="matches no parameter"):
+        _fit(tiny, [ScheduledPruning({1: 0.5}, parameters=["*.mlp.*"])], max_epochs=2)
+
+
+def test_n_m_on_indivisible_dim_is_rejected_at_setup(tiny):
+    with pytest.raises(ValueError, match="not divisible by M=3"):
+        _fit(tiny, [ScheduledPruning({1: 0.3}, pattern="2:3")], max_epochs=2)
+
+
+def test_criterion_needing_statistics_without_tracker_is_rejected(tiny):
+    with pytest.raises(ValueError, match=r"add ImportanceTracking\(\)"):
+        _fit(tiny, [ScheduledPruning({1: 0.5}, criterion="movement")], max_epochs=2)
+
+
+def test_tracker_must_cover_pruned_parameters(tiny):
+    tracking = ImportanceTracking(parameters=["*.fc1.weight"])
+    with pytest.raises(ValueError, match="does not track parameters"):
+        _fit(tiny, [tracking, ScheduledPruning({1: 0.5}, criterion="taylor")], max_epochs=2)

@@ -1,0 +1,127 @@
+import math
+
+import pytest
+import torch
+
+from lightning_prune.trackers import RunningStats
+
+
+def _param(values):
+    return torch.nn.Parameter(torch.tensor(values))
+
+
+def _step(stats, p, w, g):
+    with torch.no_grad():
+        p.copy_(torch.tensor(w))
+    p.grad = torch.tensor(g)
+    return stats.update({"p": p})
+
+
+def test_ema_of_abs_weight_and_abs_grad_by_hand():
+    p = _param([0.0, 0.0])
+    stats = RunningStats({"p": p}, ("abs_weight", "abs_grad"), decay=0.5)
+    _step(stats, p, [1.0, -2.0], [0.5, -1.0])
+    _step(stats, p, [3.0, -4.0], [-1.5, 0.0])
+    _step(stats, p, [-1.0, 0.0], [0.5, 2.0])
+    # m1 = |x1|; m_n = 0.5 m_{n-1} + 0.5 |x_n|
+    w1 = 0.5 * (0.5 * 1.0 + 0.5 * 3.0) + 0.5 * 1.0  # 1.5
+    w2 = 0.5 * (0.5 * 2.0 + 0.5 * 4.0) + 0.5 * 0.0  # 1.5
+    g1 = 0.5 * (0.5 * 0.5 + 0.5 * 1.5) + 0.5 * 0.5  # 0.75
+    g2 = 0.5 * (0.5 * 1.0 + 0.5 * 0.0) + 0.5 * 2.0  # 1.25
+    assert torch.allclose(stats.value("abs_weight", "p"), torch.tensor([w1, w2]))
+    assert torch.allclose(stats.value("abs_grad", "p"), torch.tensor([g1, g2]))
+    assert stats.steps == 3
+
+
+def test_movement_and_taylor_sums_by_hand():
+    p = _param([0.0, 0.0])
+    stats = RunningStats({"p": p}, ("movement", "taylor"))
+    _step(stats, p, [1.0, -2.0], [0.5, -1.0])  # w·g = [0.5, 2.0]
+    _step(stats, p, [3.0, -4.0], [-1.5, 0.5])  # w·g = [-4.5, -2.0]
+    assert torch.allclose(stats.value("movement", "p"), torch.tensor([0.5 - 4.5, 2.0 - 2.0]))
+    assert torch.allclose(stats.value("taylor", "p"), torch.tensor([0.5 + 4.5, 2.0 + 2.0]))
+
+
+def test_time_weighted_average_uses_sqrt_of_snapshot_index():
+    p = _param([0.0])
+    stats = RunningStats({"p": p}, ("time_weighted",))
+    for w in [1.0, -2.0, 4.0]:  # epoch-end weights
+        with torch.no_grad():
+            p.fill_(w)
+        stats.snapshot({"p": p})
+    expected = (math.sqrt(1) * 1 + math.sqrt(2) * 2 + math.sqrt(3) * 4) / (1 + math.sqrt(2) + math.sqrt(3))
+    assert stats.value("time_weighted", "p").item() == pytest.approx(expected)
+
+
+def test_time_weighted_window_keeps_only_last_k_snapshots():
+    p = _param([0.0])
+    stats = RunningStats({"p": p}, ("time_weighted",), window=2, weighting="linear")
+    for w in [10.0, 1.0, 2.0]:
+        with torch.no_grad():
+            p.fill_(w)
+        stats.snapshot({"p": p})
+    assert stats.value("time_weighted", "p").item() == pytest.approx((2 * 1.0 + 3 * 2.0) / (2 + 3))
+    assert len(stats.ring) == 2
+
+
+def test_non_finite_gradient_step_is_skipped_and_counted():
+    p = _param([0.0, 0.0])
+    stats = RunningStats({"p": p}, ("abs_grad", "taylor"))
+    assert _step(stats, p, [1.0, 1.0], [1.0, 2.0])
+    assert not _step(stats, p, [1.0, 1.0], [float("nan"), 2.0])
+    assert not _step(stats, p, [1.0, 1.0], [float("inf"), 2.0])
+    assert (stats.steps, stats.skipped) == (1, 2)
+    assert torch.equal(stats.value("taylor", "p"), torch.tensor([1.0, 2.0]))
+    assert torch.equal(stats.value("abs_grad", "p"), torch.tensor([1.0, 2.0]))
+
+
+def test_update_interval_folds_one_step_in_every():
+    p = _param([0.0])
+    stats = RunningStats({"p": p}, ("taylor",), every=2)
+    for w in [1.0, 2.0, 3.0, 4.0]:
+        _step(stats, p, [w], [1.0])
+    assert stats.value("taylor", "p").item() == 1.0 + 3.0  # steps 1 and 3 of 4
+    assert (stats.calls, stats.steps) == (4, 2)
+
+
+def test_bfloat16_state_halves_memory_and_stays_close():
+    p = _param([0.5, -0.25])
+    s32 = RunningStats({"p": p}, ("abs_weight", "abs_grad"))
+    s16 = RunningStats({"p": p}, ("abs_weight", "abs_grad"), dtype=torch.bfloat16)
+    p.grad = torch.tensor([1.0, 2.0])
+    s32.update({"p": p}), s16.update({"p": p})
+    assert s16.nbytes() * 2 == s32.nbytes() == 2 * 2 * 4
+    assert torch.allclose(s16.value("abs_weight", "p"), s32.value("abs_weight", "p"), rtol=1e-2)
+
+
+def test_state_dict_round_trip_and_shape_check():
+    p = _param([1.0, 2.0])
+    stats = RunningStats({"p": p}, ("abs_weight", "time_weighted"), window=3)
+    p.grad = torch.zeros(2)
+    stats.update({"p": p})
+    stats.snapshot({"p": p})
+    fresh = RunningStats({"p": _param([0.0, 0.0])}, ("abs_weight", "time_weighted"), window=3)
+    fresh.load_state_dict(stats.state_dict())
+    assert torch.equal(fresh.value("abs_weight", "p"), stats.value("abs_weight", "p"))
+    assert torch.equal(fresh.value("time_weighted", "p"), stats.value("time_weighted", "p"))
+    assert (fresh.steps, fresh.snapshots) == (1, 1)
+    other = RunningStats({"p": _param([0.0, 0.0, 0.0])}, ("abs_weight", "time_weighted"), window=3)
+    with pytest.raises(ValueError, match="do not fit the model's shapes"):
+        other.load_state_dict(stats.state_dict())
+    renamed = RunningStats({"q": _param([0.0, 0.0])}, ("abs_weight", "time_weighted"), window=3)
+    with pytest.raises(ValueError, match="other parameters"):
+        renamed.load_state_dict(stats.state_dict())
+
+
+def test_bad_arguments():
+    p = _param([0.0])
+    with pytest.raises(ValueError, match="unknown statistics"):
+        RunningStats({"p": p}, ("curvature",))
+    with pytest.raises(ValueError, match=r"decay must be in \[0, 1\)"):
+        RunningStats({"p": p}, decay=1.0)
+    with pytest.raises(ValueError, match="window must be"):
+        RunningStats({"p": p}, window=0)
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        RunningStats({"p": p}, weighting="cubic")
+    with pytest.raises(RuntimeError, match="no optimizer step"):
+        RunningStats({"p": p}).value("abs_weight", "p")
