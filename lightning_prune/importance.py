@@ -35,7 +35,7 @@ from torch import Tensor
 
 from lightning_prune.trackers import RunningStats
 
-__all__ = ["CRITERIA", "Criterion", "get_criterion"]
+__all__ = ["CRITERIA", "Criterion", "RandomScore", "StatScore", "get_criterion"]
 
 ScoreFn = Callable[[str, Tensor, "RunningStats | None"], Tensor]
 
@@ -60,34 +60,39 @@ def _magnitude(fqn: str, weight: Tensor, stats: RunningStats | None) -> Tensor:
     return weight.detach().abs().float()
 
 
-def _stat(name: str, sign: float = 1.0) -> ScoreFn:
-    def score(fqn: str, weight: Tensor, stats: RunningStats | None) -> Tensor:
+@dataclass(frozen=True)
+class StatScore:
+    """Score = ``sign`` × a running statistic of the tracker (a class, not a closure, so it pickles)."""
+
+    stat: str  # name in lightning_prune.trackers.STATS
+    sign: float = 1.0  # -1 turns "lower is more important" into a score
+
+    def __call__(self, fqn: str, weight: Tensor, stats: RunningStats | None) -> Tensor:
         assert stats is not None
-        return sign * stats.value(name, fqn)
-
-    return score
+        return self.sign * stats.value(self.stat, fqn)
 
 
-def random_scores(seed: int = 0) -> ScoreFn:
+@dataclass(frozen=True)
+class RandomScore:
     """Uniform random scores, seeded from ``seed`` and the fqn so every process draws the same."""
 
-    def score(fqn: str, weight: Tensor, stats: RunningStats | None) -> Tensor:
-        gen = torch.Generator().manual_seed(seed + zlib.crc32(fqn.encode()))
-        return torch.rand(weight.shape, generator=gen).to(weight.device)
+    seed: int = 0
 
-    return score
+    def __call__(self, fqn: str, weight: Tensor, stats: RunningStats | None) -> Tensor:
+        gen = torch.Generator().manual_seed(self.seed + zlib.crc32(fqn.encode()))
+        return torch.rand(weight.shape, generator=gen).to(weight.device)
 
 
 CRITERIA: dict[str, Criterion] = {
     c.name: c
     for c in (
         Criterion("magnitude", _magnitude),
-        Criterion("running_magnitude", _stat("abs_weight"), ("abs_weight",)),
-        Criterion("time_weighted", _stat("time_weighted"), ("time_weighted",)),
-        Criterion("gradient", _stat("abs_grad"), ("abs_grad",)),
-        Criterion("taylor", _stat("taylor"), ("taylor",)),
-        Criterion("movement", _stat("movement", sign=-1.0), ("movement",)),
-        Criterion("random", random_scores()),
+        Criterion("running_magnitude", StatScore("abs_weight"), ("abs_weight",)),
+        Criterion("time_weighted", StatScore("time_weighted"), ("time_weighted",)),
+        Criterion("gradient", StatScore("abs_grad"), ("abs_grad",)),
+        Criterion("taylor", StatScore("taylor"), ("taylor",)),
+        Criterion("movement", StatScore("movement", sign=-1.0), ("movement",)),
+        Criterion("random", RandomScore()),
     )
 }
 
