@@ -1,6 +1,6 @@
 """lightning_prune: prune language models while they train, with PyTorch Lightning callbacks."""
 
-from lightning_prune.callbacks import ImportanceTracking, ScheduledPruning
+from lightning_prune.callbacks import ExportPretrained, ImportanceTracking, PruningReport, ScheduledPruning
 from lightning_prune.importance import CRITERIA, Criterion, get_criterion
 from lightning_prune.masks import compute_masks
 from lightning_prune.schedules import AtEpochs, AtSteps, Cubic, Linear, OneShot, Schedule
@@ -13,7 +13,9 @@ __all__ = [
     "AtSteps",
     "Criterion",
     "Cubic",
+    "ExportPretrained",
     "ImportanceTracking",
+    "PruningReport",
     "Linear",
     "OneShot",
     "RunningStats",

@@ -263,7 +263,8 @@ class TextDataModule(LightningDataModule):
         _check_int("batch_size", batch_size, 1)
         _check_int("num_workers", num_workers, 0)
         _check_tokenizer(tokenizer, vocab_size)
-        self.save_hyperparameters(ignore=[] if isinstance(tokenizer, str) else ["tokenizer"])
+        # vocab_size is the model's hyperparameter (linked from the tokenizer); logging it here too would clash
+        self.save_hyperparameters(ignore=["vocab_size"] if isinstance(tokenizer, str) else ["vocab_size", "tokenizer"])
         self.source, self.files, self.dataset = source, files, dataset
         self.dataset_config, self.dataset_split, self.text_column = dataset_config, dataset_split, text_column
         self.tokenizer_spec, self._vocab_size, self.cache_dir = tokenizer, vocab_size, cache_dir

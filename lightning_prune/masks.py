@@ -22,15 +22,17 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
 
 __all__ = [
     "apply_masks_",
     "compute_masks",
     "global_masks",
+    "hold_",
     "layer_masks",
     "nm_masks",
     "parse_pattern",
@@ -198,6 +200,18 @@ def apply_masks_(tensors: Mapping[str, Tensor], pruned: Mapping[str, Tensor]) ->
         t = tensors[fqn]
         if t is not None:
             t.masked_fill_(mask, 0)
+
+
+@torch.no_grad()
+def hold_(params: Mapping[str, Tensor], pruned: Mapping[str, Tensor], optimizers: Iterable[Optimizer] = ()) -> None:
+    """Zero the pruned entries of the weights and of every optimizer state tensor shaped like them (Adam's
+    ``exp_avg``/``exp_avg_sq``, SGD's ``momentum_buffer``), so that with masked gradients they stay zero."""
+    apply_masks_(params, pruned)
+    for optimizer in optimizers:
+        for fqn, mask in pruned.items():
+            for value in optimizer.state.get(params[fqn], {}).values():
+                if isinstance(value, Tensor) and value.shape == mask.shape:
+                    value.masked_fill_(mask, 0)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from lightning_prune.callbacks.tracking import ImportanceTracking
 from lightning_prune.importance import get_criterion
-from lightning_prune.masks import apply_masks_, compute_masks, parse_pattern, sparsity_report
+from lightning_prune.masks import apply_masks_, compute_masks, hold_, parse_pattern, sparsity_report
 from lightning_prune.schedules import AtEpochs, Schedule, check_sparsity
 from lightning_prune.selection import in_dim, select_parameters
 from lightning_prune.trackers import RunningStats
@@ -197,17 +197,8 @@ class ScheduledPruning(Callback):
             self.masks[f] = keep
             self._pruned[f] = ~keep
 
-    @torch.no_grad()
     def _hold_(self, trainer: pl.Trainer) -> None:
-        """Zero the pruned entries of the weights and of every optimizer state tensor shaped like them."""
-        if not self._pruned:
-            return
-        apply_masks_(self._params, self._pruned)
-        for optimizer in trainer.optimizers:
-            for f, p in self._params.items():
-                for value in optimizer.state.get(p, {}).values():
-                    if isinstance(value, Tensor) and value.shape == p.shape:
-                        value.masked_fill_(self._pruned[f], 0)
+        hold_(self._params, self._pruned, trainer.optimizers)
 
     # ---- logging -------------------------------------------------------------------------------------------
 

@@ -1,0 +1,72 @@
+"""Ship a pruned model: masks made permanent, saved with ``save_pretrained`` (safetensors).
+
+Plain ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` reloads the result with the same
+logits; zeros are stored as zeros (safetensors is dense), so the saving on disk comes from compression or
+from structured removal (:mod:`lightning_prune.structured`), and :func:`export_pretrained` reports both
+the non-zero count and the bytes on disk.
+
+Example:
+    >>> report = export_pretrained(model, "out/pruned", masks)
+    >>> report["nonzero"], report["bytes_on_disk"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prune.masks import apply_masks_
+
+__all__ = ["export_pretrained", "make_permanent_", "nonzero_report"]
+
+
+def _strip(fqn: str) -> str:
+    return fqn[len("model.") :] if fqn.startswith("model.") else fqn
+
+
+@torch.no_grad()
+def make_permanent_(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
+    """Write the masks into the weights (pruned entries exactly zero); accepts fqns with a ``model.`` prefix.
+
+    Raises:
+        ValueError: if a mask names a parameter the model lacks or has another shape.
+    """
+    params = dict(model.named_parameters())
+    pruned = {}
+    for fqn, mask in masks.items():
+        name = _strip(fqn) if _strip(fqn) in params else fqn
+        if name not in params or params[name].shape != mask.shape:
+            raise ValueError(f"mask {fqn!r} {tuple(mask.shape)} does not fit the model's parameters.")
+        pruned[name] = ~mask.bool().to(params[name].device)
+    apply_masks_(params, pruned)
+
+
+def nonzero_report(model: nn.Module) -> dict[str, int]:
+    """Parameter count and non-zero count over all (deduplicated) parameters."""
+    params = list(model.parameters())
+    return {"parameters": sum(p.numel() for p in params), "nonzero": sum(int((p != 0).sum()) for p in params)}
+
+
+def export_pretrained(
+    model: nn.Module, directory: str | Path, masks: Mapping[str, Tensor] | None = None
+) -> dict[str, Any]:
+    """Make masks permanent, ``save_pretrained`` with safetensors, and report sizes.
+
+    Returns:
+        ``{"directory", "parameters", "nonzero", "bytes_on_disk"}``.
+
+    Raises:
+        TypeError: if the model has no ``save_pretrained`` (not a ``transformers`` model).
+    """
+    if not hasattr(model, "save_pretrained"):
+        raise TypeError(f"{type(model).__name__} has no save_pretrained: export needs a transformers model.")
+    if masks:
+        make_permanent_(model, masks)
+    directory = Path(directory)
+    model.save_pretrained(directory, safe_serialization=True)
+    size = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
+    return {"directory": str(directory), **nonzero_report(model), "bytes_on_disk": size}

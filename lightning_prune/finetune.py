@@ -1,0 +1,184 @@
+"""``FineTune``: recover a pruned model with its masks frozen, optionally distilling from the dense model.
+
+The masks come from a pruning run's checkpoint (the ``ScheduledPruning`` state in its ``callbacks``) or are
+given directly (``{fqn: bool}``, True keeps). They hold exactly as in ``ScheduledPruning``: gradients of
+pruned entries are zeroed before each optimizer step, weights and optimizer state re-zeroed after it, and
+the masks are saved in this module's own checkpoints.
+
+Distillation (Hinton et al. 2015): loss = (1 − α)·LM + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) with the
+teacher's logits z_t, the student's z_s, weight α = ``distill_weight`` and temperature T.
+
+Lottery-ticket rewinding (Frankle et al. 2019): ``rewind_to`` holds early weights (a state dict or a
+checkpoint path); at the start of fine-tuning the surviving weights of the selected parameters are reset to
+them, the pruned ones stay zero.
+
+Example:
+    >>> ft = FineTune(model=pruned_model, masks=masks, teacher=dense_model, distill_weight=0.5)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_prune.lm import CausalLM
+from lightning_prune.masks import apply_masks_, hold_
+
+__all__ = ["FineTune", "distillation_loss", "masks_from_checkpoint"]
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """T²·KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over tokens; logits are (..., V)."""
+    t = temperature
+    log_p_student = F.log_softmax(student.float() / t, dim=-1).flatten(0, -2)  # (N, V)
+    log_p_teacher = F.log_softmax(teacher.float() / t, dim=-1).flatten(0, -2)  # (N, V)
+    return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * t * t
+
+
+def masks_from_checkpoint(path: str | Path, state_key: str = "ScheduledPruning") -> dict[str, Tensor]:
+    """The masks a ``ScheduledPruning`` callback stored in a Lightning checkpoint.
+
+    Raises:
+        KeyError: if the checkpoint holds no such callback state (the message lists what it holds).
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    callbacks = ckpt.get("callbacks", {})
+    if state_key not in callbacks:
+        raise KeyError(f"{path} holds no {state_key!r} state; callback states found: {sorted(callbacks)}.")
+    return {f: m.bool() for f, m in callbacks[state_key]["masks"].items()}
+
+
+def _strip(fqn: str) -> str:
+    """``model.transformer.h.0...`` (fqn inside a CausalLM) → ``transformer.h.0...`` (inside the bare model)."""
+    return fqn[len("model.") :] if fqn.startswith("model.") else fqn
+
+
+class FineTune(CausalLM):
+    """A :class:`~lightning_prune.lm.CausalLM` whose masks are frozen while it fine-tunes.
+
+    Args:
+        masks: ``{fqn: bool mask}`` (fqns of the bare model or of a ``CausalLM`` wrapping it).
+        checkpoint: a pruning run's checkpoint: its ``state_dict`` is loaded and its masks used.
+        teacher: the dense model to distil from (kept frozen, in eval mode); ``"copy"`` copies the model as it
+            is before the masks are applied (useful when ``model`` is still dense).
+        distill_weight: α in [0, 1]: the weight of the distillation term.
+        temperature: T > 0 of the softened distributions.
+        rewind_to: early weights (a state dict or a Lightning checkpoint path) to reset the survivors to.
+        **kwargs: everything :class:`~lightning_prune.lm.CausalLM` takes (model, config, lr, ...).
+
+    Raises:
+        ValueError: if no masks are given, a mask names a parameter the model lacks or has another shape, or
+            α or T is out of range.
+    """
+
+    def __init__(
+        self,
+        masks: Mapping[str, Tensor] | None = None,
+        checkpoint: str | None = None,
+        teacher: nn.Module | str | None = None,
+        distill_weight: float = 0.0,
+        temperature: float = 2.0,
+        rewind_to: Mapping[str, Tensor] | str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight!r}.")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+        if checkpoint is not None:
+            self._load_pruned(checkpoint)
+            masks = masks_from_checkpoint(checkpoint) if masks is None else masks
+        if masks is None:
+            raise ValueError("FineTune needs masks: pass masks={fqn: bool tensor} or checkpoint='pruned.ckpt'.")
+        teacher = copy.deepcopy(self.model) if isinstance(teacher, str) and teacher == "copy" else teacher
+        if isinstance(teacher, nn.Module):
+            teacher.requires_grad_(False).eval()
+        object.__setattr__(self, "teacher", teacher)  # not a submodule: not optimized, saved or pruned
+        self.distill_weight, self.temperature = distill_weight, temperature
+        self.set_masks(masks)
+        if rewind_to is not None:
+            self.rewind_(rewind_to)
+
+    def set_masks(self, masks: Mapping[str, Tensor]) -> None:
+        """Check the masks against the model, store them and zero the pruned weights."""
+        params = dict(self.model.named_parameters())
+        bad = []
+        self.masks: dict[str, Tensor] = {}
+        for fqn, mask in masks.items():
+            name = _strip(fqn)
+            if name not in params or params[name].shape != mask.shape:
+                got = tuple(params[name].shape) if name in params else "missing"
+                bad.append(f"{fqn}: mask {tuple(mask.shape)} vs model {got}")
+            else:
+                self.masks[name] = mask.bool().to(params[name].device)
+        if bad:
+            raise ValueError(f"the masks do not fit the model: {bad[:5]}.")
+        self._params = {f: params[f] for f in self.masks}
+        self._pruned = {f: ~m for f, m in self.masks.items()}
+        apply_masks_(self._params, self._pruned)
+
+    def _load_pruned(self, checkpoint: str) -> None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        state = {_strip(k): v for k, v in state.items() if k.startswith("model.")}
+        self.model.load_state_dict(state)
+
+    @torch.no_grad()
+    def rewind_(self, early: Mapping[str, Tensor] | str) -> None:
+        """Reset the surviving entries of the masked weights to ``early`` weights; pruned entries stay zero."""
+        if isinstance(early, (str, Path)):
+            early = torch.load(early, map_location="cpu", weights_only=False)["state_dict"]
+        early = {_strip(k): v for k, v in early.items()}
+        for f, p in self._params.items():
+            if f not in early or early[f].shape != p.shape:
+                raise ValueError(f"rewind weights lack {f!r} or have another shape.")
+            p.copy_(early[f].to(p))
+        apply_masks_(self._params, self._pruned)
+
+    @override
+    def on_fit_start(self) -> None:
+        for fqn, mask in self.masks.items():  # the strategy may have moved the model since __init__
+            self.masks[fqn] = mask.to(self._params[fqn].device)
+            self._pruned[fqn] = ~self.masks[fqn]
+        if isinstance(self.teacher, nn.Module):
+            self.teacher.to(self.device)
+
+    @override
+    def on_train_start(self) -> None:
+        hold_(self._params, self._pruned, self.trainer.optimizers)
+
+    @override
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        loss, logits = super().loss(batch)
+        if self.teacher is None or self.distill_weight == 0.0:
+            return loss, logits
+        with torch.no_grad():
+            teacher_logits = self.teacher(input_ids=batch["input_ids"]).logits
+        kd = distillation_loss(logits, teacher_logits, self.temperature)
+        self.log("train/distill", kd)
+        return (1 - self.distill_weight) * loss + self.distill_weight * kd, logits
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        apply_masks_({f: p.grad for f, p in self._params.items()}, self._pruned)
+
+    @override
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        apply_masks_(self._params, self._pruned)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["masks"] = {f: m.cpu() for f, m in self.masks.items()}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "masks" in checkpoint:
+            self.set_masks(checkpoint["masks"])
