@@ -1,4 +1,9 @@
-"""Shared fixtures."""
+"""Shared fixtures. Tests never reach a hub: everything runs offline."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import lightning.pytorch as pl
 import pytest
