@@ -158,6 +158,11 @@ def test_schedule_past_the_end_is_rejected_at_setup(tiny):
         _fit(tiny, [ScheduledPruning({1: 0.3, 3: 0.5})], max_epochs=3)
 
 
+def test_step_schedule_past_the_steps_of_an_epoch_bounded_run_is_rejected(tiny):
+    with pytest.raises(ValueError, match=r"step 100.*max_steps=16"):
+        _fit(tiny, [ScheduledPruning(AtSteps({100: 0.5}))], max_epochs=2)  # 8 batches x 2 epochs
+
+
 def test_unknown_criterion_scope_pattern_and_sparsity_are_rejected():
     with pytest.raises(ValueError, match="unknown criterion 'obd'"):
         ScheduledPruning({1: 0.5}, criterion="obd")

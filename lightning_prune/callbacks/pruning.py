@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -126,6 +127,10 @@ class ScheduledPruning(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.schedule.unit == "step" and (trainer.max_steps is None or trainer.max_steps < 0):
+            total = trainer.estimated_stepping_batches  # the run is bounded by epochs: check against its steps
+            if math.isfinite(total):
+                self.schedule.check_fits(None, int(total))
         if self._tracking is not None:
             missing = sorted(set(self._params) - set(self._tracking.fqns))
             if missing:
