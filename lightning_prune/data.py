@@ -20,18 +20,20 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_prune.tokenizers import TextTokenizer, build_tokenizer, encode_corpus
 
 __all__ = [
     "SOURCES",
     "BlockDataset",
+    "EpochShuffle",
     "TextDataModule",
     "check_block_size",
     "hub_text",
@@ -312,7 +314,7 @@ class TextDataModule(LightningDataModule):
         self.val_dataset = BlockDataset(pack_blocks(val_ids, self.block_size, "Validation text"))
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches; the order follows ``seed`` (a fresh seeded generator per call)."""
+        """Shuffled batches; the order follows ``seed`` and the epoch (see :class:`EpochShuffle`)."""
         return self._loader(self.train_dataset, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -325,11 +327,28 @@ class TextDataModule(LightningDataModule):
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            sampler=EpochShuffle(len(ds), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+
+class EpochShuffle(Sampler[int]):
+    """A permutation drawn from (seed, epoch) alone: Lightning calls ``set_epoch`` each epoch, so a run resumed
+    at epoch e sees the same order as an uninterrupted one."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
 def _check_tokenizer(tokenizer: Any, vocab_size: int | None) -> None:
