@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_prune.lm import CausalLM
-from lightning_prune.masks import apply_masks_, hold_
+from lightning_prune.masks import apply_masks_, hold_, mask_factors
 
 __all__ = ["FineTune", "distillation_loss", "masks_from_checkpoint"]
 
@@ -123,6 +123,7 @@ class FineTune(CausalLM):
             raise ValueError(f"the masks do not fit the model: {bad[:5]}.")
         self._params = {f: params[f] for f in self.masks}
         self._pruned = {f: ~m for f, m in self.masks.items()}
+        self._factors = mask_factors(self._pruned, self._params)
         apply_masks_(self._params, self._pruned)
 
     def _load_pruned(self, checkpoint: str) -> None:
@@ -147,6 +148,7 @@ class FineTune(CausalLM):
         for fqn, mask in self.masks.items():  # the strategy may have moved the model since __init__
             self.masks[fqn] = mask.to(self._params[fqn].device)
             self._pruned[fqn] = ~self.masks[fqn]
+        self._factors = mask_factors(self._pruned, self._params)
         if isinstance(self.teacher, nn.Module):
             self.teacher.to(self.device)
 
@@ -167,12 +169,12 @@ class FineTune(CausalLM):
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        apply_masks_({f: p.grad for f, p in self._params.items()}, self._pruned)
+        apply_masks_({f: p.grad for f, p in self._params.items()}, self._pruned, self._factors)
 
     @override
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        apply_masks_(self._params, self._pruned)
+        apply_masks_(self._params, self._pruned, self._factors)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

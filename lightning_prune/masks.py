@@ -29,11 +29,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 __all__ = [
+    "all_finite",
     "apply_masks_",
     "compute_masks",
     "global_masks",
     "hold_",
     "layer_masks",
+    "mask_factors",
     "nm_masks",
     "parse_pattern",
     "row_masks",
@@ -194,12 +196,43 @@ def compute_masks(
 
 
 @torch.no_grad()
-def apply_masks_(tensors: Mapping[str, Tensor], pruned: Mapping[str, Tensor]) -> None:
-    """Set the pruned entries (``pruned[fqn]`` True) of each tensor to exactly zero, in place."""
-    for fqn, mask in pruned.items():
-        t = tensors[fqn]
-        if t is not None:
-            t.masked_fill_(mask, 0)
+def apply_masks_(
+    tensors: Mapping[str, Tensor | None], pruned: Mapping[str, Tensor], factors: Mapping[str, Tensor] | None = None
+) -> None:
+    """Set the pruned entries (``pruned[fqn]`` True) of each tensor to exactly zero, in place.
+
+    With ``factors`` (from :func:`mask_factors`: the masks as 0/1 in each tensor's dtype) all tensors are
+    multiplied in one ``torch._foreach_mul_``, tens of times faster than ``masked_fill_`` on the CPU; since
+    NaN·0 is NaN, a tensor left non-finite afterwards is masked again with ``masked_fill_``, so pruned entries
+    are exact zeros in every case. ``None`` tensors (parameters without a gradient) are skipped.
+    """
+    fqns = [f for f in pruned if tensors[f] is not None]
+    if factors is not None and fqns:
+        held = [tensors[f] for f in fqns]
+        torch._foreach_mul_(held, [factors[f] for f in fqns])
+        if all_finite(held):
+            return
+    for f in fqns:
+        tensors[f].masked_fill_(pruned[f], 0)
+
+
+def mask_factors(pruned: Mapping[str, Tensor], like: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``{fqn: 0/1 tensor}``: 0 where pruned, in the dtype and on the device of ``like[fqn]``."""
+    return {f: (~m).to(device=like[f].device, dtype=like[f].dtype) for f, m in pruned.items()}
+
+
+@torch.no_grad()
+def all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every entry of every tensor is finite, with one host sync in the common case.
+
+    The 2-norms of all tensors take one ``_foreach_norm``; only when one is not finite (a NaN or inf entry, or
+    finite entries beyond ~1e19 whose squares overflow) is the exact per-tensor check run.
+    """
+    if not tensors:
+        return True
+    if bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors, 2))).all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 @torch.no_grad()

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_prune.masks import all_finite
+
 __all__ = ["STATS", "RunningStats", "snapshot_weights"]
 
 STATS = ("abs_weight", "abs_grad", "movement", "taylor", "time_weighted")
@@ -121,7 +123,7 @@ class RunningStats:
         grads: list[Tensor] = []
         if needs_grad:
             grads = [_grad_or_zeros(params[f]) for f in self.fqns]
-            if not _all_finite(grads):
+            if not all_finite(grads):
                 self.skipped += 1
                 return False
         first = self.steps == 0
@@ -241,9 +243,3 @@ class RunningStats:
 
 def _grad_or_zeros(p: Tensor) -> Tensor:
     return p.grad.detach() if p.grad is not None else torch.zeros_like(p)
-
-
-def _all_finite(tensors: list[Tensor]) -> bool:
-    """One reduction over all tensors; a single host sync per step."""
-    norms = torch._foreach_norm(tensors, ord=math.inf)
-    return bool(torch.isfinite(torch.stack(norms)).all())

@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from lightning_prune.callbacks.tracking import ImportanceTracking
 from lightning_prune.importance import get_criterion
-from lightning_prune.masks import apply_masks_, compute_masks, hold_, parse_pattern, sparsity_report
+from lightning_prune.masks import apply_masks_, compute_masks, hold_, mask_factors, parse_pattern, sparsity_report
 from lightning_prune.schedules import AtEpochs, Schedule, check_sparsity
 from lightning_prune.selection import in_dim, select_parameters
 from lightning_prune.trackers import RunningStats
@@ -94,7 +94,8 @@ class ScheduledPruning(Callback):
         self.events: list[dict[str, float]] = []  # one record per pruning event
         self._params: dict[str, torch.nn.Parameter] = {}
         self._in_dims: dict[str, int] = {}
-        self._pruned: dict[str, Tensor] = {}  # fqn -> bool, True where pruned (~mask), for masked_fill_
+        self._pruned: dict[str, Tensor] = {}  # fqn -> bool, True where pruned (~mask)
+        self._factors: dict[str, Tensor] = {}  # fqn -> the mask as 0/1 in the weight's dtype, for one fast multiply
         self._handles: list[Any] = []
         self._pending: dict[str, Any] | None = None
         self._tracking: ImportanceTracking | None = None
@@ -140,7 +141,7 @@ class ScheduledPruning(Callback):
             self._pending = None
         self._hold_(trainer)
         for optimizer in trainer.optimizers:
-            self._handles.append(optimizer.register_step_post_hook(lambda *_: apply_masks_(self._params, self._pruned)))
+            self._handles.append(optimizer.register_step_post_hook(self._rezero))
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -163,7 +164,7 @@ class ScheduledPruning(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        apply_masks_({f: p.grad for f, p in self._params.items()}, self._pruned)
+        apply_masks_({f: p.grad for f, p in self._params.items()}, self._pruned, self._factors)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -201,6 +202,11 @@ class ScheduledPruning(Callback):
             keep = m.bool() if f not in self.masks else m.bool() & self.masks[f]  # never un-prune
             self.masks[f] = keep
             self._pruned[f] = ~keep
+        self._factors.update(mask_factors({f: self._pruned[f] for f in masks}, self._params))
+
+    def _rezero(self, *_: Any) -> None:
+        """Optimizer step post-hook: pruned weights back to exact zeros."""
+        apply_masks_(self._params, self._pruned, self._factors)
 
     def _hold_(self, trainer: pl.Trainer) -> None:
         hold_(self._params, self._pruned, trainer.optimizers)
@@ -253,7 +259,7 @@ class ScheduledPruning(Callback):
                 "the checkpoint's masks do not fit this model (another model or another parameter selection): "
                 f"missing {missing[:5]}, unexpected {extra[:5]}, shape mismatches {wrong[:5]}."
             )
-        self.masks, self._pruned = {}, {}
+        self.masks, self._pruned, self._factors = {}, {}, {}
         self._set_masks({f: m.to(self._params[f].device) for f, m in state["masks"].items()})
         self.sparsity = float(state["sparsity"])
         self.events = [dict(e) for e in state["events"]]
