@@ -1,6 +1,12 @@
 """lightning_prune: prune language models while they train, with PyTorch Lightning callbacks."""
 
-from lightning_prune.callbacks import ExportPretrained, ImportanceTracking, PruningReport, ScheduledPruning
+from lightning_prune.callbacks import (
+    ExportPretrained,
+    ImportanceTracking,
+    NeuronPruning,
+    PruningReport,
+    ScheduledPruning,
+)
 from lightning_prune.importance import CRITERIA, Criterion, get_criterion
 from lightning_prune.masks import compute_masks
 from lightning_prune.schedules import AtEpochs, AtSteps, Cubic, Linear, OneShot, Schedule
@@ -15,6 +21,7 @@ __all__ = [
     "Cubic",
     "ExportPretrained",
     "ImportanceTracking",
+    "NeuronPruning",
     "PruningReport",
     "Linear",
     "OneShot",

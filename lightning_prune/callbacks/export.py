@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -11,14 +12,19 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from typing_extensions import override
 
+from lightning_prune.callbacks.neurons import NeuronPruning
 from lightning_prune.callbacks.pruning import ScheduledPruning
-from lightning_prune.export import export_pretrained
+from lightning_prune.export import export_pretrained, make_permanent_
 
 __all__ = ["ExportPretrained"]
 
 
 class ExportPretrained(Callback):
     """Make the masks permanent and ``save_pretrained`` the module's ``.model`` into ``directory``.
+
+    With a :class:`~lightning_prune.callbacks.NeuronPruning` among the callbacks, a copy of the model with its
+    removed neurons physically cut out (smaller layers, ``intermediate_size`` / ``n_inner`` updated) is saved
+    instead; the trained model itself is left as it is.
 
     With ``verify`` the directory is reloaded with ``AutoModelForCausalLM.from_pretrained`` and its logits on a
     random batch compared with the trained model's; the largest difference goes into ``export.json``.
@@ -41,7 +47,19 @@ class ExportPretrained(Callback):
                 masks.update(cb.masks)
         masks.update(getattr(pl_module, "masks", {}))
         directory = self.directory or str(Path(trainer.default_root_dir) / "pruned_model")
-        report = export_pretrained(model, directory, masks)
+        neurons = [cb for cb in trainer.callbacks if isinstance(cb, NeuronPruning)]
+        if neurons:
+            make_permanent_(model, masks)
+            for cb in neurons:
+                cb.rezero()
+            dense = sum(p.numel() for p in model.parameters())
+            shrunk = copy.deepcopy(model)
+            for cb in neurons:
+                cb.shrink_(shrunk)
+            report = {**export_pretrained(shrunk, directory), "parameters_before_shrink": dense}
+            del shrunk
+        else:
+            report = export_pretrained(model, directory, masks)
         if self.verify:
             report["max_logit_difference"] = reload_difference(model, directory)
         Path(directory, "export.json").write_text(json.dumps(report, indent=2))

@@ -1,0 +1,225 @@
+"""``NeuronPruning``: remove whole feed-forward neurons of a ``transformers`` model while it trains."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_prune.masks import apply_masks_, hold_, mask_factors
+from lightning_prune.neurons import NEURON_CRITERIA, NeuronStats, neuron_masks, neuron_weight_masks
+from lightning_prune.schedules import AtEpochs, Schedule
+from lightning_prune.structured import FAMILIES, block_layouts, shrink_
+
+__all__ = ["NeuronPruning", "find_transformer"]
+
+
+def find_transformer(module: nn.Module) -> tuple[str, nn.Module]:
+    """``(fqn, model)`` of the first submodule (or ``module`` itself) that is a GPT-2, Llama or BERT model.
+
+    Raises:
+        ValueError: if there is none.
+    """
+    for name, sub in module.named_modules():
+        if getattr(getattr(sub, "config", None), "model_type", None) in FAMILIES and hasattr(sub, "base_model"):
+            return name, sub
+    raise ValueError(f"NeuronPruning needs a transformers model of type {FAMILIES} inside the LightningModule.")
+
+
+class NeuronPruning(Callback):
+    """Remove the same fraction of feed-forward neurons from every block, progressively, on a schedule.
+
+    Forward pre-hooks on each block's feed-forward output projection fold the neuron activations of every
+    training pass into :class:`~lightning_prune.neurons.NeuronStats` (and, for ``criterion="taylor"``, tensor hooks
+    their gradients). When the schedule's target exceeds the fraction removed so far, each layer loses its
+    lowest-scored neurons down to ``round(target · n)`` removed (decided on process 0 and broadcast); a removed
+    neuron's weight rows and columns, biases and optimizer state are zeroed and then held at zero like
+    :class:`~lightning_prune.callbacks.ScheduledPruning`'s masks. The masked model computes exactly what the
+    physically smaller model computes: :meth:`shrink_` (or :class:`~lightning_prune.callbacks.ExportPretrained`)
+    removes the neurons for real after training.
+
+    Args:
+        schedule: fraction of neurons removed, a :class:`~lightning_prune.schedules.Schedule` or ``{epoch: f}``.
+        criterion: one of :data:`~lightning_prune.neurons.NEURON_CRITERIA`.
+        decay: EMA decay of the running activation statistics.
+        samples: token activations kept per layer for ``"mutual_information"``.
+        threshold: normalised mutual information above which a pair of neurons counts as redundant.
+
+    Raises:
+        ValueError: for an unknown criterion, a schedule past the run's end or removing every neuron, a model
+            that is not GPT-2/Llama/BERT, or a checkpoint of another model.
+
+    Example:
+        >>> trainer = pl.Trainer(max_epochs=6, callbacks=[NeuronPruning({2: 0.25, 4: 0.5}, "taylor")])
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule | Mapping[int, float],
+        criterion: str = "activation",
+        decay: float = 0.99,
+        samples: int = 256,
+        threshold: float = 0.0,
+    ) -> None:
+        if criterion not in NEURON_CRITERIA:
+            raise ValueError(f"unknown neuron criterion {criterion!r}; choose one of {NEURON_CRITERIA}.")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
+        self.schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
+        self.criterion, self.decay, self.n_samples, self.threshold = criterion, decay, samples, threshold
+        self.sparsity = 0.0  # fraction of neurons removed so far (the schedule's last target reached)
+        self.masks: list[Tensor] = []  # per layer, bool (n,), True keeps
+        self.events: list[dict[str, float]] = []
+        self.stats: NeuronStats | None = None
+        self.model: nn.Module | None = None
+        self._prefix = ""
+        self._params: dict[str, nn.Parameter] = {}
+        self._pruned: dict[str, Tensor] = {}
+        self._factors: dict[str, Tensor] = {}
+        self._handles: list[Any] = []
+        self._pending: dict[str, Any] | None = None
+
+    # ---- setup ---------------------------------------------------------------------------------------------
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._prefix, self.model = find_transformer(pl_module)
+        sizes = [lay.n_neurons for lay in block_layouts(self.model)]
+        self.schedule.check_fits(trainer.max_epochs, trainer.max_steps)
+        end = self.schedule.end_sparsity()
+        if any(round(end * n) >= n for n in sizes):
+            raise ValueError(f"the schedule ends at {end}, which removes every neuron of a layer of {min(sizes)}.")
+        samples = self.n_samples if self.criterion == "mutual_information" else 0
+        self.stats = NeuronStats(sizes, self.decay, samples)
+        self.masks = [torch.ones(n, dtype=torch.bool) for n in sizes]
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        device = pl_module.device
+        self.stats.to(device)
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+        self._set_masks(self.masks)
+        hold_(self._params, self._pruned, trainer.optimizers)
+        for optimizer in trainer.optimizers:
+            self._handles.append(optimizer.register_step_post_hook(self._rezero))
+        for i, lay in enumerate(block_layouts(self.model)):
+            self._handles.append(self.model.get_submodule(lay.ffn_out).register_forward_pre_hook(self._hook(i)))
+
+    def _hook(self, layer: int) -> Any:
+        def observe(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not module.training:
+                return
+            acts = args[0]
+            self.stats.add_activations(layer, acts)
+            if self.criterion == "taylor" and acts.requires_grad:
+                acts.register_hook(lambda grad: self._taylor(layer, acts, grad))
+
+        return observe
+
+    def _taylor(self, layer: int, acts: Tensor, grad: Tensor) -> None:
+        self.stats.add_taylor(layer, acts, grad)  # returns None: the gradient passes on unchanged
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._remove_hooks()
+
+    # ---- the training loop ---------------------------------------------------------------------------------
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        target = self.schedule(trainer.global_step if self.schedule.unit == "step" else trainer.current_epoch)
+        if target > self.sparsity:
+            self.prune(trainer, target)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        apply_masks_({f: p.grad for f, p in self._params.items()}, self._pruned, self._factors)
+
+    def _rezero(self, *_: Any) -> None:
+        self.rezero()
+
+    @torch.no_grad()
+    def rezero(self) -> None:
+        """Set every entry owned by a removed neuron to exact zero (done after each optimizer step)."""
+        apply_masks_(self._params, self._pruned, self._factors)
+
+    def prune(self, trainer: pl.Trainer, target: float) -> None:
+        """Remove neurons down to ``target`` in every layer (decided on process 0) and hold them at zero."""
+        masks = neuron_masks(self.model, self.stats, self.criterion, target, self.masks, self.threshold)
+        masks = trainer.strategy.broadcast([m.cpu() for m in masks], src=0)
+        self._set_masks(masks)
+        self.sparsity = target
+        hold_(self._params, self._pruned, trainer.optimizers)
+        removed = self.removed()
+        for logger in trainer.loggers:
+            logger.log_metrics({"neurons/removed": removed, "neurons/target": target}, step=trainer.global_step)
+        self.events.append(
+            {"step": trainer.global_step, "epoch": trainer.current_epoch, "target": target, "removed": removed}
+        )
+
+    def removed(self) -> float:
+        """Fraction of all feed-forward neurons removed."""
+        total = sum(m.numel() for m in self.masks)
+        return sum(int((~m).sum()) for m in self.masks) / total if total else 0.0
+
+    def _set_masks(self, masks: list[Tensor]) -> None:
+        self.masks = [m.bool().cpu() & old for m, old in zip(masks, self.masks, strict=True)]  # never un-remove
+        self._pruned = neuron_weight_masks(self.model, self.masks)
+        self._params = {f: self.model.get_parameter(f) for f in self._pruned}
+        self._factors = mask_factors(self._pruned, self._params)
+
+    @torch.no_grad()
+    def shrink_(self, model: nn.Module | None = None) -> nn.Module:
+        """Physically remove the neurons from ``model`` (default: the trained one) and update its config."""
+        return shrink_(self.model if model is None else model, neuron_masks=self.masks)
+
+    # ---- checkpoint ----------------------------------------------------------------------------------------
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        if self._pending is not None:
+            return dict(self._pending)
+        return {
+            "masks": [m.clone() for m in self.masks],
+            "sparsity": self.sparsity,
+            "events": [dict(e) for e in self.events],
+            "stats": self.stats.state_dict() if self.stats is not None else None,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        sizes = [m.numel() for m in state["masks"]]
+        if sizes != self.stats.sizes:
+            raise ValueError(
+                f"the checkpoint's neuron masks are for layers of {sizes} neurons, this model has {self.stats.sizes}."
+            )
+        self.masks = [m.bool().cpu() for m in state["masks"]]
+        self.sparsity = float(state["sparsity"])
+        self.events = [dict(e) for e in state["events"]]
+        if state["stats"] is not None:
+            self.stats.load_state_dict(state["stats"])

@@ -1,0 +1,275 @@
+"""Running statistics of feed-forward neurons, neuron scores by criterion, and neuron masks as weight masks.
+
+The activation of a block's feed-forward neurons is the input of its output projection (``c_proj`` /
+``down_proj`` / ``output.dense``, see :mod:`lightning_prune.structured`). :class:`NeuronStats` folds the
+activations ``a`` (tokens × n) of each training forward pass into running statistics per layer:
+
+* ``activation``: exponential moving average over passes of ``mean_t |a_tj|``;
+* ``taylor``: the same of ``mean_t |a_tj · ∂L/∂a_tj|`` (first-order Taylor, Molchanov et al. 2017);
+* ``samples``: a ring of the last ``samples`` token activations (a few random tokens per pass), the input of the
+  mutual-information redundancy criterion (:func:`~lightning_prune.mutual_information.redundant_neurons`).
+
+The first pass sets an average; later passes ``m ← decay·m + (1 − decay)·x``. A pass with a non-finite value is
+skipped and counted in ``skipped``.
+
+Neuron criteria (:data:`NEURON_CRITERIA`, higher score = keep):
+
+==================== ==========================================================================================
+``activation``       running mean |activation|
+``taylor``           running mean |activation · gradient|
+``weight_norm``      ‖incoming weights‖₂ · ‖outgoing weights‖₂ of the neuron (current weights)
+``mutual_information`` one of each redundant pair goes first (arXiv 2406.00030), then the lowest activation
+==================== ==========================================================================================
+
+Example:
+    >>> stats = NeuronStats([4], decay=0.5)
+    >>> stats.add_activations(0, torch.tensor([[1.0, -2.0, 0.0, 4.0]]))
+    >>> stats.activation[0].tolist()
+    [1.0, 2.0, 0.0, 4.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prune.calibration import collect_activations, collect_taylor
+from lightning_prune.mutual_information import mean_abs_activation, redundant_neurons, weight_norm_scores
+from lightning_prune.structured import (
+    _is_conv1d,
+    block_layouts,
+    ffn_neuron_weights,
+    ffn_output_modules,
+    neuron_masks_from_scores,
+)
+
+__all__ = ["NEURON_CRITERIA", "NeuronStats", "calibrated_neuron_masks", "neuron_masks", "neuron_weight_masks"]
+
+NEURON_CRITERIA = ("activation", "taylor", "weight_norm", "mutual_information")
+
+
+class NeuronStats:
+    """Running per-neuron statistics of several layers (see the module docstring).
+
+    Args:
+        sizes: neurons per layer.
+        decay: EMA decay in [0, 1).
+        samples: token activations kept per layer for mutual information (0: none).
+        per_pass: tokens sampled into the ring from each forward pass.
+        seed: seed of the token sampling (the same on every process).
+
+    Raises:
+        ValueError: for a decay outside [0, 1) or negative sample counts.
+    """
+
+    def __init__(
+        self, sizes: Sequence[int], decay: float = 0.99, samples: int = 0, per_pass: int = 16, seed: int = 0
+    ) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
+        if samples < 0 or per_pass <= 0:
+            raise ValueError(f"samples must be >= 0 and per_pass > 0, got {samples} and {per_pass}.")
+        self.sizes, self.decay, self.n_samples, self.per_pass = list(sizes), decay, samples, per_pass
+        self.activation = [torch.zeros(n) for n in self.sizes]
+        self.taylor = [torch.zeros(n) for n in self.sizes]
+        self.samples = [torch.zeros(samples, n) for n in self.sizes]  # ring buffers (samples, n)
+        self.counts = {"activation": [0] * len(self.sizes), "taylor": [0] * len(self.sizes)}
+        self.filled = [0] * len(self.sizes)  # rows of the ring written so far (all time)
+        self.skipped = 0
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def to(self, device: torch.device | str) -> NeuronStats:
+        """Move the state to ``device``; returns self."""
+        self.activation = [t.to(device) for t in self.activation]
+        self.taylor = [t.to(device) for t in self.taylor]
+        self.samples = [t.to(device) for t in self.samples]
+        return self
+
+    def _ema_(self, which: str, layer: int, x: Tensor) -> None:
+        state = getattr(self, which)[layer]
+        if self.counts[which][layer] == 0:
+            state.copy_(x)
+        else:
+            state.lerp_(x, 1.0 - self.decay)
+        self.counts[which][layer] += 1
+
+    @torch.no_grad()
+    def add_activations(self, layer: int, acts: Tensor) -> bool:
+        """Fold one pass's activations ``(..., n)`` of ``layer`` in; False (and counted) if any is non-finite."""
+        flat = acts.detach().reshape(-1, acts.shape[-1]).float()  # (T, n)
+        if not bool(torch.isfinite(flat).all()):
+            self.skipped += 1
+            return False
+        self._ema_("activation", layer, flat.abs().mean(0).to(self.activation[layer].device))
+        if self.n_samples:
+            rows = torch.randperm(flat.shape[0], generator=self._gen)[: self.per_pass].to(flat.device)
+            at = (self.filled[layer] + torch.arange(len(rows))) % self.n_samples
+            self.samples[layer][at.to(self.samples[layer].device)] = flat[rows].to(self.samples[layer].device)
+            self.filled[layer] += len(rows)
+        return True
+
+    @torch.no_grad()
+    def add_taylor(self, layer: int, acts: Tensor, grads: Tensor) -> bool:
+        """Fold one pass's ``|a · ∂L/∂a|`` (both ``(..., n)``) in; False (and counted) if non-finite."""
+        prod = (acts.detach().float() * grads.detach().float()).abs().reshape(-1, acts.shape[-1])  # (T, n)
+        if not bool(torch.isfinite(prod).all()):
+            self.skipped += 1
+            return False
+        self._ema_("taylor", layer, prod.mean(0).to(self.taylor[layer].device))
+        return True
+
+    def kept_samples(self, layer: int) -> Tensor:
+        """The ring's filled rows ``(min(filled, samples), n)``."""
+        return self.samples[layer][: min(self.filled[layer], self.n_samples)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sizes": list(self.sizes),
+            "activation": [t.cpu().clone() for t in self.activation],
+            "taylor": [t.cpu().clone() for t in self.taylor],
+            "samples": [t.cpu().clone() for t in self.samples],
+            "counts": {k: list(v) for k, v in self.counts.items()},
+            "filled": list(self.filled),
+            "skipped": self.skipped,
+            "generator": self._gen.get_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`.
+
+        Raises:
+            ValueError: if the layer sizes or the ring size differ from this instance's.
+        """
+        if list(state["sizes"]) != self.sizes:
+            raise ValueError(f"neuron statistics are for layers of {list(state['sizes'])} neurons, not {self.sizes}.")
+        if state["samples"] and state["samples"][0].shape[0] != self.n_samples:
+            raise ValueError(f"the checkpoint keeps {state['samples'][0].shape[0]} samples, not {self.n_samples}.")
+        device = self.activation[0].device if self.activation else "cpu"
+        self.activation = [t.to(device).clone() for t in state["activation"]]
+        self.taylor = [t.to(device).clone() for t in state["taylor"]]
+        self.samples = [t.to(device).clone() for t in state["samples"]]
+        self.counts = {k: list(v) for k, v in state["counts"].items()}
+        self.filled, self.skipped = list(state["filled"]), int(state["skipped"])
+        self._gen.set_state(state["generator"])
+
+
+def neuron_masks(
+    model: nn.Module,
+    stats: NeuronStats,
+    criterion: str,
+    sparsity: float,
+    current: Sequence[Tensor] | None = None,
+    threshold: float = 0.0,
+) -> list[Tensor]:
+    """Keep masks ``(n,)`` per layer removing ``round(sparsity · n)`` neurons of every layer, by ``criterion``.
+
+    Neurons already removed in ``current`` stay removed (they count toward the target).
+
+    Raises:
+        ValueError: for an unknown criterion, a sparsity outside [0, 1), statistics not yet gathered, or fewer
+            neurons to remove than are already removed.
+    """
+    if criterion not in NEURON_CRITERIA:
+        raise ValueError(f"unknown neuron criterion {criterion!r}; choose one of {NEURON_CRITERIA}.")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be a fraction of neurons removed in [0, 1), got {sparsity!r}.")
+    weights = ffn_neuron_weights(model) if criterion == "weight_norm" else None
+    masks = []
+    for i, n in enumerate(stats.sizes):
+        keep = torch.ones(n, dtype=torch.bool) if current is None else current[i].bool().cpu()
+        n_remove = round(sparsity * n) - int((~keep).sum())
+        if n_remove < 0:
+            raise ValueError(f"layer {i} has {int((~keep).sum())} neurons removed already, above {sparsity} of {n}.")
+        if round(sparsity * n) >= n:
+            raise ValueError(f"sparsity {sparsity} removes all {n} neurons of layer {i}; keep at least one.")
+        kind = "taylor" if criterion == "taylor" else "activation"
+        if criterion != "weight_norm" and stats.counts[kind][i] == 0:
+            raise ValueError(f"no {kind} statistics for layer {i} yet: prune after at least one training step.")
+        if criterion == "weight_norm":
+            score = weight_norm_scores(*weights[i]).cpu()
+        else:
+            score = getattr(stats, kind)[i].float().cpu()
+        idx = keep.nonzero().flatten()  # candidates: the neurons still kept
+        if criterion == "mutual_information":
+            acts = stats.kept_samples(i).float().cpu()[:, idx]
+            if acts.shape[0] < 2:
+                raise ValueError(f"layer {i}: mutual information needs at least 2 sampled tokens, got {acts.shape[0]}.")
+            sub = redundant_neurons(acts, n_remove, threshold=threshold, importance=score[idx])
+            drop = idx[~sub]
+        else:
+            drop = idx[torch.argsort(score[idx], stable=True)[:n_remove]]
+        keep = keep.clone()
+        keep[drop] = False
+        masks.append(keep)
+    return masks
+
+
+def neuron_weight_masks(model: nn.Module, masks: Sequence[Tensor]) -> dict[str, Tensor]:
+    """``{fqn: bool pruned}`` of every weight and bias entry that a removed neuron owns, in ``model``'s names.
+
+    Producers (``c_fc``; ``gate_proj``/``up_proj``; ``intermediate.dense``) lose the neuron's output row and bias,
+    the consumer (``c_proj``; ``down_proj``; ``output.dense``) the neuron's input column. Holding these entries at
+    zero is exactly removing the neuron.
+    """
+    out = {}
+    for lay, keep in zip(block_layouts(model), masks, strict=True):
+        gone = ~keep.bool()
+        for name in lay.ffn_in:
+            module = model.get_submodule(name)
+            w = module.weight
+            out[f"{name}.weight"] = (gone[None, :] if _is_conv1d(module) else gone[:, None]).expand_as(w).to(w.device)
+            if module.bias is not None:
+                out[f"{name}.bias"] = gone.to(module.bias.device)
+        module = model.get_submodule(lay.ffn_out)
+        w = module.weight
+        cols = gone[:, None] if _is_conv1d(module) else gone[None, :]
+        out[f"{lay.ffn_out}.weight"] = cols.expand_as(w).to(w.device)
+    return {f: m.contiguous() for f, m in out.items()}
+
+
+def calibrated_neuron_masks(
+    model: nn.Module,
+    batches: Iterable[Any],
+    sparsity: float,
+    criterion: str = "activation",
+    loss_fn: Callable[[Any], Tensor] | None = None,
+    threshold: float = 0.0,
+    max_samples: int = 256,
+) -> list[Tensor]:
+    """One-shot neuron masks from calibration batches (no training): remove ``round(sparsity · n)`` per layer.
+
+    Args:
+        model: a GPT-2, Llama or BERT ``transformers`` model, called as ``model(**batch)`` or ``model(batch)``.
+        batches: calibration batches (a list: ``taylor`` passes over them again with gradients).
+        sparsity: fraction of each layer's feed-forward neurons to remove.
+        criterion: one of :data:`NEURON_CRITERIA`.
+        loss_fn: ``batch → scalar loss`` for ``taylor`` (parameter gradients are zeroed afterwards).
+        threshold: normalised mutual information of a redundant pair, for ``mutual_information``.
+        max_samples: tokens sampled per layer for the Gram matrices of ``mutual_information``.
+
+    Raises:
+        ValueError: for an unknown criterion, ``taylor`` without ``loss_fn``, or a sparsity out of range.
+    """
+    if criterion not in NEURON_CRITERIA:
+        raise ValueError(f"unknown neuron criterion {criterion!r}; choose one of {NEURON_CRITERIA}.")
+    if criterion == "taylor" and loss_fn is None:
+        raise ValueError("criterion 'taylor' needs loss_fn: batch -> scalar loss.")
+    batches = list(batches)
+    modules = ffn_output_modules(model)
+    if criterion == "weight_norm":
+        return neuron_masks_from_scores([weight_norm_scores(*w) for w in ffn_neuron_weights(model)], sparsity)
+    if criterion == "taylor":
+        taylor = collect_taylor(modules, loss_fn, batches)
+        model.zero_grad(set_to_none=True)
+        return neuron_masks_from_scores([taylor[name] for name in modules], sparsity)
+    acts = collect_activations(modules, model, batches)  # {fqn: (T, n)}
+    if criterion == "activation":
+        return neuron_masks_from_scores([mean_abs_activation(a) for a in acts.values()], sparsity)
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be a fraction of neurons removed in [0, 1), got {sparsity!r}.")
+    return [
+        redundant_neurons(a, round(sparsity * a.shape[1]), threshold, max_samples=max_samples) for a in acts.values()
+    ]
