@@ -12,6 +12,7 @@ name                   score                                        source
 ``gradient``           EMA of |g| over steps                        gradient-magnitude saliency
 ``taylor``             Σ_t |w_t·g_t|                                Molchanov et al. 2019, first-order Taylor
 ``movement``           −Σ_t w_t·g_t                                 Sanh et al. 2020, "Movement Pruning"
+``wanda``              |w_ij| · √EMA(mean_t x_j²) over passes      Sun et al. 2023 (Wanda), as a running statistic
 ``random``             uniform noise, seeded per fqn                baseline
 =====================  ===========================================  =============================================
 
@@ -72,6 +73,11 @@ class StatScore:
         return self.sign * stats.value(self.stat, fqn)
 
 
+def _wanda(fqn: str, weight: Tensor, stats: RunningStats | None) -> Tensor:
+    assert stats is not None
+    return weight.detach().abs().float() * stats.input_scale(fqn)
+
+
 @dataclass(frozen=True)
 class RandomScore:
     """Uniform random scores, seeded from ``seed`` and the fqn so every process draws the same."""
@@ -92,6 +98,7 @@ CRITERIA: dict[str, Criterion] = {
         Criterion("gradient", StatScore("abs_grad"), ("abs_grad",)),
         Criterion("taylor", StatScore("taylor"), ("taylor",)),
         Criterion("movement", StatScore("movement", sign=-1.0), ("movement",)),
+        Criterion("wanda", _wanda, ("input_norm",)),
         Criterion("random", RandomScore()),
     )
 }

@@ -2,7 +2,8 @@
 
 A mask is a ``bool`` tensor shaped like its weight: True keeps the entry, False prunes it. Masks are
 computed from importance scores (higher = more important) at a target *sparsity* (the fraction of
-zeros), in a ``scope`` (``"global"`` across all selected weights, or per ``"layer"``) and a ``pattern``:
+zeros), in a ``scope`` (``"global"`` across all selected weights, per ``"layer"``, or per ``"output"`` row of
+each weight, as Wanda compares) and a ``pattern``:
 
 - ``"unstructured"``: any entries;
 - ``"N:M"`` (e.g. ``"2:4"``): in every group of M consecutive inputs, at most M−N are pruned; a target s
@@ -28,7 +29,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+SCOPES = ("global", "layer", "output")  # one ranking over all weights, per weight, per output row
+
 __all__ = [
+    "SCOPES",
     "all_finite",
     "apply_masks_",
     "compute_masks",
@@ -37,6 +41,7 @@ __all__ = [
     "layer_masks",
     "mask_factors",
     "nm_masks",
+    "output_masks",
     "parse_pattern",
     "row_masks",
     "sparsity_report",
@@ -68,6 +73,22 @@ def layer_masks(scores: Mapping[str, Tensor], sparsity: float) -> dict[str, Tens
         keep = torch.ones(s.numel(), dtype=torch.bool, device=s.device)
         keep[_lowest(s.flatten(), round(sparsity * s.numel()))] = False
         masks[fqn] = keep.view_as(s)
+    return masks
+
+
+@torch.no_grad()
+def output_masks(scores: Mapping[str, Tensor], sparsity: float, in_dims: Mapping[str, int]) -> dict[str, Tensor]:
+    """Prune round(sparsity · fan_in) lowest-scored entries of every output (each row of inputs; Wanda's
+    per-output comparison). Tensors that are not 2-D are pruned per tensor as in :func:`layer_masks`."""
+    masks = {}
+    for fqn, s in scores.items():
+        if s.dim() != 2:
+            masks.update(layer_masks({fqn: s}, sparsity))
+            continue
+        rows = s if in_dims.get(fqn, 1) == 1 else s.t()  # (out, in)
+        order = torch.argsort(rows.float(), dim=1, stable=True)[:, : round(sparsity * rows.shape[1])]
+        keep = torch.ones_like(rows, dtype=torch.bool).scatter_(1, order, False)
+        masks[fqn] = keep if in_dims.get(fqn, 1) == 1 else keep.t().contiguous()
     return masks
 
 
@@ -181,10 +202,12 @@ def compute_masks(
     Args:
         in_dims: ``{fqn: input dim}`` of each weight (default: the last dim); the output dim is the other.
     """
-    if scope not in ("global", "layer"):
-        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}.")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
     kind, n, m = parse_pattern(pattern)
     in_dims = dict(in_dims or {})
+    if scope == "output" and kind != "unstructured":
+        raise ValueError("scope 'output' ranks entries within each output; use it with pattern 'unstructured'.")
     if kind == "nm":
         return nm_masks(scores, sparsity, n, m, in_dims)
     if kind == "row":
@@ -192,6 +215,8 @@ def compute_masks(
         return row_masks(scores, sparsity, out_dims, scope)
     if scope == "layer":
         return layer_masks(scores, sparsity)
+    if scope == "output":
+        return output_masks(scores, sparsity, {f: in_dims.get(f, s.dim() - 1) for f, s in scores.items()})
     return global_masks(scores, sparsity, max_layer_sparsity)
 
 

@@ -11,6 +11,9 @@ Statistics (each kept only if asked for, so memory is one state tensor per stati
                     weigh more: Σ_i c_i·|w_i| / Σ_i c_i with c_i = √i for snapshot i = 1, 2, ... over the
                     last ``window`` snapshots (all if ``window`` is None) — "Systematic Weight Evaluation
                     for Pruning LLMs", arXiv 2502.17071
+``input_norm``      per input feature j of a 2-D weight, EMA over training forward passes of the mean over
+                    tokens of x_j² (fed by :meth:`RunningStats.add_inputs`); √ of it scales |w| in the
+                    running Wanda score |w_ij|·‖x_j‖ (Sun et al. 2023)
 ==================  ===================================================================================
 
 A step whose gradients hold a NaN or an infinity is skipped and counted in ``skipped``; it is never folded
@@ -38,7 +41,7 @@ from lightning_prune.masks import all_finite
 
 __all__ = ["STATS", "RunningStats", "snapshot_weights"]
 
-STATS = ("abs_weight", "abs_grad", "movement", "taylor", "time_weighted")
+STATS = ("abs_weight", "abs_grad", "movement", "taylor", "time_weighted", "input_norm")
 _WEIGHTINGS: dict[str, Callable[[int], float]] = {
     "sqrt": math.sqrt,
     "linear": float,
@@ -66,6 +69,8 @@ class RunningStats:
         dtype: dtype of the state tensors (``torch.bfloat16`` halves the memory of ``float32``).
         window: number of most recent snapshots in ``time_weighted`` (None: all, kept as a running sum).
         weighting: snapshot weighting c(i): ``"sqrt"`` (default), ``"linear"``, ``"uniform"`` or a callable.
+        in_dims: ``{fqn: dim}`` of the input features of each 2-D weight, for ``input_norm`` (default 1, as in
+            ``nn.Linear``; 0 for ``transformers``' Conv1D).
 
     Raises:
         ValueError: for an unknown statistic, a decay outside [0, 1), ``every`` < 1 or ``window`` < 1.
@@ -80,6 +85,7 @@ class RunningStats:
         dtype: torch.dtype = torch.float32,
         window: int | None = None,
         weighting: str | Callable[[int], float] = "sqrt",
+        in_dims: Mapping[str, int] | None = None,
     ) -> None:
         self.stats = tuple(dict.fromkeys(stats))
         unknown = [s for s in self.stats if s not in STATS]
@@ -100,9 +106,17 @@ class RunningStats:
         self.skipped = 0  # steps skipped for non-finite gradients
         self.snapshots = 0  # snapshots taken for time_weighted
         self.state: dict[str, dict[str, Tensor]] = {}
+        self.in_dims = {f: (in_dims or {}).get(f, 1) for f, p in params.items() if p.dim() == 2}
+        self.inputs_seen = dict.fromkeys(self.in_dims, 0)  # forward passes folded into input_norm, per fqn
         for stat in self.stats:
             if stat == "time_weighted" and window is not None:
                 continue  # kept as a ring of snapshots below
+            if stat == "input_norm":
+                self.state[stat] = {
+                    f: torch.zeros(params[f].shape[d], dtype=dtype, device=params[f].device)
+                    for f, d in self.in_dims.items()
+                }
+                continue
             self.state[stat] = {fqn: torch.zeros_like(p, dtype=dtype) for fqn, p in params.items()}
         self.twa_norm = 0.0  # Σ c_i over the snapshots in the running sum
         self.ring: list[dict[str, Tensor]] = []  # window snapshots of |w|, oldest first
@@ -140,6 +154,46 @@ class RunningStats:
                 self._add_(self.state["taylor"], prods)
         self.steps += 1
         return True
+
+    @torch.no_grad()
+    def add_inputs(self, fqn: str, inputs: Tensor) -> bool:
+        """Fold one forward pass's inputs ``(..., in_features)`` of the module owning ``fqn`` into ``input_norm``.
+
+        Returns:
+            True if folded in; False if skipped and counted (a non-finite input).
+        """
+        flat = inputs.detach().reshape(-1, inputs.shape[-1]).float()  # (T, in)
+        if not bool(torch.isfinite(flat).all()):
+            self.skipped += 1
+            return False
+        mean_sq = flat.square().mean(0).to(self.dtype)
+        state = self.state["input_norm"][fqn]
+        if self.inputs_seen[fqn] == 0:
+            state.copy_(mean_sq)
+        else:
+            state.lerp_(mean_sq, 1.0 - self.decay)
+        self.inputs_seen[fqn] += 1
+        return True
+
+    def input_scale(self, fqn: str) -> Tensor:
+        """``sqrt(input_norm)`` shaped to broadcast against the weight (a column or a row of feature norms).
+
+        Raises:
+            RuntimeError: if no forward pass of the weight's module has been seen (e.g. the ``out_proj`` of
+                ``nn.MultiheadAttention``, whose weight is read without calling the module).
+        """
+        if "input_norm" not in self.stats:
+            raise KeyError(f"statistic 'input_norm' is not tracked; tracked: {list(self.stats)}.")
+        if fqn not in self.in_dims:
+            raise KeyError(f"parameter {fqn!r} is not a tracked 2-D weight.")
+        if self.inputs_seen[fqn] == 0:
+            raise RuntimeError(
+                f"no input of {fqn!r} has been seen: its module never ran forward in training (a weight read "
+                "without calling its module, like nn.MultiheadAttention's out_proj, has no inputs to measure); "
+                "exclude it or choose a criterion without 'input_norm'."
+            )
+        norms = self.state["input_norm"][fqn].float().sqrt()
+        return norms[None, :] if self.in_dims[fqn] == 1 else norms[:, None]
 
     @torch.no_grad()
     def snapshot(self, params: Mapping[str, Tensor]) -> None:
@@ -207,6 +261,7 @@ class RunningStats:
             "stats": list(self.stats),
             "shapes": {f: list(s) for f, s in self.shapes.items()},
             "counters": {"calls": self.calls, "steps": self.steps, "skipped": self.skipped},
+            "inputs_seen": dict(self.inputs_seen),
             "snapshots": self.snapshots,
             "twa_norm": self.twa_norm,
             "state": {stat: {f: t.clone() for f, t in per.items()} for stat, per in self.state.items()},
@@ -238,6 +293,7 @@ class RunningStats:
         self.ring_index = list(state["ring_index"])
         counters = state["counters"]
         self.calls, self.steps, self.skipped = counters["calls"], counters["steps"], counters["skipped"]
+        self.inputs_seen.update(state.get("inputs_seen", {}))
         self.snapshots, self.twa_norm = state["snapshots"], state["twa_norm"]
 
 

@@ -118,3 +118,12 @@ def test_all_finite_is_exact_beyond_the_overflow_of_the_fast_norm():
     assert not all_finite([torch.ones(2), torch.tensor([1.0, float("nan")])])
     assert not all_finite([torch.tensor([float("-inf")])])
     assert all_finite([])
+
+
+def test_output_scope_prunes_each_output_row_on_its_own_in_either_layout():
+    s = torch.tensor([[4.0, 1.0, 3.0, 2.0], [0.1, 0.4, 0.3, 0.2]])  # (out, in)
+    masks = compute_masks({"lin": s, "conv": s.t().clone()}, 0.5, scope="output", in_dims={"lin": 1, "conv": 0})
+    assert masks["lin"].tolist() == [[T, F, T, F], [F, T, T, F]]
+    assert torch.equal(masks["conv"], masks["lin"].t())
+    with pytest.raises(ValueError, match="use it with pattern 'unstructured'"):
+        compute_masks({"lin": s}, 0.5, scope="output", pattern="2:4")

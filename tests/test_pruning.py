@@ -201,3 +201,27 @@ def test_tracker_must_cover_pruned_parameters(tiny):
     tracking = ImportanceTracking(parameters=["*.fc1.weight"])
     with pytest.raises(ValueError, match="does not track parameters"):
         _fit(tiny, [tracking, ScheduledPruning({1: 0.5}, criterion="taylor")], max_epochs=2)
+
+
+def test_running_wanda_prunes_every_output_row_to_the_target_and_removes_its_hooks():
+    from lightning_prune.lm import CausalLM
+
+    pl.seed_everything(0, verbose=False)
+    module = CausalLM(vocab_size=32, n_layer=2, n_embd=16, n_head=2, n_positions=16, warmup_steps=2)
+    ids = torch.randint(0, 32, (16, 16), generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader([{"input_ids": x, "labels": x} for x in ids], batch_size=4)
+    tracking = ImportanceTracking()
+    pruning = ScheduledPruning(AtSteps({2: 0.5}), "wanda", scope="output")
+    trainer(max_steps=4, callbacks=[tracking, pruning]).fit(module, loader)
+    assert "input_norm" in tracking.stats.stats and all(n == 4 for n in tracking.stats.inputs_seen.values())
+    for fqn, mask in pruning.masks.items():  # GPT-2 Conv1D weights are (in, out): each column is one output
+        assert ((~mask).sum(0) == mask.shape[0] // 2).all(), fqn
+    assert not any(m._forward_pre_hooks for m in module.modules())
+
+
+def test_running_wanda_names_a_weight_whose_module_never_runs_forward(tiny):
+    tracking = ImportanceTracking()
+    pruning = ScheduledPruning(AtEpochs({1: 0.5}), "wanda")
+    with pytest.raises(RuntimeError, match="out_proj.weight' has been seen"):
+        trainer(max_epochs=2, callbacks=[tracking, pruning]).fit(tiny, token_loader())
+    assert not any(m._forward_pre_hooks for m in tiny.modules())

@@ -15,7 +15,15 @@ from typing_extensions import override
 
 from lightning_prune.callbacks.tracking import ImportanceTracking
 from lightning_prune.importance import get_criterion
-from lightning_prune.masks import apply_masks_, compute_masks, hold_, mask_factors, parse_pattern, sparsity_report
+from lightning_prune.masks import (
+    SCOPES,
+    apply_masks_,
+    compute_masks,
+    hold_,
+    mask_factors,
+    parse_pattern,
+    sparsity_report,
+)
 from lightning_prune.schedules import AtEpochs, Schedule, check_sparsity
 from lightning_prune.selection import in_dim, select_parameters
 from lightning_prune.trackers import RunningStats
@@ -40,7 +48,8 @@ class ScheduledPruning(Callback):
             :class:`~lightning_prune.schedules.AtEpochs`.
         criterion: a name from :data:`~lightning_prune.importance.CRITERIA` or a callable
             ``(fqn, weight, stats) -> scores``.
-        scope: ``"global"`` (one ranking over all selected weights) or ``"layer"`` (each weight on its own).
+        scope: ``"global"`` (one ranking over all selected weights), ``"layer"`` (each weight on its own) or
+            ``"output"`` (each output row on its own, as Wanda compares).
         pattern: ``"unstructured"``, ``"N:M"`` such as ``"2:4"``, or ``"row"`` (whole output neurons).
         max_layer_sparsity: with global scope, no single weight is pruned beyond this fraction.
         parameters: fqn glob patterns of the weights to prune (default: the Linear weights inside the blocks).
@@ -72,8 +81,8 @@ class ScheduledPruning(Callback):
     ) -> None:
         self.schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
         self.criterion = get_criterion(criterion)
-        if scope not in ("global", "layer"):
-            raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}.")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
         self.kind, self.n, self.m = parse_pattern(pattern)
         end = self.schedule.end_sparsity()
         if self.kind == "nm" and end > (self.m - self.n) / self.m:

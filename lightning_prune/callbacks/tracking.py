@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_prune.selection import select_parameters
+from lightning_prune.selection import in_dim, select_parameters
 from lightning_prune.trackers import STATS, RunningStats, snapshot_weights
 
 __all__ = ["ImportanceTracking"]
@@ -24,7 +24,9 @@ class ImportanceTracking(Callback):
     Statistics are read in ``on_before_optimizer_step``: after the backward pass, after DDP has all-reduced the
     gradients and AMP has unscaled them, once per gradient-accumulation cycle. A time-weighted snapshot of |w| is
     taken at the end of every training epoch. ``ScheduledPruning`` callbacks in the same Trainer read the
-    statistics their criterion needs; those statistics are added to ``stats`` automatically.
+    statistics their criterion needs; those statistics are added to ``stats`` automatically. For ``input_norm``
+    (the running Wanda score) forward pre-hooks on the modules owning the tracked 2-D weights read their inputs
+    on training passes; the hooks are removed at teardown and on an exception.
 
     Args:
         stats: statistics to keep, from :data:`~lightning_prune.trackers.STATS` (default: those the Trainer's
@@ -69,13 +71,17 @@ class ImportanceTracking(Callback):
         self.fqns: list[str] = []
         self.stats: RunningStats | None = None
         self._params: dict[str, torch.nn.Parameter] = {}
+        self._owners: dict[str, torch.nn.Module] = {}
+        self._handles: list[Any] = []
         self._pending: dict[str, Any] | None = None
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._params = {f: p for f, (_, p) in select_parameters(pl_module, self.patterns, self.exclude).items()}
+        selected = select_parameters(pl_module, self.patterns, self.exclude)
+        self._params = {f: p for f, (_, p) in selected.items()}
+        self._owners = {f: m for f, (m, p) in selected.items() if p.dim() == 2}
         self.fqns = list(self._params)
 
     def needed_stats(self, trainer: pl.Trainer) -> tuple[str, ...]:
@@ -95,10 +101,34 @@ class ImportanceTracking(Callback):
             dtype=_DTYPES[self.dtype],
             window=self.window,
             weighting=self.weighting,
+            in_dims={f: in_dim(m) for f, m in self._owners.items()},
         )
         if self._pending is not None:
             self.stats.load_state_dict(self._pending)
             self._pending = None
+        if "input_norm" in self.stats.stats:
+            for f, module in self._owners.items():
+                self._handles.append(module.register_forward_pre_hook(self._input_hook(f)))
+
+    def _input_hook(self, fqn: str) -> Callable[..., None]:
+        def observe(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            if module.training and args and isinstance(args[0], torch.Tensor):
+                self.stats.add_inputs(fqn, args[0])
+
+        return observe
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._remove_hooks()
 
     @override
     def on_before_optimizer_step(
