@@ -30,8 +30,16 @@ def gpt2(
     """A randomly initialised GPT-2 from a config (no download)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    special = 50256 if vocab_size > 50256 else vocab_size - 1  # GPT-2's <|endoftext|>, or the last id
     config = GPT2Config(
-        vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, n_inner=n_inner
+        vocab_size=vocab_size,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_positions=n_positions,
+        n_inner=n_inner,
+        bos_token_id=special,
+        eos_token_id=special,
     )
     return GPT2LMHeadModel(config)
 

@@ -1,6 +1,7 @@
 """The recipes through the `lightning-prune` CLI: every YAML parses; the main job runs end to end (few steps)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,8 @@ def test_main_recipe_runs_end_to_end_and_reports(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["pruned"]["sparsity"] == pytest.approx(0.6, abs=1e-3) and report["dense"]["epoch"] == 2
     assert (tmp_path / "report.png").stat().st_size > 0
+    for record in report["records"]:  # perplexity of the same epoch as the loss: exp(mean token NLL)
+        assert math.log(record["val_ppl"]) == pytest.approx(record["val_loss"], abs=2e-3), record
     export = json.loads((tmp_path / "pruned_model" / "export.json").read_text())
     assert export["max_logit_difference"] == 0.0
     ckpts = list(tmp_path.rglob("*.ckpt"))

@@ -51,7 +51,8 @@ class PruningReport(Callback):
         return found[0] if found else None
 
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # not on_validation_epoch_end: callbacks run that hook before the module's, which logs val/ppl
         if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
             return
         pruning = self._pruning(trainer)
