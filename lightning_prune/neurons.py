@@ -163,10 +163,13 @@ def neuron_masks(
     sparsity: float,
     current: Sequence[Tensor] | None = None,
     threshold: float = 0.0,
+    weights: Mapping[str, Tensor] | None = None,
 ) -> list[Tensor]:
     """Keep masks ``(n,)`` per layer removing ``round(sparsity · n)`` neurons of every layer, by ``criterion``.
 
-    Neurons already removed in ``current`` stay removed (they count toward the target).
+    Neurons already removed in ``current`` stay removed (they count toward the target). ``weights`` (``{fqn in
+    model: tensor}``, e.g. the running |w| of :class:`~lightning_prune.ImportanceTracking`) replaces the current
+    weights in ``weight_norm``.
 
     Raises:
         ValueError: for an unknown criterion, a sparsity outside [0, 1), statistics not yet gathered, or fewer
@@ -176,7 +179,7 @@ def neuron_masks(
         raise ValueError(f"unknown neuron criterion {criterion!r}; choose one of {NEURON_CRITERIA}.")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be a fraction of neurons removed in [0, 1), got {sparsity!r}.")
-    weights = ffn_neuron_weights(model) if criterion == "weight_norm" else None
+    norms = ffn_neuron_weights(model, weights) if criterion == "weight_norm" else None
     masks = []
     for i, n in enumerate(stats.sizes):
         keep = torch.ones(n, dtype=torch.bool) if current is None else current[i].bool().cpu()
@@ -189,7 +192,7 @@ def neuron_masks(
         if criterion != "weight_norm" and stats.counts[kind][i] == 0:
             raise ValueError(f"no {kind} statistics for layer {i} yet: prune after at least one training step.")
         if criterion == "weight_norm":
-            score = weight_norm_scores(*weights[i]).cpu()
+            score = weight_norm_scores(*norms[i]).cpu()
         else:
             score = getattr(stats, kind)[i].float().cpu()
         idx = keep.nonzero().flatten()  # candidates: the neurons still kept

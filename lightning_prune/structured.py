@@ -39,7 +39,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -168,18 +168,28 @@ def ffn_output_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {lay.ffn_out: model.get_submodule(lay.ffn_out) for lay in block_layouts(model)}
 
 
-def _in_rows(module: nn.Module) -> Tensor:
-    """Weight as ``(out, in)``."""
-    return module.weight.t() if _is_conv1d(module) else module.weight
+def _in_rows(module: nn.Module, weight: Tensor | None = None) -> Tensor:
+    """Weight (or a tensor shaped like it) as ``(out, in)``."""
+    weight = module.weight if weight is None else weight
+    return weight.t() if _is_conv1d(module) else weight
 
 
-def ffn_neuron_weights(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
+def ffn_neuron_weights(model: nn.Module, values: Mapping[str, Tensor] | None = None) -> list[tuple[Tensor, Tensor]]:
     """Per block, ``(w_in (n, d·k), w_out (n, d))``: each neuron's incoming weights (all producers concatenated)
-    and outgoing weights, detached, ready for :func:`lightning_prune.mutual_information.weight_norm_scores`."""
+    and outgoing weights, detached, ready for :func:`lightning_prune.mutual_information.weight_norm_scores`.
+
+    Args:
+        values: ``{fqn of a weight: tensor shaped like it}`` to read instead of the weight (e.g. a running |w|).
+    """
+    values = values or {}
+
+    def rows(name: str) -> Tensor:
+        return _in_rows(model.get_submodule(name), values.get(f"{name}.weight"))
+
     out = []
     for lay in block_layouts(model):
-        w_in = torch.cat([_in_rows(model.get_submodule(n)) for n in lay.ffn_in], dim=1)  # (n, d·k)
-        w_out = _in_rows(model.get_submodule(lay.ffn_out)).t()  # (n, d)
+        w_in = torch.cat([rows(n) for n in lay.ffn_in], dim=1)  # (n, d·k)
+        w_out = rows(lay.ffn_out).t()  # (n, d)
         out.append((w_in.detach(), w_out.detach()))
     return out
 

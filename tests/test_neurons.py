@@ -182,3 +182,28 @@ def test_one_shot_masks_from_calibration_batches_shrink_exactly(criterion):
         torch.testing.assert_close(shrink_(model, neuron_masks=masks)(ids).logits, masked)
     with pytest.raises(ValueError, match="needs loss_fn"):
         calibrated_neuron_masks(model, batches, 0.25, "taylor")
+
+
+def test_weight_norm_reads_the_running_weights_of_the_tracker():
+    from lightning_prune import ImportanceTracking
+
+    model = CausalLM(**CFG).model
+    lays = block_layouts(model)
+    values = {}
+    for lay in lays:  # running |w| of 1 everywhere, except neurons 3 and 7 of every layer, whose inputs are 0
+        for name in (*lay.ffn_in, lay.ffn_out):
+            values[f"{name}.weight"] = torch.ones_like(model.get_parameter(f"{name}.weight"))
+        values[f"{lay.ffn_in[0]}.weight"][:, [3, 7]] = 0.0  # Conv1D (in, out): a neuron is a column
+    masks = neuron_masks(model, NeuronStats([32, 32]), "weight_norm", 2 / 32, weights=values)
+    assert all((~m).nonzero().flatten().tolist() == [3, 7] for m in masks)
+
+    pl.seed_everything(0, verbose=False)
+    module = CausalLM(**CFG)
+    pruning = NeuronPruning(AtSteps({3: 0.25}), "weight_norm")
+    tracking = ImportanceTracking(stats=("abs_weight",))
+    t = trainer(max_steps=4, callbacks=[tracking, pruning])
+    t.fit(module, _loader())
+    running = pruning._running_weights(t)
+    assert running is not None and set(running) == set(values)
+    tracked = tracking.stats.value("abs_weight", "model." + lays[0].ffn_out + ".weight")
+    assert torch.equal(running[lays[0].ffn_out + ".weight"], tracked)

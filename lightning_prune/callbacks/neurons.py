@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_prune.callbacks.tracking import ImportanceTracking
 from lightning_prune.masks import apply_masks_, hold_, mask_factors
 from lightning_prune.neurons import NEURON_CRITERIA, NeuronStats, neuron_masks, neuron_weight_masks
 from lightning_prune.schedules import AtEpochs, Schedule
@@ -45,7 +46,9 @@ class NeuronPruning(Callback):
 
     Args:
         schedule: fraction of neurons removed, a :class:`~lightning_prune.schedules.Schedule` or ``{epoch: f}``.
-        criterion: one of :data:`~lightning_prune.neurons.NEURON_CRITERIA`.
+        criterion: one of :data:`~lightning_prune.neurons.NEURON_CRITERIA`; ``weight_norm`` reads the running |w|
+            of an :class:`~lightning_prune.ImportanceTracking` in the Trainer when it tracks the feed-forward
+            weights, else the current weights.
         decay: EMA decay of the running activation statistics.
         samples: token activations kept per layer for ``"mutual_information"``.
         threshold: normalised mutual information above which a pair of neurons counts as redundant.
@@ -167,7 +170,9 @@ class NeuronPruning(Callback):
 
     def prune(self, trainer: pl.Trainer, target: float) -> None:
         """Remove neurons down to ``target`` in every layer (decided on process 0) and hold them at zero."""
-        masks = neuron_masks(self.model, self.stats, self.criterion, target, self.masks, self.threshold)
+        masks = neuron_masks(
+            self.model, self.stats, self.criterion, target, self.masks, self.threshold, self._running_weights(trainer)
+        )
         masks = trainer.strategy.broadcast([m.cpu() for m in masks], src=0)
         self._set_masks(masks)
         self.sparsity = target
@@ -178,6 +183,20 @@ class NeuronPruning(Callback):
         self.events.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "target": target, "removed": removed}
         )
+
+    def _running_weights(self, trainer: pl.Trainer) -> dict[str, Tensor] | None:
+        """The running |w| of the feed-forward weights from an ImportanceTracking that keeps it, else None."""
+        if self.criterion != "weight_norm":
+            return None
+        for cb in trainer.callbacks:
+            stats = getattr(cb, "stats", None)
+            if isinstance(cb, ImportanceTracking) and stats is not None and stats.steps and "abs_weight" in stats.stats:
+                prefix = f"{self._prefix}." if self._prefix else ""
+                found = {f[len(prefix) :]: stats.value("abs_weight", f) for f in stats.fqns if f.startswith(prefix)}
+                needed = {f"{n}.weight" for lay in block_layouts(self.model) for n in (*lay.ffn_in, lay.ffn_out)}
+                if needed <= set(found):
+                    return {f: found[f] for f in needed}
+        return None
 
     def removed(self) -> float:
         """Fraction of all feed-forward neurons removed."""
