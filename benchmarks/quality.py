@@ -1,0 +1,637 @@
+"""Quality after pruning while training: validation perplexity of ours vs Lightning's ``ModelPruning`` vs dense.
+
+Every run trains the same model from the same initial weights on the same data in the same order, for the same
+number of optimizer steps with the same optimizer and learning-rate schedule; only the pruning differs:
+
+* ``dense``: no pruning;
+* ``ModelPruning (LTH, default)``: ``lightning.pytorch.callbacks.ModelPruning("l1_unstructured",
+  use_global_unstructured=True)`` with its default ``use_lottery_ticket_hypothesis=True`` (surviving weights are
+  rewound to their initial values after each pruning event);
+* ``ModelPruning (no LTH)``: the same with ``use_lottery_ticket_hypothesis=False`` (its best);
+* ``ours: <criterion>``: ``ImportanceTracking()`` + ``ScheduledPruning(AtEpochs(...), criterion, scope="global")``.
+
+All prune the same weights (the ``nn.Linear`` weights inside the transformer blocks; embeddings, norms, biases and
+the output head are left dense) to the same targets at the same points: the sparsity rises in three steps (the
+cubic schedule of Zhu & Gupta 2017 sampled at three points, s_f·(1 − (1 − k/3)³), k = 1, 2, 3) and the masks are
+then held through the recovery epochs. Ours prunes at the *start* of epochs p1, p2, p3; ModelPruning prunes at the
+*end* of the epoch before (its only choice), so both see the same weights trained for the same steps. Its
+``amount`` is a fraction of what remains, so going from sparsity a to b is amount (b − a)/(1 − a).
+
+Model: a small pure-PyTorch causal transformer (pre-LayerNorm GPT, ``nn.Linear`` layers and
+``F.scaled_dot_product_attention``; no ``nn.MultiheadAttention``, which ``torch.nn.utils.prune`` breaks), so that
+both tools see the same plain ``nn.Linear`` weights. It is deliberately small for its data (~0.11 M parameters,
+byte-level, on the 4 M characters of the King James Bible) and trained long enough that capacity limits it: in a
+run too short for that, every method looks alike.
+
+Validation perplexity: exp of the mean next-byte negative log-likelihood over the whole held-out split (the data
+module's deterministic last 5%), computed after training (for ModelPruning after its masks are made permanent).
+Sparsity is measured from the weights: the fraction of exactly-zero entries of the pruned matrices.
+
+Run: ``python benchmarks/quality.py`` (about an hour on 2 shared cores, one thread),
+``python benchmarks/quality.py --quick`` (about a minute, smoke test). Writes ``benchmarks/results/quality.json``
+(and ``quality.png`` when matplotlib is installed) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, ModelPruning
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_prune import AtEpochs, Cubic, ImportanceTracking, Schedule, ScheduledPruning, select_parameters
+from lightning_prune.data import TextDataModule
+from lightning_prune.lm import CausalLM
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CRITERIA = ("running_magnitude", "magnitude", "taylor", "movement", "time_weighted")
+TARGETS = (0.5, 0.7, 0.9)
+MP_LTH, MP_BEST = "ModelPruning (LTH, default)", "ModelPruning (no LTH)"
+# targets to compare against: ratio of val perplexity to dense at each sparsity; at 90% the gap to dense must be
+# at least 20% smaller than ModelPruning-best's
+GOAL_RATIO = {0.5: 1.00, 0.7: 1.05}
+GOAL_GAP_REDUCTION = 0.2
+# other settings of ours, outside the same-schedule comparison (``--variants``): candidates to close a gap
+VARIANTS = {
+    "cubic-steps": "Cubic(unit='step', every=10) over the same window: from the first pruning epoch's first step to "
+    "the last's, the same final sparsity at the same step, in small steps instead of three jumps",
+    "layer": "scope='layer': every matrix pruned to the target on its own (no global ranking)",
+}
+
+
+@dataclass
+class Config:
+    n_layer: int = 3  # transformer blocks
+    n_embd: int = 48  # model width (pilot: 48 makes ModelPruning-best lose >10% at 90% in 1000 steps)
+    n_head: int = 4  # attention heads
+    block_size: int = 64  # tokens (bytes) per example, also the model's context
+    batch_size: int = 32  # examples per optimizer step
+    epochs: int = 10  # short "epochs" of `epoch_batches` batches (ModelPruning acts only at epoch ends)
+    epoch_batches: int = 100  # optimizer steps per epoch
+    prune_epochs: tuple[int, ...] = (3, 4, 5)  # ours prunes at the start of these; ModelPruning at the end of e-1
+    lr: float = 3e-3  # AdamW peak learning rate (CausalLM: linear warm-up, cosine to 10%)
+    warmup_steps: int = 100  # linear warm-up
+    weight_decay: float = 0.1  # AdamW, on matrices only
+    seed: int = 0  # model initialisation and data order
+    source: str = "kjv"  # corpus of lightning_prune.data
+    max_tokens: int | None = None  # cap on training tokens (None: the whole training split)
+    val_tokens: int | None = None  # cap on validation tokens (None: the whole validation split)
+    curve_tokens: int = 16384  # validation tokens for the per-epoch curve
+    threads: int = 1  # torch.set_num_threads
+    criteria: tuple[str, ...] = CRITERIA  # our criteria to run
+    targets: tuple[float, ...] = TARGETS  # final sparsities
+    methods: tuple[str, ...] = ("dense", "lth", "nolth", "ours")  # which families of runs
+    variants: tuple[str, ...] = ()  # names from VARIANTS, run after the same-schedule comparison
+    variant_criteria: tuple[str, ...] = ("running_magnitude",)  # criteria of the variant runs
+    extra: dict[str, Any] = field(default_factory=dict)  # notes written to the JSON
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.epoch_batches
+
+
+QUICK = dict(
+    n_layer=1,
+    n_embd=32,
+    n_head=2,
+    batch_size=8,
+    epochs=5,
+    epoch_batches=6,
+    prune_epochs=(1, 2, 3),
+    warmup_steps=5,
+    max_tokens=200_000,
+    val_tokens=16_384,
+    curve_tokens=2048,
+)
+
+
+# ---- the model -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LMOutput:
+    loss: Tensor | None  # mean next-token cross-entropy, or None without labels
+    logits: Tensor  # (B, T, V)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: causal self-attention and a 4× GELU MLP, all plain ``nn.Linear``."""
+
+    def __init__(self, n_embd: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.fc = nn.Linear(n_embd, 4 * n_embd)
+        self.out = nn.Linear(4 * n_embd, n_embd)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.out(F.gelu(self.fc(self.ln_2(x))))
+
+
+class TinyGPT(nn.Module):
+    """A small causal LM with the ``transformers`` calling convention (``input_ids``, ``labels`` shifted inside)."""
+
+    def __init__(self, vocab_size: int, n_layer: int, n_embd: int, n_head: int, n_positions: int) -> None:
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(n_positions, n_embd)
+        self.blocks = nn.ModuleList(Block(n_embd, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("proj.weight", "out.weight")) else 0.02
+                nn.init.normal_(p, 0.0, std)  # GPT-2 initialisation
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> LMOutput:
+        T = input_ids.shape[1]
+        x = self.wte(input_ids) + self.wpe(torch.arange(T, device=input_ids.device))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+        return LMOutput(loss, logits)
+
+
+def make_lm(cfg: Config, vocab_size: int) -> CausalLM:
+    """The same initial weights for every run (seeded)."""
+    torch.manual_seed(cfg.seed)
+    model = TinyGPT(vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size)
+    return CausalLM(model=model, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
+
+
+# ---- schedules -------------------------------------------------------------------------------------------------
+
+
+def schedule_points(final: float, prune_epochs: tuple[int, ...]) -> dict[int, float]:
+    """{epoch: target sparsity}: Zhu & Gupta's cubic ramp s_f·(1 − (1 − k/n)³) at the k-th of n pruning epochs."""
+    n = len(prune_epochs)
+    return {e: round(final * (1.0 - (1.0 - (k + 1) / n) ** 3), 6) for k, e in enumerate(prune_epochs)}
+
+
+def model_pruning_amount(points: dict[int, float]) -> Callable[[int], float]:
+    """ModelPruning's ``amount(epoch)``: at the end of epoch p−1, the fraction of what remains that takes the
+    sparsity from the previous point a to b = points[p], (b − a)/(1 − a); 0 at every other epoch."""
+    amounts, before = {}, 0.0
+    for p, s in sorted(points.items()):
+        amounts[p - 1] = (s - before) / (1.0 - before)
+        before = s
+    return lambda epoch: amounts.get(epoch, 0.0)
+
+
+# ---- measuring -------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, blocks: Tensor, batch: int = 64) -> float:
+    """exp(mean next-token NLL) over ``blocks`` (N, T), every block scored on its tokens 2..T."""
+    was_training = model.training
+    model.eval()
+    nll, count = 0.0, 0
+    for i in range(0, blocks.shape[0], batch):
+        ids = blocks[i : i + batch]  # (b, T)
+        logits = model(input_ids=ids).logits[:, :-1]  # (b, T-1, V)
+        nll += F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum").item()
+        count += ids[:, 1:].numel()
+    model.train(was_training)
+    return math.exp(nll / count)
+
+
+@torch.no_grad()
+def measured_sparsity(lm: CausalLM, fqns: list[str]) -> tuple[float, dict[str, float]]:
+    """Fraction of exactly-zero entries of the pruned matrices, over all and per matrix (read from the weights)."""
+    params = dict(lm.named_parameters())
+    missing = [f for f in fqns if f not in params]
+    if missing:
+        raise RuntimeError(f"pruned weights are not plain parameters (masks not made permanent?): {missing[:3]}")
+    zeros = {f: int((params[f] == 0).sum()) for f in fqns}
+    total = sum(params[f].numel() for f in fqns)
+    return sum(zeros.values()) / total, {f: zeros[f] / params[f].numel() for f in fqns}
+
+
+class Curve(Callback):
+    """Validation perplexity on the first few held-out blocks at every epoch end (after ModelPruning's pruning)."""
+
+    def __init__(self, blocks: Tensor) -> None:
+        self.blocks = blocks
+        self.ppl: list[float] = []
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.ppl.append(perplexity(pl_module.model, self.blocks))
+
+
+# ---- one run ---------------------------------------------------------------------------------------------------
+
+
+def pruning_callbacks(method: str, target: float, cfg: Config, lm: CausalLM) -> list[Callback]:
+    """The callbacks of one method at one target sparsity (dense: none)."""
+    if method == "dense":
+        return []
+    points = schedule_points(target, cfg.prune_epochs)
+    if method in (MP_LTH, MP_BEST):
+        modules = [(module, "weight") for module, _ in select_parameters(lm).values()]
+        return [
+            ModelPruning(
+                "l1_unstructured",
+                parameters_to_prune=modules,
+                amount=model_pruning_amount(points),
+                use_global_unstructured=True,
+                use_lottery_ticket_hypothesis=method == MP_LTH,
+            )
+        ]
+    variant, criterion = parse_ours(method)
+    schedule: Schedule = AtEpochs(points)
+    if variant == "cubic-steps":
+        start, end = cfg.prune_epochs[0] * cfg.epoch_batches, cfg.prune_epochs[-1] * cfg.epoch_batches
+        schedule = Cubic(final=target, start=start, end=end, every=10, unit="step")
+    scope = "layer" if variant == "layer" else "global"
+    return [ImportanceTracking(), ScheduledPruning(schedule, criterion=criterion, scope=scope, log_histograms=False)]
+
+
+def parse_ours(method: str) -> tuple[str | None, str]:
+    """``"ours: taylor"`` → (None, "taylor"); ``"ours [layer]: taylor"`` → ("layer", "taylor")."""
+    head, _, criterion = method.partition(": ")
+    variant = head[len("ours [") : -1] if head.startswith("ours [") else None
+    return variant, criterion
+
+
+def run(method: str, target: float, cfg: Config, dm: TextDataModule) -> dict[str, Any]:
+    """Train one model under ``method`` to ``target`` sparsity; return its figures."""
+    t0 = time.perf_counter()
+    lm = make_lm(cfg, dm.vocab_size)
+    fqns = list(select_parameters(lm))
+    curve = Curve(dm.val_dataset.blocks[: max(1, cfg.curve_tokens // cfg.block_size)])
+    callbacks = [*pruning_callbacks(method, target, cfg, lm), curve]
+    pl.seed_everything(cfg.seed, verbose=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_epochs=cfg.epochs,
+        limit_train_batches=cfg.epoch_batches,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(lm, datamodule=dm)
+    if trainer.global_step != cfg.steps:
+        raise RuntimeError(f"{method}: ran {trainer.global_step} steps, expected {cfg.steps} (too few batches?).")
+    sparsity, per_layer = measured_sparsity(lm, fqns)
+    val_blocks = dm.val_dataset.blocks
+    row = {
+        "method": method,
+        "target": target if method != "dense" else 0.0,
+        "schedule": schedule_points(target, cfg.prune_epochs) if method != "dense" else {},
+        "variant": parse_ours(method)[0] if method.startswith("ours") else None,
+        "val_ppl": perplexity(lm.model, val_blocks),
+        "sparsity": sparsity,
+        "sparsity_per_layer": per_layer,
+        "curve_ppl": curve.ppl,
+        "steps": trainer.global_step,
+        "seconds": time.perf_counter() - t0,
+    }
+    events = [cb.events for cb in callbacks if isinstance(cb, ScheduledPruning)]
+    if events:
+        row["events"] = events[0]
+    print(
+        f"{method:32s} target {row['target']:.2f}: val ppl {row['val_ppl']:.4f}, sparsity {sparsity:.4f}, "
+        f"{row['seconds']:.0f} s",
+        flush=True,
+    )
+    return row
+
+
+# ---- report ----------------------------------------------------------------------------------------------------
+
+
+def method_names(cfg: Config) -> list[str]:
+    names = []
+    if "lth" in cfg.methods:
+        names.append(MP_LTH)
+    if "nolth" in cfg.methods:
+        names.append(MP_BEST)
+    if "ours" in cfg.methods:
+        names += [f"ours: {c}" for c in cfg.criteria]
+    names += [f"ours [{v}]: {c}" for v in cfg.variants for c in cfg.variant_criteria]
+    return names
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> float | None:
+    dense = next((r["val_ppl"] for r in rows if r["method"] == "dense"), None)
+    for r in rows:
+        r["ratio_to_dense"] = r["val_ppl"] / dense if dense else None
+    return dense
+
+
+def goals(rows: list[dict[str, Any]], dense: float | None, targets: tuple[float, ...]) -> dict[str, Any]:
+    """Which of the targets to compare against are met, per criterion of ours (and by the best of ours)."""
+    if dense is None:
+        return {}
+    by = {(r["method"], r["target"]): r for r in rows}
+    ours = list(dict.fromkeys(r["method"] for r in rows if r["method"].startswith("ours")))
+    out: dict[str, Any] = {}
+    for t in targets:
+        mp = [by[(m, t)]["val_ppl"] for m in (MP_LTH, MP_BEST) if (m, t) in by]
+        best_mp = min(mp) if mp else None
+        mp_best_gap = by[(MP_BEST, t)]["val_ppl"] / dense - 1 if (MP_BEST, t) in by else None
+        per = {}
+        for m in ours:
+            if (m, t) not in by:
+                continue
+            ppl = by[(m, t)]["val_ppl"]
+            g: dict[str, Any] = {"ratio": ppl / dense, "below_model_pruning": best_mp is None or ppl < best_mp}
+            if t in GOAL_RATIO:
+                g["ratio_goal"] = GOAL_RATIO[t]
+                g["ratio_goal_met"] = ppl / dense <= GOAL_RATIO[t]
+            if math.isclose(t, 0.9) and mp_best_gap is not None:
+                gap = ppl / dense - 1
+                g["gap"], g["model_pruning_best_gap"] = gap, mp_best_gap
+                g["gap_reduction"] = 1 - gap / mp_best_gap if mp_best_gap > 0 else None
+                g["gap_goal_met"] = gap <= (1 - GOAL_GAP_REDUCTION) * mp_best_gap
+            g["variant"] = by[(m, t)].get("variant")
+            per[m] = g
+        main = [m for m in per if per[m]["variant"] is None]
+        best = min(main, key=lambda m: per[m]["ratio"]) if main else None
+        out[f"{t:g}"] = {"model_pruning_best_gap": mp_best_gap, "best_of_ours_same_settings": best, "ours": per}
+    return out
+
+
+def table(rows: list[dict[str, Any]], dense: float | None, targets: tuple[float, ...]) -> str:
+    head = "| method | " + " | ".join(f"ppl @{t:.0%} | ×dense @{t:.0%}" for t in targets) + " |"
+    lines = [head, "|---" * (1 + 2 * len(targets)) + "|"]
+    if dense is not None:
+        lines.append("| dense | " + " | ".join(f"{dense:.4f} | 1.000" for _ in targets) + " |")
+    by = {(r["method"], r["target"]): r for r in rows}
+    for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"):
+        cells = []
+        for t in targets:
+            r = by.get((m, t))
+            if r is None:
+                cells.append("— | —")
+            else:
+                ratio = f"{r['ratio_to_dense']:.3f}" if r.get("ratio_to_dense") else "—"
+                cells.append(f"{r['val_ppl']:.4f} | {ratio}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], dense: float | None, cfg: Config, path: Path) -> bool:
+    """Perplexity vs sparsity per method, and the per-epoch validation curves at the highest target."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"))
+    for m in methods:
+        pts = sorted((r["sparsity"], r["val_ppl"]) for r in rows if r["method"] == m)
+        style = "--" if m.startswith("ModelPruning") else "-"
+        ax1.plot(*zip(*pts), style, marker="o", label=m)
+    if dense is not None:
+        ax1.axhline(dense, color="k", lw=1, label="dense")
+    ax1.set(xlabel="measured sparsity of the pruned matrices", ylabel="validation perplexity (bytes)")
+    ax1.legend(fontsize=7)
+    top = max(cfg.targets)
+    for r in rows:
+        if r["method"] == "dense" or math.isclose(r["target"], top):
+            ax2.plot(
+                range(1, len(r["curve_ppl"]) + 1),
+                r["curve_ppl"],
+                label=r["method"],
+                color="k" if r["method"] == "dense" else None,
+            )
+    for p in cfg.prune_epochs:
+        ax2.axvline(p, color="grey", lw=0.5, ls=":")
+    ax2.set(
+        xlabel="epoch",
+        ylabel=f"val perplexity (first {cfg.curve_tokens} tokens)",
+        yscale="log",
+        title=f"target {top:.0%}; dotted: pruning points",
+    )
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+# ---- main ------------------------------------------------------------------------------------------------------
+
+
+def parse_args() -> tuple[Config, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run (tiny model, few steps)")
+    parser.add_argument("--steps", type=int, help="total optimizer steps (split evenly over the epochs)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (pruning epochs stay as configured)")
+    parser.add_argument("--prune-epochs", type=int, nargs="+", help="epochs at whose start ours prunes")
+    parser.add_argument("--targets", type=float, nargs="+", help=f"final sparsities (default {TARGETS})")
+    parser.add_argument("--criteria", nargs="+", help=f"our criteria (default {CRITERIA})")
+    parser.add_argument("--methods", nargs="+", choices=["dense", "lth", "nolth", "ours"], help="families to run")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="extra settings of ours (other schedule)")
+    parser.add_argument(
+        "--variant-criteria", nargs="+", help="criteria of the variant runs (default running_magnitude)"
+    )
+    parser.add_argument("--reuse", action="store_true", help="keep rows already in --out measured under this config")
+    parser.add_argument("--n-layer", type=int)
+    parser.add_argument("--n-embd", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--out", type=Path, help="JSON path (default results/quality.json; --quick: a temp file)")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args()
+    cfg = Config(**QUICK) if args.quick else Config()
+    if args.out is None:  # a smoke run never overwrites the real measurement
+        args.out = Path(tempfile.gettempdir()) / "quality_quick.json" if args.quick else RESULTS / "quality.json"
+    for name in ("epochs", "n_layer", "n_embd", "batch_size", "lr", "threads"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    if args.prune_epochs:
+        cfg.prune_epochs = tuple(args.prune_epochs)
+    if args.steps:
+        cfg.epoch_batches = max(1, args.steps // cfg.epochs)
+    if args.targets:
+        cfg.targets = tuple(args.targets)
+    if args.criteria:
+        cfg.criteria = tuple(args.criteria)
+    if args.methods:
+        cfg.methods = tuple(args.methods)
+    if args.variants:
+        cfg.variants = tuple(args.variants)
+    if args.variant_criteria:
+        cfg.variant_criteria = tuple(args.variant_criteria)
+    if max(cfg.prune_epochs) >= cfg.epochs or min(cfg.prune_epochs) < 1:
+        raise SystemExit(f"prune epochs {cfg.prune_epochs} must lie in 1..{cfg.epochs - 1} (epochs={cfg.epochs}).")
+    return cfg, args
+
+
+def quiet() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+
+
+def report(
+    rows: list[dict[str, Any]],
+    cfg: Config,
+    args: argparse.Namespace,
+    dm: TextDataModule,
+    seconds: float,
+    complete: bool,
+) -> dict[str, Any]:
+    """The JSON document: conditions, goals and every row measured so far."""
+    lm = make_lm(cfg, dm.vocab_size)
+    shapes = {f: list(p.shape) for f, (_, p) in select_parameters(lm).items()}
+    n_train = dm.train_dataset.blocks.numel()
+    dense = add_ratios(rows)
+    return {
+        "conditions": {
+            "model": f"TinyGPT (pre-LN GPT, nn.Linear layers) n_layer={cfg.n_layer} n_embd={cfg.n_embd} "
+            f"n_head={cfg.n_head} context={cfg.block_size}, byte-level vocabulary {dm.vocab_size}",
+            "parameters": sum(p.numel() for p in lm.parameters()),
+            "pruned_parameters": sum(map(math.prod, shapes.values())),
+            "pruned_weights": shapes,
+            "data": f"{cfg.source} (lightning_prune.data.TextDataModule, byte tokenizer), {n_train} training tokens, "
+            f"{dm.val_dataset.blocks.numel()} validation tokens (deterministic last 5% split)",
+            "steps": cfg.steps,
+            "tokens_per_step": cfg.batch_size * cfg.block_size,
+            "passes_over_training_data": cfg.steps * cfg.batch_size * cfg.block_size / n_train,
+            "schedule": {f"{t:g}": schedule_points(t, cfg.prune_epochs) for t in cfg.targets},
+            "schedule_note": "ours: AtEpochs points, pruned at the start of the epoch; ModelPruning: the same "
+            "targets at the end of the epoch before, amount = (b - a) / (1 - a)",
+            "optimizer": f"AdamW lr={cfg.lr} betas=(0.9, 0.95) weight_decay={cfg.weight_decay} (matrices), "
+            f"warm-up {cfg.warmup_steps} steps then cosine to 10%, gradient clipping 1.0, float32",
+            "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+            "torch_num_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "lightning": pl.__version__,
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "load_average_1_5_15min_at_end": os.getloadavg(),
+            "wall_seconds": seconds,
+            "run_seconds_total": sum(r["seconds"] for r in rows),
+            "complete": complete,
+            "quick": args.quick,
+        },
+        "dense_val_ppl": dense,
+        "goals": goals(rows, dense, cfg.targets),
+        "rows": rows,
+    }
+
+
+# the Config fields that change what a run measures: rows are reused only where all of them match
+RUN_FIELDS = (
+    "n_layer",
+    "n_embd",
+    "n_head",
+    "block_size",
+    "batch_size",
+    "epochs",
+    "epoch_batches",
+    "prune_epochs",
+    "lr",
+    "warmup_steps",
+    "weight_decay",
+    "seed",
+    "source",
+    "max_tokens",
+    "val_tokens",
+    "curve_tokens",
+    "threads",
+)
+
+
+def reusable_rows(path: Path, cfg: Config) -> list[dict[str, Any]]:
+    """Rows of an earlier result at ``path`` measured under the same run settings (else none)."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    old_cfg, new_cfg = old["conditions"]["config"], asdict(cfg)
+    differ = [f for f in RUN_FIELDS if json.dumps(old_cfg.get(f)) != json.dumps(new_cfg[f])]
+    if differ:
+        raise SystemExit(f"--reuse: {path} was measured with other settings ({differ}); drop --reuse or change --out.")
+    return old["rows"]
+
+
+def main() -> None:
+    cfg, args = parse_args()
+    quiet()
+    torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    dm = TextDataModule(
+        source=cfg.source,
+        block_size=cfg.block_size,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        max_tokens=cfg.max_tokens,
+        max_val_tokens=cfg.val_tokens,
+    )
+    dm.setup("fit")
+    if cfg.epoch_batches * cfg.batch_size > dm.train_dataset.blocks.shape[0]:
+        raise SystemExit("an epoch needs more batches than the training split has; lower --steps or raise epochs.")
+    first = report([], cfg, args, dm, 0.0, complete=False)["conditions"]
+    print(
+        f"model: {first['parameters']} parameters, {first['pruned_parameters']} pruned; {cfg.steps} steps of "
+        f"{cfg.batch_size}×{cfg.block_size} tokens ({first['passes_over_training_data']:.2f} passes over the "
+        "training split)",
+        flush=True,
+    )
+    plan = [("dense", 0.0)] if "dense" in cfg.methods else []
+    plan += [(method, target) for target in cfg.targets for method in method_names(cfg)]
+    rows = reusable_rows(args.out, cfg) if args.reuse else []
+    done = {(r["method"], r["target"]) for r in rows}
+    plan = [(m, t) for m, t in plan if (m, t) not in done]
+    print(f"{len(rows)} rows reused from {args.out}, {len(plan)} to run", flush=True)
+    result = report(rows, cfg, args, dm, 0.0, complete=not plan)
+    for method, target in plan:
+        rows.append(run(method, target, cfg, dm))
+        result = report(rows, cfg, args, dm, time.perf_counter() - started, complete=(method, target) == plan[-1])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))  # after every run, so a partial result survives a kill
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    dense = result["dense_val_ppl"]
+    if not args.no_plot and plot(rows, dense, cfg, args.out.with_suffix(".png")):
+        print(f"wrote {args.out.with_suffix('.png')}")
+    print()
+    print(table(rows, dense, cfg.targets))
+    print(f"\nwrote {args.out} in {result['conditions']['wall_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
