@@ -7,12 +7,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_prune.callbacks.base import HoldsMasks
 from lightning_prune.callbacks.tracking import ImportanceTracking
-from lightning_prune.masks import apply_masks_, hold_, mask_factors
+from lightning_prune.masks import mask_factors
 from lightning_prune.neurons import NEURON_CRITERIA, NeuronStats, neuron_masks, neuron_weight_masks
 from lightning_prune.schedules import AtEpochs, Schedule
 from lightning_prune.structured import FAMILIES, block_layouts, shrink_
@@ -32,7 +32,7 @@ def find_transformer(module: nn.Module) -> tuple[str, nn.Module]:
     raise ValueError(f"NeuronPruning needs a transformers model of type {FAMILIES} inside the LightningModule.")
 
 
-class NeuronPruning(Callback):
+class NeuronPruning(HoldsMasks):
     """Remove the same fraction of feed-forward neurons from every block, progressively, on a schedule.
 
     Forward pre-hooks on each block's feed-forward output projection fold the neuron activations of every
@@ -111,9 +111,7 @@ class NeuronPruning(Callback):
             self._restore(self._pending)
             self._pending = None
         self._set_masks(self.masks)
-        hold_(self._params, self._pruned, trainer.optimizers)
-        for optimizer in trainer.optimizers:
-            self._handles.append(optimizer.register_step_post_hook(self._rezero))
+        self._hold_every_step(trainer)
         for i, lay in enumerate(block_layouts(self.model)):
             self._handles.append(self.model.get_submodule(lay.ffn_out).register_forward_pre_hook(self._hook(i)))
 
@@ -131,19 +129,6 @@ class NeuronPruning(Callback):
     def _taylor(self, layer: int, acts: Tensor, grad: Tensor) -> None:
         self.stats.add_taylor(layer, acts, grad)  # returns None: the gradient passes on unchanged
 
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_hooks()
-
-    @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._remove_hooks()
-
     # ---- the training loop ---------------------------------------------------------------------------------
 
     @override
@@ -154,20 +139,6 @@ class NeuronPruning(Callback):
         if target > self.sparsity:
             self.prune(trainer, target)
 
-    @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        apply_masks_({f: p.grad for f, p in self._params.items()}, self._pruned, self._factors)
-
-    def _rezero(self, *_: Any) -> None:
-        self.rezero()
-
-    @torch.no_grad()
-    def rezero(self) -> None:
-        """Set every entry owned by a removed neuron to exact zero (done after each optimizer step)."""
-        apply_masks_(self._params, self._pruned, self._factors)
-
     def prune(self, trainer: pl.Trainer, target: float) -> None:
         """Remove neurons down to ``target`` in every layer (decided on process 0) and hold them at zero."""
         masks = neuron_masks(
@@ -176,7 +147,7 @@ class NeuronPruning(Callback):
         masks = trainer.strategy.broadcast([m.cpu() for m in masks], src=0)
         self._set_masks(masks)
         self.sparsity = target
-        hold_(self._params, self._pruned, trainer.optimizers)
+        self._hold_(trainer)
         removed = self.removed()
         for logger in trainer.loggers:
             logger.log_metrics({"neurons/removed": removed, "neurons/target": target}, step=trainer.global_step)

@@ -8,18 +8,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_prune.callbacks.base import HoldsMasks
 from lightning_prune.callbacks.tracking import ImportanceTracking
 from lightning_prune.importance import get_criterion
 from lightning_prune.masks import (
     SCOPES,
-    apply_masks_,
     compute_masks,
-    hold_,
     mask_factors,
     parse_pattern,
     sparsity_report,
@@ -31,7 +29,7 @@ from lightning_prune.trackers import RunningStats
 __all__ = ["ScheduledPruning"]
 
 
-class ScheduledPruning(Callback):
+class ScheduledPruning(HoldsMasks):
     """Prune the selected weights to the target sparsity of a schedule, from importance judged over the run.
 
     At the start of every training batch the schedule is read at ``trainer.global_step`` (``unit="step"``) or
@@ -148,15 +146,7 @@ class ScheduledPruning(Callback):
         if self._pending is not None:
             self._restore(self._pending)
             self._pending = None
-        self._hold_(trainer)
-        for optimizer in trainer.optimizers:
-            self._handles.append(optimizer.register_step_post_hook(self._rezero))
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hold_every_step(trainer)
 
     # ---- the training loop ---------------------------------------------------------------------------------
 
@@ -168,12 +158,6 @@ class ScheduledPruning(Callback):
         target = self.schedule(t)
         if target > self.sparsity:
             self.prune(trainer, target)
-
-    @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        apply_masks_({f: p.grad for f, p in self._params.items()}, self._pruned, self._factors)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -212,13 +196,6 @@ class ScheduledPruning(Callback):
             self.masks[f] = keep
             self._pruned[f] = ~keep
         self._factors.update(mask_factors({f: self._pruned[f] for f in masks}, self._params))
-
-    def _rezero(self, *_: Any) -> None:
-        """Optimizer step post-hook: pruned weights back to exact zeros."""
-        apply_masks_(self._params, self._pruned, self._factors)
-
-    def _hold_(self, trainer: pl.Trainer) -> None:
-        hold_(self._params, self._pruned, trainer.optimizers)
 
     # ---- logging -------------------------------------------------------------------------------------------
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from lightning_prune.callbacks.base import OwnsHooks
 from lightning_prune.selection import in_dim, select_parameters
 from lightning_prune.trackers import STATS, RunningStats, snapshot_weights
 
@@ -18,7 +18,7 @@ __all__ = ["ImportanceTracking"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ImportanceTracking(Callback):
+class ImportanceTracking(OwnsHooks):
     """Track running statistics of weights and gradients during training (see :mod:`lightning_prune.trackers`).
 
     Statistics are read in ``on_before_optimizer_step``: after the backward pass, after DDP has all-reduced the
@@ -116,19 +116,6 @@ class ImportanceTracking(Callback):
                 self.stats.add_inputs(fqn, args[0])
 
         return observe
-
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_hooks()
-
-    @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._remove_hooks()
 
     @override
     def on_before_optimizer_step(
