@@ -57,6 +57,7 @@ from typing_extensions import override
 
 from lightning_prune import AtEpochs, Cubic, ImportanceTracking, Schedule, ScheduledPruning, select_parameters
 from lightning_prune.data import TextDataModule
+from lightning_prune.finetune import distillation_loss
 from lightning_prune.lm import CausalLM
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,7 +73,10 @@ VARIANTS = {
     "cubic-steps": "Cubic(unit='step', every=10) over the same window: from the first pruning epoch's first step to "
     "the last's, the same final sparsity at the same step, in small steps instead of three jumps",
     "layer": "scope='layer': every matrix pruned to the target on its own (no global ranking)",
+    "distill": "the same schedule, and the loss mixed 50/50 with distillation (KL at temperature 2) from the dense "
+    "model trained with the same budget; not the same budget: the teacher's training and forward passes come on top",
 }
+DISTILL_WEIGHT, DISTILL_TEMPERATURE = 0.5, 2.0
 
 
 @dataclass
@@ -186,6 +190,36 @@ def make_lm(cfg: Config, vocab_size: int) -> CausalLM:
     return CausalLM(model=model, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
 
 
+class Distilled(CausalLM):
+    """``CausalLM`` whose loss is mixed with distillation from a frozen teacher (kept outside the module tree)."""
+
+    def __init__(self, teacher: nn.Module, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, not optimized or pruned
+
+    @override
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        loss, logits = super().loss(batch)
+        with torch.no_grad():
+            teacher_logits = self._teacher[0](input_ids=batch["input_ids"]).logits
+        kd = distillation_loss(logits, teacher_logits, DISTILL_TEMPERATURE)
+        return (1 - DISTILL_WEIGHT) * loss + DISTILL_WEIGHT * kd, logits
+
+
+_TEACHERS: dict[str, nn.Module] = {}
+
+
+def dense_teacher(cfg: Config, dm: TextDataModule) -> nn.Module:
+    """The dense model trained with the benchmark's budget (trained once per process, then reused)."""
+    key = json.dumps([asdict(cfg).get(f) for f in RUN_FIELDS])
+    if key not in _TEACHERS:
+        lm = make_lm(cfg, dm.vocab_size)
+        pl.seed_everything(cfg.seed, verbose=False)
+        trainer(cfg, []).fit(lm, datamodule=dm)
+        _TEACHERS[key] = lm.model
+    return _TEACHERS[key]
+
+
 # ---- schedules -------------------------------------------------------------------------------------------------
 
 
@@ -282,15 +316,9 @@ def parse_ours(method: str) -> tuple[str | None, str]:
     return variant, criterion
 
 
-def run(method: str, target: float, cfg: Config, dm: TextDataModule) -> dict[str, Any]:
-    """Train one model under ``method`` to ``target`` sparsity; return its figures."""
-    t0 = time.perf_counter()
-    lm = make_lm(cfg, dm.vocab_size)
-    fqns = list(select_parameters(lm))
-    curve = Curve(dm.val_dataset.blocks[: max(1, cfg.curve_tokens // cfg.block_size)])
-    callbacks = [*pruning_callbacks(method, target, cfg, lm), curve]
-    pl.seed_everything(cfg.seed, verbose=False)
-    trainer = pl.Trainer(
+def trainer(cfg: Config, callbacks: list[Callback]) -> pl.Trainer:
+    """The one Trainer setting of every run: float32 on the CPU, clipping at 1.0, no validation loop."""
+    return pl.Trainer(
         accelerator="cpu",
         devices=1,
         precision="32-true",
@@ -305,9 +333,30 @@ def run(method: str, target: float, cfg: Config, dm: TextDataModule) -> dict[str
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(lm, datamodule=dm)
-    if trainer.global_step != cfg.steps:
-        raise RuntimeError(f"{method}: ran {trainer.global_step} steps, expected {cfg.steps} (too few batches?).")
+
+
+def run(method: str, target: float, cfg: Config, dm: TextDataModule) -> dict[str, Any]:
+    """Train one model under ``method`` to ``target`` sparsity; return its figures."""
+    t0 = time.perf_counter()
+    lm = make_lm(cfg, dm.vocab_size)
+    if method.startswith("ours [distill]"):
+        teacher = dense_teacher(cfg, dm)
+        torch.manual_seed(cfg.seed)  # the same initial weights as every other run
+        lm = Distilled(
+            teacher,
+            model=TinyGPT(dm.vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup_steps=cfg.warmup_steps,
+        )
+    fqns = list(select_parameters(lm))
+    curve = Curve(dm.val_dataset.blocks[: max(1, cfg.curve_tokens // cfg.block_size)])
+    callbacks = [*pruning_callbacks(method, target, cfg, lm), curve]
+    pl.seed_everything(cfg.seed, verbose=False)
+    fit = trainer(cfg, callbacks)
+    fit.fit(lm, datamodule=dm)
+    if fit.global_step != cfg.steps:
+        raise RuntimeError(f"{method}: ran {fit.global_step} steps, expected {cfg.steps} (too few batches?).")
     sparsity, per_layer = measured_sparsity(lm, fqns)
     val_blocks = dm.val_dataset.blocks
     row = {
@@ -319,7 +368,7 @@ def run(method: str, target: float, cfg: Config, dm: TextDataModule) -> dict[str
         "sparsity": sparsity,
         "sparsity_per_layer": per_layer,
         "curve_ppl": curve.ppl,
-        "steps": trainer.global_step,
+        "steps": fit.global_step,
         "seconds": time.perf_counter() - t0,
     }
     events = [cb.events for cb in callbacks if isinstance(cb, ScheduledPruning)]
