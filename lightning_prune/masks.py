@@ -226,13 +226,14 @@ def apply_masks_(
 ) -> None:
     """Set the pruned entries (``pruned[fqn]`` True) of each tensor to exactly zero, in place.
 
-    With ``factors`` (from :func:`mask_factors`: the masks as 0/1 in each tensor's dtype) all tensors are
-    multiplied in one ``torch._foreach_mul_``, tens of times faster than ``masked_fill_`` on the CPU; since
-    NaN·0 is NaN, a tensor left non-finite afterwards is masked again with ``masked_fill_``, so pruned entries
-    are exact zeros in every case. ``None`` tensors (parameters without a gradient) are skipped.
+    With ``factors`` (from :func:`mask_factors`: the masks as 0/1 in each tensor's dtype) CPU tensors are
+    multiplied in one ``torch._foreach_mul_``, tens of times faster than ``masked_fill_`` there; since NaN·0 is
+    NaN, a tensor left non-finite afterwards is masked again with ``masked_fill_``, so pruned entries are exact
+    zeros in every case. That check reads a value back, free on the CPU but a sync on an accelerator, where
+    ``masked_fill_`` is fast anyway and is used directly. ``None`` tensors (no gradient) are skipped.
     """
     fqns = [f for f in pruned if tensors[f] is not None]
-    if factors is not None and fqns:
+    if factors is not None and fqns and tensors[fqns[0]].device.type == "cpu":
         held = [tensors[f] for f in fqns]
         torch._foreach_mul_(held, [factors[f] for f in fqns])
         if all_finite(held):

@@ -6,11 +6,11 @@ activations ``a`` (tokens × n) of each training forward pass into running stati
 
 * ``activation``: exponential moving average over passes of ``mean_t |a_tj|``;
 * ``taylor``: the same of ``mean_t |a_tj · ∂L/∂a_tj|`` (first-order Taylor, Molchanov et al. 2017);
-* ``samples``: a ring of the last ``samples`` token activations (a few random tokens per pass), the input of the
+* ``samples``: a ring of the last ``samples`` token activations (a few tokens per pass), the input of the
   mutual-information redundancy criterion (:func:`~lightning_prune.mutual_information.redundant_neurons`).
 
 The first pass sets an average; later passes ``m ← decay·m + (1 − decay)·x``. A pass with a non-finite value is
-skipped and counted in ``skipped``.
+left out and counted in ``skipped``, without a host sync: the choice is a ``torch.where`` on the device.
 
 Neuron criteria (:data:`NEURON_CRITERIA`, higher score = keep):
 
@@ -23,7 +23,7 @@ Neuron criteria (:data:`NEURON_CRITERIA`, higher score = keep):
 
 Example:
     >>> stats = NeuronStats([4], decay=0.5)
-    >>> stats.add_activations(0, torch.tensor([[1.0, -2.0, 0.0, 4.0]]))
+    >>> folded = stats.add_activations(0, torch.tensor([[1.0, -2.0, 0.0, 4.0]]))
     >>> stats.activation[0].tolist()
     [1.0, 2.0, 0.0, 4.0]
 """
@@ -54,20 +54,20 @@ NEURON_CRITERIA = ("activation", "taylor", "weight_norm", "mutual_information")
 class NeuronStats:
     """Running per-neuron statistics of several layers (see the module docstring).
 
+    Updates never wait for the device (no host sync): a non-finite pass is left out with ``torch.where`` and the
+    counts are tensors. The ring takes ``per_pass`` evenly spaced tokens of every pass, shifted from pass to pass.
+
     Args:
         sizes: neurons per layer.
         decay: EMA decay in [0, 1).
         samples: token activations kept per layer for mutual information (0: none).
         per_pass: tokens sampled into the ring from each forward pass.
-        seed: seed of the token sampling (the same on every process).
 
     Raises:
         ValueError: for a decay outside [0, 1) or negative sample counts.
     """
 
-    def __init__(
-        self, sizes: Sequence[int], decay: float = 0.99, samples: int = 0, per_pass: int = 16, seed: int = 0
-    ) -> None:
+    def __init__(self, sizes: Sequence[int], decay: float = 0.99, samples: int = 0, per_pass: int = 16) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
         if samples < 0 or per_pass <= 0:
@@ -76,50 +76,58 @@ class NeuronStats:
         self.activation = [torch.zeros(n) for n in self.sizes]
         self.taylor = [torch.zeros(n) for n in self.sizes]
         self.samples = [torch.zeros(samples, n) for n in self.sizes]  # ring buffers (samples, n)
-        self.counts = {"activation": [0] * len(self.sizes), "taylor": [0] * len(self.sizes)}
+        self.counts = {k: torch.zeros(len(self.sizes), dtype=torch.long) for k in ("activation", "taylor")}
+        self.skipped = torch.zeros((), dtype=torch.long)  # passes left out for a non-finite value
         self.filled = [0] * len(self.sizes)  # rows of the ring written so far (all time)
-        self.skipped = 0
-        self._gen = torch.Generator().manual_seed(seed)
 
     def to(self, device: torch.device | str) -> NeuronStats:
         """Move the state to ``device``; returns self."""
         self.activation = [t.to(device) for t in self.activation]
         self.taylor = [t.to(device) for t in self.taylor]
         self.samples = [t.to(device) for t in self.samples]
+        self.counts = {k: t.to(device) for k, t in self.counts.items()}
+        self.skipped = self.skipped.to(device)
         return self
 
-    def _ema_(self, which: str, layer: int, x: Tensor) -> None:
-        state = getattr(self, which)[layer]
-        if self.counts[which][layer] == 0:
-            state.copy_(x)
-        else:
-            state.lerp_(x, 1.0 - self.decay)
-        self.counts[which][layer] += 1
+    def _ema_(self, which: str, layer: int, x: Tensor) -> Tensor:
+        """Fold ``x (n,)`` into the average unless it is non-finite; returns that test as a bool tensor."""
+        state, count = getattr(self, which)[layer], self.counts[which][layer]
+        x = x.to(state.device)
+        ok = torch.isfinite(x).all()
+        new = torch.where(count == 0, x, torch.lerp(state, x, 1.0 - self.decay))
+        state.copy_(torch.where(ok, new, state))
+        count += ok
+        self.skipped += ~ok
+        return ok
 
     @torch.no_grad()
-    def add_activations(self, layer: int, acts: Tensor) -> bool:
-        """Fold one pass's activations ``(..., n)`` of ``layer`` in; False (and counted) if any is non-finite."""
-        flat = acts.detach().reshape(-1, acts.shape[-1]).float()  # (T, n)
-        if not bool(torch.isfinite(flat).all()):
-            self.skipped += 1
-            return False
-        self._ema_("activation", layer, flat.abs().mean(0).to(self.activation[layer].device))
+    def add_activations(self, layer: int, acts: Tensor) -> Tensor:
+        """Fold one pass's activations ``(..., n)`` of ``layer`` in; a non-finite pass changes no statistic.
+
+        Returns:
+            A bool tensor: whether the pass was folded in.
+        """
+        flat = acts.detach().reshape(-1, acts.shape[-1])  # (T, n)
+        ok = self._ema_("activation", layer, flat.float().abs().mean(0))  # a non-finite entry makes its mean so
         if self.n_samples:
-            rows = torch.randperm(flat.shape[0], generator=self._gen)[: self.per_pass].to(flat.device)
-            at = (self.filled[layer] + torch.arange(len(rows))) % self.n_samples
-            self.samples[layer][at.to(self.samples[layer].device)] = flat[rows].to(self.samples[layer].device)
-            self.filled[layer] += len(rows)
-        return True
+            ring = self.samples[layer]
+            k, n_tokens = min(self.per_pass, flat.shape[0]), flat.shape[0]
+            stride = n_tokens // k
+            rows = (self.filled[layer] * 7919 + torch.arange(k, device=flat.device) * stride) % n_tokens
+            at = (self.filled[layer] + torch.arange(k, device=ring.device)) % self.n_samples
+            ring[at] = torch.where(ok, flat[rows].to(ring), ring[at])
+            self.filled[layer] += k
+        return ok
 
     @torch.no_grad()
-    def add_taylor(self, layer: int, acts: Tensor, grads: Tensor) -> bool:
-        """Fold one pass's ``|a · ∂L/∂a|`` (both ``(..., n)``) in; False (and counted) if non-finite."""
+    def add_taylor(self, layer: int, acts: Tensor, grads: Tensor) -> Tensor:
+        """Fold one pass's ``|a · ∂L/∂a|`` (both ``(..., n)``) in; a non-finite pass changes nothing.
+
+        Returns:
+            A bool tensor: whether the pass was folded in.
+        """
         prod = (acts.detach().float() * grads.detach().float()).abs().reshape(-1, acts.shape[-1])  # (T, n)
-        if not bool(torch.isfinite(prod).all()):
-            self.skipped += 1
-            return False
-        self._ema_("taylor", layer, prod.mean(0).to(self.taylor[layer].device))
-        return True
+        return self._ema_("taylor", layer, prod.mean(0))
 
     def kept_samples(self, layer: int) -> Tensor:
         """The ring's filled rows ``(min(filled, samples), n)``."""
@@ -131,10 +139,9 @@ class NeuronStats:
             "activation": [t.cpu().clone() for t in self.activation],
             "taylor": [t.cpu().clone() for t in self.taylor],
             "samples": [t.cpu().clone() for t in self.samples],
-            "counts": {k: list(v) for k, v in self.counts.items()},
+            "counts": {k: t.cpu().clone() for k, t in self.counts.items()},
             "filled": list(self.filled),
-            "skipped": self.skipped,
-            "generator": self._gen.get_state(),
+            "skipped": int(self.skipped),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -151,9 +158,9 @@ class NeuronStats:
         self.activation = [t.to(device).clone() for t in state["activation"]]
         self.taylor = [t.to(device).clone() for t in state["taylor"]]
         self.samples = [t.to(device).clone() for t in state["samples"]]
-        self.counts = {k: list(v) for k, v in state["counts"].items()}
-        self.filled, self.skipped = list(state["filled"]), int(state["skipped"])
-        self._gen.set_state(state["generator"])
+        self.counts = {k: torch.as_tensor(v, dtype=torch.long).to(device) for k, v in state["counts"].items()}
+        self.filled = list(state["filled"])
+        self.skipped = torch.tensor(int(state["skipped"]), device=device)
 
 
 def neuron_masks(
@@ -189,7 +196,7 @@ def neuron_masks(
         if round(sparsity * n) >= n:
             raise ValueError(f"sparsity {sparsity} removes all {n} neurons of layer {i}; keep at least one.")
         kind = "taylor" if criterion == "taylor" else "activation"
-        if criterion != "weight_norm" and stats.counts[kind][i] == 0:
+        if criterion != "weight_norm" and int(stats.counts[kind][i]) == 0:
             raise ValueError(f"no {kind} statistics for layer {i} yet: prune after at least one training step.")
         if criterion == "weight_norm":
             score = weight_norm_scores(*norms[i]).cpu()

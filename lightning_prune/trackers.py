@@ -107,7 +107,10 @@ class RunningStats:
         self.snapshots = 0  # snapshots taken for time_weighted
         self.state: dict[str, dict[str, Tensor]] = {}
         self.in_dims = {f: (in_dims or {}).get(f, 1) for f, p in params.items() if p.dim() == 2}
-        self.inputs_seen = dict.fromkeys(self.in_dims, 0)  # forward passes folded into input_norm, per fqn
+        # forward passes folded into input_norm, per fqn, and passes left out (non-finite): tensors, so that the
+        # update on every forward pass never waits for the device
+        self.inputs_seen = {f: torch.zeros((), dtype=torch.long, device=params[f].device) for f in self.in_dims}
+        self.inputs_skipped = torch.zeros((), dtype=torch.long)
         for stat in self.stats:
             if stat == "time_weighted" and window is not None:
                 continue  # kept as a ring of snapshots below
@@ -156,24 +159,23 @@ class RunningStats:
         return True
 
     @torch.no_grad()
-    def add_inputs(self, fqn: str, inputs: Tensor) -> bool:
+    def add_inputs(self, fqn: str, inputs: Tensor) -> Tensor:
         """Fold one forward pass's inputs ``(..., in_features)`` of the module owning ``fqn`` into ``input_norm``.
 
+        A pass with a non-finite input changes nothing and is counted in ``inputs_skipped``; the choice is a
+        ``torch.where`` on the device, so no call waits for it.
+
         Returns:
-            True if folded in; False if skipped and counted (a non-finite input).
+            A bool tensor: whether the pass was folded in.
         """
-        flat = inputs.detach().reshape(-1, inputs.shape[-1]).float()  # (T, in)
-        if not bool(torch.isfinite(flat).all()):
-            self.skipped += 1
-            return False
-        mean_sq = flat.square().mean(0).to(self.dtype)
-        state = self.state["input_norm"][fqn]
-        if self.inputs_seen[fqn] == 0:
-            state.copy_(mean_sq)
-        else:
-            state.lerp_(mean_sq, 1.0 - self.decay)
-        self.inputs_seen[fqn] += 1
-        return True
+        state, seen = self.state["input_norm"][fqn], self.inputs_seen[fqn]
+        mean_sq = inputs.detach().reshape(-1, inputs.shape[-1]).float().square().mean(0).to(state.device)  # (in,)
+        ok = torch.isfinite(mean_sq).all()  # a non-finite input makes its feature's mean non-finite
+        new = torch.where(seen == 0, mean_sq, torch.lerp(state.float(), mean_sq, 1.0 - self.decay))
+        state.copy_(torch.where(ok, new, state.float()))
+        seen += ok
+        self.inputs_skipped = self.inputs_skipped.to(ok.device) + ~ok
+        return ok
 
     def input_scale(self, fqn: str) -> Tensor:
         """``sqrt(input_norm)`` shaped to broadcast against the weight (a column or a row of feature norms).
@@ -186,7 +188,7 @@ class RunningStats:
             raise KeyError(f"statistic 'input_norm' is not tracked; tracked: {list(self.stats)}.")
         if fqn not in self.in_dims:
             raise KeyError(f"parameter {fqn!r} is not a tracked 2-D weight.")
-        if self.inputs_seen[fqn] == 0:
+        if int(self.inputs_seen[fqn]) == 0:
             raise RuntimeError(
                 f"no input of {fqn!r} has been seen: its module never ran forward in training (a weight read "
                 "without calling its module, like nn.MultiheadAttention's out_proj, has no inputs to measure); "
@@ -261,7 +263,8 @@ class RunningStats:
             "stats": list(self.stats),
             "shapes": {f: list(s) for f, s in self.shapes.items()},
             "counters": {"calls": self.calls, "steps": self.steps, "skipped": self.skipped},
-            "inputs_seen": dict(self.inputs_seen),
+            "inputs_seen": {f: int(n) for f, n in self.inputs_seen.items()},
+            "inputs_skipped": int(self.inputs_skipped),
             "snapshots": self.snapshots,
             "twa_norm": self.twa_norm,
             "state": {stat: {f: t.clone() for f, t in per.items()} for stat, per in self.state.items()},
@@ -293,7 +296,9 @@ class RunningStats:
         self.ring_index = list(state["ring_index"])
         counters = state["counters"]
         self.calls, self.steps, self.skipped = counters["calls"], counters["steps"], counters["skipped"]
-        self.inputs_seen.update(state.get("inputs_seen", {}))
+        for f, n in state.get("inputs_seen", {}).items():
+            self.inputs_seen[f].fill_(n)
+        self.inputs_skipped = torch.tensor(int(state.get("inputs_skipped", 0)))
         self.snapshots, self.twa_norm = state["snapshots"], state["twa_norm"]
 
 

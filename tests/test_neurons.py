@@ -35,8 +35,10 @@ def test_running_activation_and_taylor_against_hand_values():
     assert [-6.0, 5.0] in stats.kept_samples(0).tolist()
     stats.add_taylor(0, torch.tensor([[1.0, 2.0], [-3.0, 4.0]]), torch.tensor([[2.0, 0.5], [1.0, -1.0]]))
     assert stats.taylor[0].tolist() == [(2 + 3) / 2, (1 + 4) / 2]
-    assert not stats.add_activations(0, torch.tensor([[float("nan"), 1.0]])) and stats.skipped == 1
+    ring = stats.samples[0].clone()
+    assert not stats.add_activations(0, torch.tensor([[float("nan"), 1.0]])) and int(stats.skipped) == 1
     assert stats.activation[0].tolist() == pytest.approx([3.0, 2.0])  # unchanged by the skipped pass
+    assert stats.counts["activation"].tolist() == [2] and torch.equal(stats.samples[0], ring)  # nor its ring rows
 
 
 def test_neuron_stats_state_round_trip_and_shape_check():

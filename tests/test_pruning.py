@@ -213,7 +213,7 @@ def test_running_wanda_prunes_every_output_row_to_the_target_and_removes_its_hoo
     tracking = ImportanceTracking()
     pruning = ScheduledPruning(AtSteps({2: 0.5}), "wanda", scope="output")
     trainer(max_steps=4, callbacks=[tracking, pruning]).fit(module, loader)
-    assert "input_norm" in tracking.stats.stats and all(n == 4 for n in tracking.stats.inputs_seen.values())
+    assert "input_norm" in tracking.stats.stats and all(int(n) == 4 for n in tracking.stats.inputs_seen.values())
     for fqn, mask in pruning.masks.items():  # GPT-2 Conv1D weights are (in, out): each column is one output
         assert ((~mask).sum(0) == mask.shape[0] // 2).all(), fqn
     assert not any(m._forward_pre_hooks for m in module.modules())

@@ -137,11 +137,13 @@ def test_input_norm_is_a_running_mean_of_squared_inputs_per_feature():
     assert stats.state["input_norm"]["a"].tolist() == [3.0, 1.5]  # 0.5·5 + 0.5·1, 0.5·2 + 0.5·1
     scale = stats.input_scale("a")  # a row: broadcasts on (out, in)
     assert torch.allclose(scale, torch.tensor([[3.0**0.5, 1.5**0.5]]))
-    assert not stats.add_inputs("a", torch.tensor([[float("inf"), 1.0]])) and stats.skipped == 1
+    assert not stats.add_inputs("a", torch.tensor([[float("inf"), 1.0]])) and int(stats.inputs_skipped) == 1
+    assert stats.state["input_norm"]["a"].tolist() == [3.0, 1.5] and int(stats.inputs_seen["a"]) == 2  # unchanged
     with pytest.raises(RuntimeError, match="no input of 'b' has been seen"):
         stats.input_scale("b")
     stats.add_inputs("b", torch.tensor([[2.0, 0.0]]))
     assert stats.input_scale("b").shape == (2, 1)  # a column: broadcasts on Conv1D's (in, out)
     again = RunningStats({"a": w_linear, "b": w_conv}, stats=("input_norm",), decay=0.5, in_dims={"b": 0})
     again.load_state_dict(stats.state_dict())
-    assert again.inputs_seen == {"a": 2, "b": 1} and torch.equal(again.input_scale("a"), stats.input_scale("a"))
+    assert {f: int(n) for f, n in again.inputs_seen.items()} == {"a": 2, "b": 1}
+    assert torch.equal(again.input_scale("a"), stats.input_scale("a"))
