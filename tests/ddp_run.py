@@ -1,11 +1,14 @@
 """A pruning run under DDP that saves each process's masks and statistics; used by tests/test_ddp.py.
 
+The criterion scores differently on every process, so equal masks prove they come from one process.
+
 Run as a script (``python tests/ddp_run.py OUT_DIR STRATEGY``) so that plain ``"ddp"`` can relaunch it.
 """
 
 from __future__ import annotations
 
 import sys
+import zlib
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -14,6 +17,15 @@ from helpers import TinyLM, token_loader
 from lightning.pytorch.callbacks import Callback
 
 from lightning_prune import AtEpochs, ImportanceTracking, ScheduledPruning
+
+
+class RankNoise:
+    """Scores that differ on every process: only the broadcast from rank 0 can make the masks agree."""
+
+    def __call__(self, fqn: str, weight: torch.Tensor, stats: object) -> torch.Tensor:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        gen = torch.Generator().manual_seed(1000 * rank + zlib.crc32(fqn.encode()))
+        return torch.rand(weight.shape, generator=gen).to(weight.device)
 
 
 class SaveRankState(Callback):
@@ -26,6 +38,7 @@ class SaveRankState(Callback):
             "taylor": {f: self.tracking.stats.value("taylor", f).cpu() for f in self.tracking.fqns},
             "weights": {f: p.detach().cpu() for f, p in self.pruning._params.items()},
             "steps": self.tracking.stats.steps,
+            "own_scores": {f: RankNoise()(f, p, None) for f, p in self.pruning._params.items()},
         }
         torch.save(state, Path(self.out) / f"rank{trainer.global_rank}.pt")
 
@@ -34,7 +47,7 @@ def run(out: str, strategy: str) -> None:
     pl.seed_everything(0, verbose=False)
     torch.manual_seed(trainer_rank_seed())  # under "ddp" each process runs this script: inits differ, DDP syncs them
     tracking = ImportanceTracking(stats=("taylor",))
-    pruning = ScheduledPruning(AtEpochs({1: 0.3, 2: 0.6}), criterion="taylor")
+    pruning = ScheduledPruning(AtEpochs({1: 0.3, 2: 0.6}), criterion=RankNoise())
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
