@@ -113,3 +113,18 @@ def test_bad_masks_and_arguments_are_rejected(tmp_path):
     torch.save({"callbacks": {}, "state_dict": {}}, tmp_path / "empty.ckpt")
     with pytest.raises(KeyError, match="holds no 'ScheduledPruning' state"):
         masks_from_checkpoint(tmp_path / "empty.ckpt")
+
+
+def test_distillation_mixes_the_lm_loss_and_the_kl_by_its_weight():
+    pl.seed_everything(0, verbose=False)
+    dense = CausalLM(**CFG)
+    ft = FineTune(masks=_random_masks(dense), teacher="copy", distill_weight=0.25, model=dense.model, **CFG)
+    batch = next(iter(_loader()))
+    ft.eval()  # no dropout: the two student passes below must agree
+    with torch.no_grad():
+        loss, logits = ft.loss(batch)
+        lm_loss = ft(batch["input_ids"], batch["labels"]).loss
+        teacher_logits = ft.teacher(input_ids=batch["input_ids"]).logits
+    kd = distillation_loss(logits, teacher_logits, ft.temperature)
+    assert kd > 0  # the teacher is the dense copy, the student is masked: they differ
+    torch.testing.assert_close(loss, 0.75 * lm_loss + 0.25 * kd)

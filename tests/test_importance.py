@@ -26,6 +26,26 @@ def test_each_named_criterion_reads_its_statistic():
     }
     for name, values in expected.items():
         assert get_criterion(name)("p", p, stats).tolist() == values, name
+    with torch.no_grad():  # the weight and gradient move on: only the snapshot criterion follows them
+        p.copy_(torch.tensor([5.0, -7.0]))
+    p.grad = torch.zeros(2)
+    assert get_criterion("magnitude")("p", p, stats).tolist() == [5.0, 7.0]
+    for name, values in expected.items():
+        if name != "magnitude":
+            assert get_criterion(name)("p", p, stats).tolist() == values, name
+
+
+def test_wanda_scales_each_input_feature_of_the_weight():
+    w = torch.nn.Parameter(torch.tensor([[1.0, -2.0], [3.0, 4.0]]))  # (out, in), square: a transposed scale would fit
+    w_conv = torch.nn.Parameter(w.detach().t().clone())  # the same layer as a Conv1D (in, out)
+    stats = RunningStats({"lin": w, "conv": w_conv}, ("input_norm",), in_dims={"lin": 1, "conv": 0})
+    x = torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # tokens × in: mean x² = [4.5, 8.0]
+    stats.add_inputs("lin", x)
+    stats.add_inputs("conv", x)
+    norms = torch.tensor([4.5, 8.0]).sqrt()
+    expected = torch.tensor([[1.0, 2.0], [3.0, 4.0]]) * norms[None, :]
+    torch.testing.assert_close(get_criterion("wanda")("lin", w, stats), expected)
+    torch.testing.assert_close(get_criterion("wanda")("conv", w_conv, stats), expected.t())
 
 
 def test_random_is_seeded_per_fqn():

@@ -44,23 +44,27 @@ def test_running_activation_and_taylor_against_hand_values():
 def test_neuron_stats_state_round_trip_and_shape_check():
     stats = NeuronStats([3, 3], samples=4)
     stats.add_activations(1, torch.randn(5, 3))
+    stats.add_taylor(0, torch.randn(5, 3), torch.randn(5, 3))
     again = NeuronStats([3, 3], samples=4)
     again.load_state_dict(stats.state_dict())
     assert torch.equal(again.activation[1], stats.activation[1]) and again.filled == stats.filled
+    assert torch.equal(again.taylor[0], stats.taylor[0]) and torch.equal(again.kept_samples(1), stats.kept_samples(1))
+    assert all(torch.equal(again.counts[k], stats.counts[k]) for k in stats.counts)
     with pytest.raises(ValueError, match="layers of \\[3, 3\\] neurons, not \\[3, 4\\]"):
         NeuronStats([3, 4], samples=4).load_state_dict(stats.state_dict())
 
 
 def test_neuron_masks_remove_lowest_and_keep_earlier_removals():
     model = CausalLM(**CFG).model
-    stats = NeuronStats([32, 32])
+    stats = NeuronStats([32, 32], decay=0.0)  # decay 0: the average is the last pass
     for i in range(2):
         stats.add_activations(i, torch.arange(32.0)[None].repeat(2, 1))  # neuron j has mean |a| = j
     first = neuron_masks(model, stats, "activation", 0.25)
     assert [int((~m).sum()) for m in first] == [8, 8] and not first[0][:8].any() and first[0][8:].all()
-    stats.add_activations(0, torch.arange(32.0).flip(0)[None])  # now low indices look important in layer 0
+    stats.add_activations(0, torch.arange(32.0).flip(0)[None])  # now neuron j has 31 - j: the high ones are lowest
     second = neuron_masks(model, stats, "activation", 0.5, current=first)
-    assert not second[0][:8].any() and int((~second[0]).sum()) == 16  # earlier removals stay removed
+    removed = (~second[0]).nonzero().flatten().tolist()
+    assert removed == [*range(8), *range(24, 32)]  # the earlier 8 stay removed, the 8 now lowest join them
     with pytest.raises(ValueError, match="unknown neuron criterion 'l2'"):
         neuron_masks(model, stats, "l2", 0.5)
     with pytest.raises(ValueError, match="no taylor statistics"):
@@ -139,6 +143,20 @@ def test_bad_input_is_rejected_at_setup():
         trainer(max_steps=4, callbacks=[NeuronPruning(AtSteps({1: 0.99}))]).fit(CausalLM(**CFG), _loader())
     with pytest.raises(ValueError, match="at step 9, but the run has max_steps=4"):
         trainer(max_steps=4, callbacks=[NeuronPruning(AtSteps({9: 0.5}))]).fit(CausalLM(**CFG), _loader())
+    with pytest.raises(ValueError, match="at step 9"):  # an epoch-bounded run of 8 steps
+        trainer(max_epochs=1, callbacks=[NeuronPruning(AtSteps({9: 0.5}))]).fit(CausalLM(**CFG), _loader())
+
+
+def test_nothing_is_held_before_the_first_removal_and_taylor_reads_no_activations():
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 1:
+                self.held = dict(pruning._pruned)
+
+    pruning, probe = NeuronPruning(AtSteps({3: 0.25}), "taylor"), Probe()
+    trainer(max_steps=4, callbacks=[pruning, probe]).fit(CausalLM(**CFG), _loader())
+    assert probe.held == {} and pruning.removed() == 0.25
+    assert int(pruning.stats.counts["taylor"].sum()) == 2 * 4 and int(pruning.stats.counts["activation"].sum()) == 0
 
 
 def test_llama_neurons_pruned_during_training_shrink_exactly():
