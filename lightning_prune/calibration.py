@@ -24,6 +24,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning_prune.masks import output_masks
+from lightning_prune.schedules import check_sparsity
+from lightning_prune.selection import in_features, is_conv1d
+
 __all__ = [
     "InputNormStats",
     "collect_activations",
@@ -39,16 +43,12 @@ __all__ = [
 HookFn = Callable[[str, nn.Module, tuple[Any, ...], Any], None]  # (name, module, inputs, output)
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")  # transformers' Conv1D, weight (in, out)
-
-
 def linear_modules(model: nn.Module, exclude: tuple[str, ...] = ("lm_head",)) -> dict[str, nn.Module]:
     """``{name: module}`` of every ``nn.Linear`` and transformers ``Conv1D`` whose name has no ``exclude`` part."""
     return {
         name: m
         for name, m in model.named_modules()
-        if (isinstance(m, nn.Linear) or _is_conv1d(m)) and not any(part in name for part in exclude)
+        if (isinstance(m, nn.Linear) or is_conv1d(m)) and not any(part in name for part in exclude)
     }
 
 
@@ -224,14 +224,10 @@ def collect_input_norms(
     batches: Iterable[Any] | None = None,
 ) -> dict[str, InputNormStats]:
     """One :class:`InputNormStats` per module, filled from the calibration forward passes (``no_grad``)."""
-    stats = {name: InputNormStats(_in_features(m)) for name, m in modules.items()}
+    stats = {name: InputNormStats(in_features(m)) for name, m in modules.items()}
     with forward_hooks(modules, lambda name, m, i, o: stats[name].add_batch(i[0])), torch.no_grad():
         _run(run, batches)
     return stats
-
-
-def _in_features(module: nn.Module) -> int:
-    return module.weight.shape[0] if _is_conv1d(module) else module.weight.shape[1]
 
 
 def wanda_scores(weight: Tensor, input_norm: Tensor) -> Tensor:
@@ -248,21 +244,16 @@ def wanda_scores(weight: Tensor, input_norm: Tensor) -> Tensor:
 
 
 def wanda_mask(weight: Tensor, input_norm: Tensor, sparsity: float) -> Tensor:
-    """Bool keep mask ``(out, in)``: per output row, the ``floor(sparsity · in)`` lowest Wanda scores are removed.
+    """Bool keep mask ``(out, in)``: per output row, the ``round(sparsity · in)`` lowest Wanda scores are removed
+    (:func:`lightning_prune.masks.output_masks`, as ``scope="output"`` does during training).
 
     Ties are broken by position: among equal scores the lower input index is removed first.
 
     Raises:
         ValueError: if ``sparsity`` is not in [0, 1).
     """
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be a fraction of zeros in [0, 1), got {sparsity!r}.")
-    scores = wanda_scores(weight, input_norm)
-    n_remove = int(weight.shape[1] * sparsity)
-    order = torch.argsort(scores, dim=1, stable=True)  # ascending
-    mask = torch.ones_like(scores, dtype=torch.bool)
-    mask.scatter_(1, order[:, :n_remove], False)
-    return mask
+    check_sparsity(sparsity)
+    return output_masks({"w": wanda_scores(weight, input_norm)}, sparsity, {"w": 1})["w"]
 
 
 def wanda_masks(
@@ -283,7 +274,7 @@ def wanda_masks(
     stats = collect_input_norms(modules, model, batches)
     masks = {}
     for name, m in modules.items():
-        w = m.weight.t() if _is_conv1d(m) else m.weight  # (out, in)
+        w = m.weight.t() if is_conv1d(m) else m.weight  # (out, in)
         mask = wanda_mask(w, stats[name].norm(), sparsity)
-        masks[f"{name}.weight"] = mask.t().contiguous() if _is_conv1d(m) else mask
+        masks[f"{name}.weight"] = mask.t().contiguous() if is_conv1d(m) else mask
     return masks

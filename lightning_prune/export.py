@@ -21,10 +21,11 @@ from torch import Tensor, nn
 
 from lightning_prune.masks import apply_masks_
 
-__all__ = ["export_pretrained", "make_permanent_", "nonzero_report"]
+__all__ = ["bare_fqn", "export_pretrained", "make_permanent_", "nonzero_report"]
 
 
-def _strip(fqn: str) -> str:
+def bare_fqn(fqn: str) -> str:
+    """``model.transformer.h.0...`` (fqn inside a CausalLM) → ``transformer.h.0...`` (inside the bare model)."""
     return fqn[len("model.") :] if fqn.startswith("model.") else fqn
 
 
@@ -38,7 +39,7 @@ def make_permanent_(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
     params = dict(model.named_parameters())
     pruned = {}
     for fqn, mask in masks.items():
-        name = _strip(fqn) if _strip(fqn) in params else fqn
+        name = bare_fqn(fqn) if bare_fqn(fqn) in params else fqn
         if name not in params or params[name].shape != mask.shape:
             raise ValueError(f"mask {fqn!r} {tuple(mask.shape)} does not fit the model's parameters.")
         pruned[name] = ~mask.bool().to(params[name].device)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_prune.export import bare_fqn
 from lightning_prune.lm import CausalLM
 from lightning_prune.masks import apply_masks_, hold_, mask_factors
 
@@ -53,11 +54,6 @@ def masks_from_checkpoint(path: str | Path, state_key: str = "ScheduledPruning")
     if state_key not in callbacks:
         raise KeyError(f"{path} holds no {state_key!r} state; callback states found: {sorted(callbacks)}.")
     return {f: m.bool() for f, m in callbacks[state_key]["masks"].items()}
-
-
-def _strip(fqn: str) -> str:
-    """``model.transformer.h.0...`` (fqn inside a CausalLM) → ``transformer.h.0...`` (inside the bare model)."""
-    return fqn[len("model.") :] if fqn.startswith("model.") else fqn
 
 
 class FineTune(CausalLM):
@@ -113,7 +109,7 @@ class FineTune(CausalLM):
         bad = []
         self.masks: dict[str, Tensor] = {}
         for fqn, mask in masks.items():
-            name = _strip(fqn)
+            name = bare_fqn(fqn)
             if name not in params or params[name].shape != mask.shape:
                 got = tuple(params[name].shape) if name in params else "missing"
                 bad.append(f"{fqn}: mask {tuple(mask.shape)} vs model {got}")
@@ -128,7 +124,7 @@ class FineTune(CausalLM):
 
     def _load_pruned(self, checkpoint: str) -> None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-        state = {_strip(k): v for k, v in state.items() if k.startswith("model.")}
+        state = {bare_fqn(k): v for k, v in state.items() if k.startswith("model.")}
         self.model.load_state_dict(state)
 
     @torch.no_grad()
@@ -136,7 +132,7 @@ class FineTune(CausalLM):
         """Reset the surviving entries of the masked weights to ``early`` weights; pruned entries stay zero."""
         if isinstance(early, (str, Path)):
             early = torch.load(early, map_location="cpu", weights_only=False)["state_dict"]
-        early = {_strip(k): v for k, v in early.items()}
+        early = {bare_fqn(k): v for k, v in early.items()}
         for f, p in self._params.items():
             if f not in early or early[f].shape != p.shape:
                 raise ValueError(f"rewind weights lack {f!r} or have another shape.")

@@ -233,7 +233,7 @@ def apply_masks_(
     ``masked_fill_`` is fast anyway and is used directly. ``None`` tensors (no gradient) are skipped.
     """
     fqns = [f for f in pruned if tensors[f] is not None]
-    if factors is not None and fqns and tensors[fqns[0]].device.type == "cpu":
+    if factors is not None and fqns and all(f in factors for f in fqns):
         held = [tensors[f] for f in fqns]
         torch._foreach_mul_(held, [factors[f] for f in fqns])
         if all_finite(held):
@@ -243,8 +243,9 @@ def apply_masks_(
 
 
 def mask_factors(pruned: Mapping[str, Tensor], like: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``{fqn: 0/1 tensor}``: 0 where pruned, in the dtype and on the device of ``like[fqn]``."""
-    return {f: (~m).to(device=like[f].device, dtype=like[f].dtype) for f, m in pruned.items()}
+    """``{fqn: 0/1 tensor}``: 0 where pruned, in the dtype of ``like[fqn]``, for the CPU tensors only (the fast
+    path of :func:`apply_masks_`; elsewhere ``masked_fill_`` needs no copy)."""
+    return {f: (~m).to(like[f].dtype) for f, m in pruned.items() if like[f].device.type == "cpu"}
 
 
 @torch.no_grad()

@@ -38,8 +38,8 @@ from torch import Tensor, nn
 
 from lightning_prune.calibration import collect_activations, collect_taylor
 from lightning_prune.mutual_information import mean_abs_activation, redundant_neurons, weight_norm_scores
+from lightning_prune.selection import is_conv1d
 from lightning_prune.structured import (
-    _is_conv1d,
     block_layouts,
     ffn_neuron_weights,
     ffn_output_modules,
@@ -230,12 +230,12 @@ def neuron_weight_masks(model: nn.Module, masks: Sequence[Tensor]) -> dict[str, 
         for name in lay.ffn_in:
             module = model.get_submodule(name)
             w = module.weight
-            out[f"{name}.weight"] = (gone[None, :] if _is_conv1d(module) else gone[:, None]).expand_as(w).to(w.device)
+            out[f"{name}.weight"] = (gone[None, :] if is_conv1d(module) else gone[:, None]).expand_as(w).to(w.device)
             if module.bias is not None:
                 out[f"{name}.bias"] = gone.to(module.bias.device)
         module = model.get_submodule(lay.ffn_out)
         w = module.weight
-        cols = gone[:, None] if _is_conv1d(module) else gone[None, :]
+        cols = gone[:, None] if is_conv1d(module) else gone[None, :]
         out[f"{lay.ffn_out}.weight"] = cols.expand_as(w).to(w.device)
     return {f: m.contiguous() for f, m in out.items()}
 

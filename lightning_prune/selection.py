@@ -20,12 +20,13 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["HEAD_PATTERNS", "in_dim", "select_parameters"]
+__all__ = ["HEAD_PATTERNS", "in_dim", "in_features", "is_conv1d", "select_parameters"]
 
 HEAD_PATTERNS = ("*lm_head*", "*classifier*", "*score*", "*pooler*", "*qa_outputs*", "*cls.*")
 
 
-def _is_conv1d(module: nn.Module) -> bool:
+def is_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is ``transformers``' Conv1D (GPT-2), a linear layer whose weight is ``(in, out)``."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")  # transformers.pytorch_utils.Conv1D
 
 
@@ -34,7 +35,7 @@ def _candidates(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Parameter]]:
     found: dict[str, tuple[nn.Module, nn.Parameter]] = {}
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        if isinstance(module, nn.Linear) or _is_conv1d(module):
+        if isinstance(module, nn.Linear) or is_conv1d(module):
             found[prefix + "weight"] = (module, module.weight)
         elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
             found[prefix + "in_proj_weight"] = (module, module.in_proj_weight)
@@ -43,7 +44,12 @@ def _candidates(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Parameter]]:
 
 def in_dim(module: nn.Module) -> int:
     """The input dim of a layer's weight: 0 for ``Conv1D`` (weight is (in, out)), else 1 ((out, in))."""
-    return 0 if _is_conv1d(module) else 1
+    return 0 if is_conv1d(module) else 1
+
+
+def in_features(module: nn.Module) -> int:
+    """The input size of a Linear or Conv1D layer, read from its weight."""
+    return module.weight.shape[in_dim(module)]
 
 
 def _matches(fqn: str, patterns: Sequence[str]) -> bool:

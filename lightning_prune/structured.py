@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_prune.selection import in_features, is_conv1d
+
 __all__ = [
     "FAMILIES",
     "BlockLayout",
@@ -99,12 +101,8 @@ class BlockLayout:
     head_dim: int  # features per head
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")  # transformers' Conv1D, weight (in, out)
-
-
 def _out_features(module: nn.Module) -> int:
-    return module.weight.shape[1] if _is_conv1d(module) else module.weight.shape[0]
+    return module.weight.shape[1] if is_conv1d(module) else module.weight.shape[0]
 
 
 def model_family(model: nn.Module) -> str:
@@ -117,10 +115,6 @@ def model_family(model: nn.Module) -> str:
     if kind not in FAMILIES:
         raise ValueError(f"structured pruning supports model_type in {FAMILIES}, got {kind!r}.")
     return kind
-
-
-def _in_features(module: nn.Module) -> int:
-    return module.weight.shape[0] if _is_conv1d(module) else module.weight.shape[1]
 
 
 def _head_dim(family: str, block: nn.Module) -> int:
@@ -144,7 +138,7 @@ def block_layouts(model: nn.Module) -> list[BlockLayout]:
     for i, block in enumerate(model.base_model.get_submodule(blocks_name)):
         p = names[id(block)]
         hd = _head_dim(family, block)
-        n_heads = _in_features(block.get_submodule(attn_out)) // hd
+        n_heads = in_features(block.get_submodule(attn_out)) // hd
         n_kv = block.self_attn.k_proj.out_features // hd if family == "llama" else n_heads
         layouts.append(
             BlockLayout(
@@ -171,7 +165,7 @@ def ffn_output_modules(model: nn.Module) -> dict[str, nn.Module]:
 def _in_rows(module: nn.Module, weight: Tensor | None = None) -> Tensor:
     """Weight (or a tensor shaped like it) as ``(out, in)``."""
     weight = module.weight if weight is None else weight
-    return weight.t() if _is_conv1d(module) else weight
+    return weight.t() if is_conv1d(module) else weight
 
 
 def ffn_neuron_weights(model: nn.Module, values: Mapping[str, Tensor] | None = None) -> list[tuple[Tensor, Tensor]]:
@@ -320,7 +314,7 @@ def _replace_(module: nn.Module, name: str, value: Tensor) -> None:
 @torch.no_grad()
 def _slice_(module: nn.Module, idx: Tensor, side: str, zero: bool) -> None:
     """Keep (or, with ``zero``, zero the complement of) output (``side="out"``) or input features ``idx``."""
-    conv = _is_conv1d(module)
+    conv = is_conv1d(module)
     dim = (1 if conv else 0) if side == "out" else (0 if conv else 1)
     idx = idx.to(module.weight.device)
     if zero:

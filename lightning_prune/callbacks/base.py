@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,8 +12,21 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_prune.masks import apply_masks_, hold_
+from lightning_prune.schedules import Schedule
 
-__all__ = ["HoldsMasks", "OwnsHooks"]
+__all__ = ["HoldsMasks", "OwnsHooks", "check_schedule_fits"]
+
+
+def check_schedule_fits(schedule: Schedule, trainer: pl.Trainer) -> None:
+    """A step schedule of a run bounded by epochs must end within the run's steps (known once it has data).
+
+    Raises:
+        ValueError: if the schedule's last change lies past the run's last step.
+    """
+    if schedule.unit == "step" and (trainer.max_steps is None or trainer.max_steps < 0):
+        total = trainer.estimated_stepping_batches
+        if math.isfinite(total):
+            schedule.check_fits(None, int(total))
 
 
 class OwnsHooks(Callback):

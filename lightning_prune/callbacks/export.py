@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from lightning_prune.callbacks.neurons import NeuronPruning
 from lightning_prune.callbacks.pruning import ScheduledPruning
-from lightning_prune.export import export_pretrained, make_permanent_
+from lightning_prune.export import export_pretrained, make_permanent_, nonzero_report
 
 __all__ = ["ExportPretrained"]
 
@@ -40,19 +40,19 @@ class ExportPretrained(Callback):
     @override
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        model = getattr(pl_module, "model", pl_module)
+        neurons = [cb for cb in trainer.callbacks if isinstance(cb, NeuronPruning)]
+        model = neurons[0].model if neurons else getattr(pl_module, "model", pl_module)
         masks = {}
         for cb in trainer.callbacks:
             if isinstance(cb, ScheduledPruning):
                 masks.update(cb.masks)
         masks.update(getattr(pl_module, "masks", {}))
         directory = self.directory or str(Path(trainer.default_root_dir) / "pruned_model")
-        neurons = [cb for cb in trainer.callbacks if isinstance(cb, NeuronPruning)]
         if neurons:
             make_permanent_(model, masks)
             for cb in neurons:
                 cb.rezero()
-            dense = sum(p.numel() for p in model.parameters())
+            dense = nonzero_report(model)["parameters"]
             shrunk = copy.deepcopy(model)
             for cb in neurons:
                 cb.shrink_(shrunk)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import HoldsMasks
+from lightning_prune.callbacks.base import HoldsMasks, check_schedule_fits
 from lightning_prune.callbacks.tracking import ImportanceTracking
 from lightning_prune.masks import mask_factors
 from lightning_prune.neurons import NEURON_CRITERIA, NeuronStats, neuron_masks, neuron_weight_masks
@@ -110,18 +110,22 @@ class NeuronPruning(HoldsMasks):
         if self._pending is not None:
             self._restore(self._pending)
             self._pending = None
+        check_schedule_fits(self.schedule, trainer)
         self._set_masks(self.masks)
         self._hold_every_step(trainer)
-        for i, lay in enumerate(block_layouts(self.model)):
-            self._handles.append(self.model.get_submodule(lay.ffn_out).register_forward_pre_hook(self._hook(i)))
+        if self.criterion != "weight_norm":  # weight norms read no activations
+            for i, lay in enumerate(block_layouts(self.model)):
+                module = self.model.get_submodule(lay.ffn_out)
+                self._handles.append(module.register_forward_pre_hook(self._hook(i)))
 
     def _hook(self, layer: int) -> Any:
         def observe(module: nn.Module, args: tuple[Any, ...]) -> None:
             if not module.training:
                 return
             acts = args[0]
-            self.stats.add_activations(layer, acts)
-            if self.criterion == "taylor" and acts.requires_grad:
+            if self.criterion != "taylor":
+                self.stats.add_activations(layer, acts)
+            elif acts.requires_grad:
                 acts.register_hook(lambda grad: self._taylor(layer, acts, grad))
 
         return observe
@@ -176,7 +180,8 @@ class NeuronPruning(HoldsMasks):
 
     def _set_masks(self, masks: list[Tensor]) -> None:
         self.masks = [m.bool().cpu() & old for m, old in zip(masks, self.masks, strict=True)]  # never un-remove
-        self._pruned = neuron_weight_masks(self.model, self.masks)
+        owned = neuron_weight_masks(self.model, self.masks)
+        self._pruned = {f: m for f, m in owned.items() if m.any()}  # nothing to hold before the first removal
         self._params = {f: self.model.get_parameter(f) for f in self._pruned}
         self._factors = mask_factors(self._pruned, self._params)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -12,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import HoldsMasks
+from lightning_prune.callbacks.base import HoldsMasks, check_schedule_fits
 from lightning_prune.callbacks.tracking import ImportanceTracking
 from lightning_prune.importance import get_criterion
 from lightning_prune.masks import (
@@ -135,10 +134,7 @@ class ScheduledPruning(HoldsMasks):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.schedule.unit == "step" and (trainer.max_steps is None or trainer.max_steps < 0):
-            total = trainer.estimated_stepping_batches  # the run is bounded by epochs: check against its steps
-            if math.isfinite(total):
-                self.schedule.check_fits(None, int(total))
+        check_schedule_fits(self.schedule, trainer)
         if self._tracking is not None:
             missing = sorted(set(self._params) - set(self._tracking.fqns))
             if missing:
