@@ -1,9 +1,14 @@
 """Export: masks made permanent, save_pretrained, reload in plain transformers with the same logits."""
 
+import json
+
+import lightning.pytorch as pl
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel
 
+from lightning_prune.callbacks.export import ExportPretrained, reload_class
 from lightning_prune.export import export_pretrained, make_permanent_
 from lightning_prune.lm import gpt2
 
@@ -31,3 +36,68 @@ def test_masks_that_do_not_fit_are_rejected():
         make_permanent_(model, {"transformer.h.0.mlp.c_fc.weight": torch.ones(2, 2, dtype=torch.bool)})
     with pytest.raises(TypeError, match="no save_pretrained"):
         export_pretrained(torch.nn.Linear(2, 2), "unused")
+
+
+class Wrapped(pl.LightningModule):
+    """A bare transformers model as ``.model``; the loss is its main output's mean square (logits or hidden state)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.model(input_ids=batch[0])
+        main = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+        return main.float().pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=1e-2)
+
+
+def tiny_bert() -> BertModel:
+    config = BertConfig(
+        num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2, vocab_size=64,
+        max_position_embeddings=32,
+    )  # fmt: skip
+    return BertModel(config)
+
+
+@pytest.mark.parametrize(
+    ("build", "key", "cls"),
+    [
+        (tiny_bert, "max_hidden_state_difference", BertModel),
+        (lambda: gpt2(vocab_size=64, n_layer=1, n_embd=16, n_head=2, n_positions=32), "max_logit_difference", None),
+    ],
+    ids=["bert-encoder", "gpt2-causal-lm"],
+)
+def test_export_pretrained_verifies_encoders_and_causal_lms(tmp_path, build, key, cls):
+    pl.seed_everything(0, verbose=False)
+    module = Wrapped(build())
+    loader = DataLoader(TensorDataset(torch.randint(0, 64, (8, 12))), batch_size=4)
+    trainer = pl.Trainer(
+        max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[ExportPretrained(str(tmp_path / "out"))],
+    )  # fmt: skip
+    trainer.fit(module, loader)
+    report = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert report[key] < 1e-5
+    assert reload_class(tmp_path / "out") is (cls or type(module.model))
+    reloaded = reload_class(tmp_path / "out").from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        got, want = reloaded(input_ids=ids), module.model.eval()(input_ids=ids)
+    name = "logits" if key == "max_logit_difference" else "last_hidden_state"
+    torch.testing.assert_close(getattr(got, name), getattr(want, name))
+
+
+def test_reload_class_falls_back_to_auto_model_and_names_unknown_architectures(tmp_path):
+    model = tiny_bert()
+    model.save_pretrained(tmp_path / "plain")
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    del config["architectures"]
+    (tmp_path / "plain" / "config.json").write_text(json.dumps(config))
+    assert reload_class(tmp_path / "plain") is AutoModel
+    config["architectures"] = ["NoSuchModel"]
+    (tmp_path / "plain" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="'NoSuchModel'.*does not have"):
+        reload_class(tmp_path / "plain")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -26,12 +27,14 @@ class ExportPretrained(Callback):
     removed neurons physically cut out (smaller layers, ``intermediate_size`` / ``n_inner`` updated) is saved
     instead; the trained model itself is left as it is.
 
-    With ``verify`` the directory is reloaded with ``AutoModelForCausalLM.from_pretrained`` and its logits on a
-    random batch compared with the trained model's; the largest difference goes into ``export.json``.
+    With ``verify`` the directory is reloaded with the class named in its saved config (``architectures``, e.g.
+    ``GPT2LMHeadModel`` or ``BertModel``; ``AutoModel`` when the config names none) and its main output on a random
+    batch compared with the trained model's: the logits when the model has them (``max_logit_difference`` in
+    ``export.json``), else the last hidden state of an encoder (``max_hidden_state_difference``).
 
     Args:
         directory: target directory (created); default ``<trainer.default_root_dir>/pruned_model``.
-        verify: reload and compare logits after saving.
+        verify: reload and compare outputs after saving.
     """
 
     def __init__(self, directory: str | None = None, verify: bool = True) -> None:
@@ -61,20 +64,62 @@ class ExportPretrained(Callback):
         else:
             report = export_pretrained(model, directory, masks)
         if self.verify:
-            report["max_logit_difference"] = reload_difference(model, directory)
+            output, difference = reload_difference(model, directory)
+            report[f"max_{'logit' if output == 'logits' else 'hidden_state'}_difference"] = difference
         Path(directory, "export.json").write_text(json.dumps(report, indent=2))
         rank_zero_info(f"exported to {directory}: {report}")
 
 
-@torch.no_grad()
-def reload_difference(model: torch.nn.Module, directory: str) -> float:
-    """Largest |logit difference| between ``model`` and its reload from ``directory`` on a random batch."""
-    from transformers import AutoModelForCausalLM
+def reload_class(directory: str | Path) -> type:
+    """The ``transformers`` class that reloads ``directory``: the one its config names, else ``AutoModel``.
 
-    reloaded = AutoModelForCausalLM.from_pretrained(directory).eval()
+    Raises:
+        ValueError: if the config names a class that ``transformers`` does not have.
+    """
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(directory)
+    names = getattr(config, "architectures", None) or []
+    if not names:
+        return transformers.AutoModel
+    cls = getattr(transformers, names[0], None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ValueError(
+            f"{directory}/config.json names architecture {names[0]!r}, which this transformers "
+            f"{transformers.__version__} does not have; upgrade transformers or fix 'architectures' in the config."
+        )
+    return cls
+
+
+def _main_output(output: Any) -> tuple[str, torch.Tensor]:
+    """``("logits", tensor)`` when the output has logits, else ``("last_hidden_state", tensor)``."""
+    for name in ("logits", "last_hidden_state"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return name, value
+    raise TypeError(
+        f"cannot verify the export: the model's output {type(output).__name__} has neither logits nor "
+        f"last_hidden_state; pass verify=False to ExportPretrained."
+    )
+
+
+@torch.no_grad()
+def reload_difference(model: torch.nn.Module, directory: str | Path) -> tuple[str, float]:
+    """Reload ``directory`` (see :func:`reload_class`) and compare its main output with ``model``'s on a random batch.
+
+    Returns:
+        ``(name, difference)``: the output compared (``"logits"``, or ``"last_hidden_state"`` for an encoder without
+        a head) and the largest absolute difference.
+    """
+    reloaded = reload_class(directory).from_pretrained(directory).eval()
+    config = reloaded.config
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 16
+    ids = torch.randint(0, config.vocab_size, (2, min(16, context)), generator=torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()
-    ids = torch.randint(0, reloaded.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
-    ref = model(input_ids=ids.to(next(model.parameters()).device)).logits.float().cpu()
-    model.train(was_training)
-    return float((reloaded(input_ids=ids).logits.float() - ref).abs().max())
+    try:
+        name, ref = _main_output(model(input_ids=ids.to(next(model.parameters()).device)))
+    finally:
+        model.train(was_training)
+    got = _main_output(reloaded(input_ids=ids))[1]
+    return name, float((got.float() - ref.float().cpu()).abs().max())
