@@ -1,9 +1,10 @@
 """Ship a pruned model: masks made permanent, saved with ``save_pretrained`` (safetensors).
 
 Plain ``transformers`` reloads the result with the same outputs (``AutoModelForCausalLM`` for a causal LM, the
-class named in the saved config or ``AutoModel`` for an encoder such as ``BertModel``); zeros are stored as zeros (safetensors is dense), so the saving on disk comes from compression or
-from structured removal (:mod:`lightning_prune.structured`), and :func:`export_pretrained` reports both
-the non-zero count and the bytes on disk.
+class named in the saved config or ``AutoModel`` for an encoder such as ``BertModel``); zeros are stored as zeros
+(safetensors is dense), so the saving on disk comes from compression or from structured removal
+(:mod:`lightning_prune.structured`), and :func:`export_pretrained` reports both the non-zero count and the bytes
+on disk.
 
 Example:
     >>> report = export_pretrained(model, "out/pruned", masks)
