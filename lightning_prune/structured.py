@@ -39,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -369,6 +370,57 @@ def mask_heads_(model: nn.Module, masks: Sequence[Tensor]) -> None:
     _apply_heads(model, masks, zero=True)
 
 
+def _config_updates(
+    model: nn.Module, neuron_masks: Sequence[Tensor] | None, head_masks: Sequence[Tensor] | None
+) -> dict[str, int]:
+    """Validate a physical shrink before anything changes; return the config fields it will set.
+
+    Raises:
+        ValueError: for invalid masks, heads removed from GPT-2/BERT, a head count the config cannot hold, or a
+            config that ``transformers`` would refuse to save.
+    """
+    family = model_family(model)
+    updates: dict[str, int] = {}
+    if head_masks is not None:
+        layouts = check_head_masks(model, head_masks, uniform=True)
+        if not all(bool(m.all()) for m in head_masks):
+            if family != "llama":
+                raise ValueError(
+                    f"physically removing attention heads is not supported for {family}: transformers derives its "
+                    f"head size as hidden_size // num_attention_heads, so a model with fewer heads would not reload "
+                    f"with from_pretrained. Use mask_heads_ to zero {family} heads, or shrink only neurons."
+                )
+            lay = layouts[0]
+            group = lay.n_heads // lay.n_kv_heads
+            kept = int(head_masks[0].sum())
+            hidden = int(model.config.hidden_size)
+            if hidden % kept:
+                allowed = [k for k in range(group, lay.n_heads + 1, group) if hidden % k == 0]
+                raise ValueError(
+                    f"the head masks keep {kept} of {lay.n_heads} attention heads per layer, but hidden_size "
+                    f"{hidden} is not a multiple of {kept}: LlamaConfig requires hidden_size % num_attention_heads "
+                    f"== 0, so save_pretrained would refuse the shrunk model. Keep one of {allowed} heads per layer "
+                    f"(whole key/value groups of {group}), or zero the heads with mask_heads_ instead."
+                )
+            updates.update(head_dim=lay.head_dim, num_attention_heads=kept, num_key_value_heads=kept // group)
+    if neuron_masks is not None:
+        check_neuron_masks(model, neuron_masks, uniform=True)
+        updates["n_inner" if family == "gpt2" else "intermediate_size"] = int(neuron_masks[0].sum())
+    trial = copy.deepcopy(model.config)
+    for name, value in updates.items():
+        setattr(trial, name, value)
+    validate = getattr(trial, "validate", None)
+    if updates and callable(validate):
+        try:
+            validate()
+        except Exception as err:  # transformers' own config checks, e.g. on a newer version
+            raise ValueError(
+                f"the shrunk model's config {updates} would be refused by {type(trial).__name__}: {err} "
+                f"Choose masks that keep sizes the config accepts."
+            ) from err
+    return updates
+
+
 def shrink_neurons_(model: nn.Module, masks: Sequence[Tensor]) -> None:
     """Physically remove feed-forward neurons and set ``n_inner`` / ``intermediate_size`` in the config.
 
@@ -378,12 +430,11 @@ def shrink_neurons_(model: nn.Module, masks: Sequence[Tensor]) -> None:
         ValueError: see :func:`check_neuron_masks` (with ``uniform=True``).
     """
     family = model_family(model)
+    updates = _config_updates(model, masks, None)
     _apply_neurons(model, masks, zero=False)
+    for name, value in updates.items():
+        setattr(model.config, name, value)
     kept = int(masks[0].sum())
-    if family == "gpt2":
-        model.config.n_inner = kept
-    else:
-        model.config.intermediate_size = kept
     if family == "llama":  # LlamaMLP keeps a copy of the size
         for lay in block_layouts(model):
             model.get_submodule(f"{lay.prefix}.mlp").intermediate_size = kept
@@ -394,25 +445,16 @@ def shrink_heads_(model: nn.Module, masks: Sequence[Tensor]) -> None:
 
     Raises:
         ValueError: for GPT-2 and BERT when a head would be removed (their configs cannot express fewer heads of
-            the same size; use :func:`mask_heads_`), and see :func:`check_head_masks` (with ``uniform=True``).
+            the same size; use :func:`mask_heads_`), when the kept head count does not divide ``hidden_size``
+            (``LlamaConfig`` refuses it), and see :func:`check_head_masks` (with ``uniform=True``). Nothing is
+            changed when it raises.
     """
-    family = model_family(model)
-    layouts = check_head_masks(model, masks, uniform=True)
-    if all(bool(m.all()) for m in masks):
+    updates = _config_updates(model, None, masks)  # head_dim set explicitly, so the head size survives the counts
+    if not updates:
         return
-    if family != "llama":
-        raise ValueError(
-            f"physically removing attention heads is not supported for {family}: transformers derives its head size "
-            f"as hidden_size // num_attention_heads, so a model with fewer heads would not reload with "
-            f"from_pretrained. Use mask_heads_ to zero {family} heads, or shrink only neurons."
-        )
-    lay = layouts[0]
-    group = lay.n_heads // lay.n_kv_heads
-    model.config.head_dim = lay.head_dim  # keep the head size explicit before the counts change
     _apply_heads(model, masks, zero=False)
-    kept = int(masks[0].sum())
-    model.config.num_attention_heads = kept
-    model.config.num_key_value_heads = kept // group
+    for name, value in updates.items():
+        setattr(model.config, name, value)
 
 
 def shrink_(
@@ -420,13 +462,12 @@ def shrink_(
 ) -> nn.Module:
     """Physically remove neurons and/or heads (see :func:`shrink_neurons_`, :func:`shrink_heads_`); returns model.
 
+    Everything (masks, family, the new config) is validated before the model is changed.
+
     Raises:
-        ValueError: if the masks are invalid or not expressible in the model's config.
+        ValueError: if the masks are invalid or not expressible in the model's config; the model is unchanged.
     """
-    if head_masks is not None:
-        check_head_masks(model, head_masks, uniform=True)
-    if neuron_masks is not None:
-        check_neuron_masks(model, neuron_masks, uniform=True)
+    _config_updates(model, neuron_masks, head_masks)
     if head_masks is not None:
         shrink_heads_(model, head_masks)
     if neuron_masks is not None:

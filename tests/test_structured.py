@@ -190,3 +190,70 @@ def test_layouts_and_neuron_weights():
     assert gw_in.shape == (128, 32) and gw_out.shape == (128, 32)
     with pytest.raises(ValueError, match="model_type in"):
         model_family(torch.nn.Linear(2, 2))
+
+
+def llama_mha(heads=4):
+    config = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        vocab_size=VOCAB,
+        max_position_embeddings=32,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, model.config.to_dict()
+
+
+def assert_unchanged(model, before):
+    state, config = before
+    after = model.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
+    assert model.config.to_dict() == config
+
+
+def test_llama_head_count_that_does_not_divide_hidden_size_is_refused_before_any_change(tmp_path):
+    torch.manual_seed(0)
+    model = llama_mha()  # hidden 32, 4 heads of 8, no GQA
+    before = snapshot(model)
+    three = [torch.tensor([True, True, True, False])] * 2
+    halved = neuron_masks_from_scores([torch.rand(64)] * 2, 0.5)
+    for call in (lambda: shrink_(model, halved, three), lambda: shrink_heads_(model, three)):
+        with pytest.raises(ValueError, match=r"keep 3 of 4 .*hidden_size 32 is not a multiple of 3.*\[1, 2, 4\]"):
+            call()
+        assert_unchanged(model, before)
+    model.save_pretrained(tmp_path)  # still a valid model
+    two = [torch.tensor([True, False, True, False])] * 2
+    shrink_(model, halved, two)  # a count that divides hidden_size works
+    assert (model.config.num_attention_heads, model.config.intermediate_size) == (2, 32)
+    model.save_pretrained(tmp_path / "shrunk")
+
+
+def test_shrink_validates_heads_and_neurons_before_changing_either():
+    for make, heads in ((gpt2, [torch.tensor([True, False, True, True])] * 2), (llama, None)):
+        model = make()
+        before = snapshot(model)
+        n = block_layouts(model)[0].n_neurons
+        valid = neuron_masks_from_scores([torch.rand(n)] * 2, 0.5)
+        uneven = [torch.ones(n, dtype=torch.bool), torch.arange(n) < n // 2]
+        with pytest.raises(ValueError):
+            shrink_(model, valid if heads else uneven, heads if heads else [torch.ones(4, dtype=torch.bool)] * 2)
+        assert_unchanged(model, before)
+
+
+def test_a_config_transformers_refuses_is_reported_before_any_change(monkeypatch):
+    model = llama()
+    before = snapshot(model)
+
+    def refuse(self):
+        raise ValueError("intermediate_size must be even")
+
+    monkeypatch.setattr(LlamaConfig, "validate", refuse)
+    odd = [torch.arange(64) < 33] * 2
+    with pytest.raises(ValueError, match=r"'intermediate_size': 33.*refused by LlamaConfig.*must be even"):
+        shrink_(model, neuron_masks=odd)
+    assert_unchanged(model, before)
