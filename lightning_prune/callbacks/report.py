@@ -12,10 +12,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from typing_extensions import override
 
+from lightning_prune.callbacks.neurons import NeuronPruning
 from lightning_prune.callbacks.pruning import ScheduledPruning
 from lightning_prune.export import nonzero_report
 
-__all__ = ["PruningReport", "format_table"]
+__all__ = ["PruningReport", "format_table", "pruned_label"]
 
 
 def format_table(rows: list[tuple[str, ...]]) -> str:
@@ -26,10 +27,32 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def pruned_label(record: dict[str, float]) -> str:
+    """What had happened to the model by ``record``: ``"dense"``, ``"weights pruned"``, ``"neurons removed"``, or
+    ``"weights pruned + neurons removed"``."""
+    done = [
+        what
+        for what, key in (("weights pruned", "sparsity"), ("neurons removed", "neurons_removed"))
+        if record.get(key, 0.0) > 0.0
+    ]
+    return " + ".join(done) or "dense"
+
+
+def _removed_fraction(masks: Any) -> float:
+    """Fraction of False entries over a list (or the values of a dict) of bool keep-masks."""
+    tensors = list(masks.values()) if isinstance(masks, dict) else list(masks or [])
+    total = sum(m.numel() for m in tensors)
+    return sum(int((~m.bool()).sum()) for m in tensors) / total if total else 0.0
+
+
 class PruningReport(Callback):
     """Record validation loss and perplexity against measured sparsity; report dense vs pruned at the end.
 
-    "Dense" is the last validation before the first pruning event; "pruned" is the last validation of the run.
+    Each validation records the measured weight sparsity of a :class:`~lightning_prune.callbacks.ScheduledPruning`
+    (``sparsity``) and the fraction of feed-forward neurons a :class:`~lightning_prune.callbacks.NeuronPruning` has
+    removed (``neurons_removed``). "Dense" is the last validation before either changed the model; the last
+    validation of the run is labelled by what had happened by then (:func:`pruned_label`: weights pruned, neurons
+    removed, or both), and is in ``report.json`` as ``pruned`` with that label as ``pruned_label``.
     At the end of fitting it prints a table, and writes ``report.json`` and ``report.png`` (validation loss and
     sparsity against step) into ``directory`` (default: the trainer's ``default_root_dir``).
 
@@ -50,6 +73,10 @@ class PruningReport(Callback):
         found = [cb for cb in trainer.callbacks if isinstance(cb, ScheduledPruning)]
         return found[0] if found else None
 
+    def _neurons_removed(self, trainer: pl.Trainer) -> float:
+        found = [cb for cb in trainer.callbacks if isinstance(cb, NeuronPruning)]
+        return max((_removed_fraction(cb.masks) for cb in found), default=0.0)
+
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # not on_validation_epoch_end: callbacks run that hook before the module's, which logs val/ppl
@@ -62,6 +89,7 @@ class PruningReport(Callback):
                 "epoch": trainer.current_epoch,
                 "step": trainer.global_step,
                 "sparsity": sparsity,
+                "neurons_removed": self._neurons_removed(trainer),
                 "val_loss": float(trainer.callback_metrics["val/loss"]),
                 "val_ppl": float(trainer.callback_metrics.get("val/ppl", float("nan"))),
             }
@@ -69,11 +97,12 @@ class PruningReport(Callback):
 
     def summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """Dense and pruned figures from the records, plus counts and time."""
-        dense = [r for r in self.records if r["sparsity"] == 0.0]
+        dense = [r for r in self.records if pruned_label(r) == "dense"]
         counts = nonzero_report(pl_module)
         return {
             "dense": dense[-1] if dense else None,
             "pruned": self.records[-1] if self.records else None,
+            "pruned_label": pruned_label(self.records[-1]) if self.records else None,
             "parameters": counts["parameters"],
             "nonzero": counts["nonzero"],
             "seconds": time.perf_counter() - self._start,
@@ -87,24 +116,34 @@ class PruningReport(Callback):
         directory = Path(self.directory or trainer.default_root_dir)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "report.json").write_text(json.dumps(summary, indent=2))
-        rows = [("model", "val ppl", "val loss", "sparsity (pruned weights)", "non-zero params", "time")]
-        for name in ("dense", "pruned"):
-            r = summary[name]
-            if r is not None:
-                rows.append(
-                    (
-                        f"{name} (epoch {r['epoch']})",
-                        f"{r['val_ppl']:.3f}",
-                        f"{r['val_loss']:.4f}",
-                        f"{r['sparsity']:.1%}",
-                        f"{summary['nonzero']:,} / {summary['parameters']:,}" if name == "pruned" else "",
-                        f"{summary['seconds']:.0f} s" if name == "pruned" else "",
-                    )
-                )
-        rank_zero_info("\n" + format_table(rows))
+        rank_zero_info("\n" + format_table(self.table(summary)))
         if self.records:
             self._plot(directory / "report.png")
         rank_zero_info(f"report: {directory / 'report.json'}, {directory / 'report.png'}")
+
+    @staticmethod
+    def table(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+        """Rows of the final table (header first): the dense model, then the final one labelled by what happened."""
+        header = ("model", "val ppl", "val loss", "sparsity (pruned weights)", "neurons removed", "non-zero params")
+        rows = [(*header, "time")]
+        final = summary["pruned"]
+        shown = [("dense", summary["dense"])] if summary["dense"] not in (None, final) else []
+        if final is not None:
+            shown.append((summary["pruned_label"], final))
+        for label, r in shown:
+            last = r == final
+            rows.append(
+                (
+                    f"{label} (epoch {r['epoch']})",
+                    f"{r['val_ppl']:.3f}",
+                    f"{r['val_loss']:.4f}",
+                    f"{r['sparsity']:.1%}",
+                    f"{r.get('neurons_removed', 0.0):.1%}",
+                    f"{summary['nonzero']:,} / {summary['parameters']:,}" if last else "",
+                    f"{summary['seconds']:.0f} s" if last else "",
+                )
+            )
+        return rows
 
     def _plot(self, path: Path) -> None:
         import matplotlib
@@ -119,6 +158,10 @@ class PruningReport(Callback):
         ax.set_ylabel("validation loss", color="tab:blue")
         twin = ax.twinx()
         twin.step(steps, [r["sparsity"] for r in self.records], where="post", color="tab:red", label="sparsity")
+        if any(r.get("neurons_removed", 0.0) > 0.0 for r in self.records):
+            removed = [r.get("neurons_removed", 0.0) for r in self.records]
+            twin.step(steps, removed, where="post", color="tab:green", label="neurons removed")
+            twin.legend(loc="upper left")
         twin.set_ylabel("sparsity", color="tab:red")
         twin.set_ylim(0, 1)
         ax.set_title("validation loss while pruning")
