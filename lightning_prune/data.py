@@ -41,6 +41,7 @@ __all__ = [
     "load_text",
     "pack_blocks",
     "pydoc_text",
+    "read_text_file",
     "split_text",
 ]
 
@@ -103,15 +104,39 @@ def load_text(
     """The corpus from exactly one of ``source`` (default ``"kjv"``), ``files`` or ``dataset``.
 
     Raises:
-        ValueError: if more than one is given, or for an unknown ``source``.
+        ValueError: if more than one is given, for an unknown ``source``, or naming a file in ``files`` that is
+            empty or not UTF-8 text.
         FileNotFoundError: naming the first file in ``files`` that does not exist.
     """
     _check_source(source, files, dataset)
     if files:
-        return "\n\n".join(Path(f).read_text(encoding="utf-8") for f in files)
+        return "\n\n".join(read_text_file(f) for f in files)
     if dataset is not None:
         return hub_text(dataset, dataset_config, dataset_split, text_column)
     return kjv_text() if (source or "kjv") == "kjv" else pydoc_text()
+
+
+def read_text_file(path: str | Path) -> str:
+    """The UTF-8 text of ``path``.
+
+    Raises:
+        ValueError: naming the file, if it is not valid UTF-8 (with the offset of the first bad byte and how to
+            convert it) or holds no text (empty or only whitespace).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"Text file {str(path)!r} is not UTF-8: byte {err.object[err.start : err.start + 1]!r} at offset "
+            f"{err.start} cannot be decoded ({err.reason}). Files must be UTF-8; convert it, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path} > {Path(path).with_suffix('.utf8.txt')}` for Latin-1 text."
+        ) from err
+    if not text.strip():
+        raise ValueError(
+            f"Text file {str(path)!r} has no text ({len(text)} characters, all whitespace or none): "
+            f"give a file with text or remove it from files."
+        )
+    return text
 
 
 def split_text(text: str, val_fraction: float) -> tuple[str, str]:
@@ -177,6 +202,8 @@ def _check_source(source: str | None, files: list[str] | None, dataset: str | No
         for f in files:
             if not Path(f).is_file():
                 raise FileNotFoundError(f"Text file not found: {f!r}")
+            if Path(f).stat().st_size == 0:
+                raise ValueError(f"Text file {str(f)!r} is empty (0 bytes): give a file with text or remove it.")
 
 
 def _check_int(name: str, value: Any, low: int, allow_none: bool = False, why: str = "") -> None:

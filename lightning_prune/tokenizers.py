@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -130,7 +131,8 @@ def load_or_train_bpe(text: str, vocab_size: int, cache_dir: str | Path | None =
 
     The cache file is ``<cache_dir>/bpe-<sha256 of text and vocab_size>.json``. A new file is published
     with an exclusive link, so when several processes train at once the first file wins and every process
-    loads that same file (identical token ids on every rank).
+    loads that same file (identical token ids on every rank). A cache file that cannot be read (truncated or
+    corrupt) is retrained and replaced, with a warning naming it.
 
     Args:
         text: the training text.
@@ -138,28 +140,56 @@ def load_or_train_bpe(text: str, vocab_size: int, cache_dir: str | Path | None =
         cache_dir: folder for the cache; default :func:`default_cache_dir`.
 
     Raises:
-        ValueError: if ``vocab_size`` is below 256.
+        ValueError: if ``vocab_size`` is below 256, or naming the cache file if it still cannot be read after
+            being rebuilt.
     """
-    from tokenizers import Tokenizer
-
     if vocab_size < BYTE_VOCAB:
         raise ValueError(f"vocab_size must be at least {BYTE_VOCAB} for a byte-level BPE, got {vocab_size!r}.")
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     digest = hashlib.sha256(f"bpe-v1:{vocab_size}:".encode() + text.encode("utf-8")).hexdigest()[:24]
     path = folder / f"bpe-{digest}.json"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bpe-", suffix=".json")
-        os.close(fd)
+    if path.exists():
         try:
-            train_bpe(text, vocab_size).save(tmp)
+            return BPETokenizer(_read_bpe(path))
+        except ValueError as err:
+            warnings.warn(f"{err}; training the tokenizer again and replacing the file.", stacklevel=2)
+            _publish_bpe(text, vocab_size, path, replace=True)
+    else:
+        _publish_bpe(text, vocab_size, path, replace=False)
+    try:
+        return BPETokenizer(_read_bpe(path))
+    except ValueError as err:
+        raise ValueError(
+            f"{err}, even after rebuilding it: delete it (rm {path}) and run again, or pass another cache_dir."
+        ) from err
+
+
+def _read_bpe(path: Path) -> Any:
+    """``tokenizers.Tokenizer.from_file(path)``; raises ValueError naming the file when it cannot be read."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception, e.g. "EOF while parsing a value"
+        raise ValueError(f"the BPE tokenizer cache {path} cannot be read ({err})") from err
+
+
+def _publish_bpe(text: str, vocab_size: int, path: Path, replace: bool) -> None:
+    """Train and write ``path`` through a temporary file; without ``replace`` the first process to publish wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".bpe-", suffix=".json")
+    os.close(fd)
+    try:
+        train_bpe(text, vocab_size).save(tmp)
+        if replace:
+            os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a partial one
+        else:
             try:
                 os.link(tmp, path)  # fails if another process published first: use theirs
             except FileExistsError:
                 pass
-        finally:
-            os.unlink(tmp)
-    return BPETokenizer(Tokenizer.from_file(str(path)))
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def build_tokenizer(
@@ -219,6 +249,8 @@ def _chunks(text: str, size: int = _CHUNK_CHARS) -> Iterator[str]:
 
 def encode_corpus(tokenizer: TextTokenizer, text: str) -> torch.Tensor:
     """Encode a whole corpus into a 1-D ``LongTensor``, in line-aligned chunks (deterministic for a given text)."""
+    if not text:
+        return torch.zeros(0, dtype=torch.long)  # (0,); frombuffer refuses an empty buffer
     if isinstance(tokenizer, ByteTokenizer):
         return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()  # (N,)
     if isinstance(tokenizer, BPETokenizer):

@@ -308,3 +308,64 @@ def test_shuffle_order_depends_only_on_seed_and_epoch():
     second = list(a)
     b.set_epoch(1)
     assert list(b) == second and first != second and sorted(second) == list(range(50))
+
+
+# --- unreadable inputs name the file ----------------------------------------------------------------------
+
+
+def test_empty_or_blank_text_file_is_named(tmp_path) -> None:
+    good, empty, blank = tmp_path / "good.txt", tmp_path / "empty.txt", tmp_path / "blank.txt"
+    good.write_text("some text\n" * 50, encoding="utf-8")
+    empty.write_bytes(b"")
+    blank.write_text("\n  \n\t\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"Text file '.*empty\.txt' is empty \(0 bytes\)"):
+        TextDataModule(files=[str(good), str(empty)], block_size=8)
+    with pytest.raises(ValueError, match=r"Text file '.*blank\.txt' has no text .*remove it from files"):
+        TextDataModule(files=[str(blank)], block_size=8).setup("fit")
+
+
+def test_empty_text_encodes_to_no_tokens_and_packing_says_too_short() -> None:
+    for tok in (ByteTokenizer(), build_tokenizer(train_bpe("abc abd\n" * 20, 260), "")):
+        ids = encode_corpus(tok, "")
+        assert ids.dtype == torch.long and ids.shape == (0,)
+    with pytest.raises(ValueError, match="Validation text of 0 tokens is too short"):
+        pack_blocks(encode_corpus(ByteTokenizer(), ""), 8, "Validation text")
+
+
+def test_non_utf8_text_file_is_named_with_the_bad_byte(tmp_path) -> None:
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\u00e9 au lait\n".encode("latin-1") * 20)
+    with pytest.raises(ValueError, match=r"Text file '.*latin\.txt' is not UTF-8: byte b'\\xe9' at offset 3.*iconv"):
+        TextDataModule(files=[str(latin)], block_size=8).setup("fit")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_unreadable_bpe_cache_is_rebuilt_with_a_warning(tmp_path, damage) -> None:
+    kw = dict(source="pydoc", tokenizer="bpe", vocab_size=300, cache_dir=str(tmp_path), block_size=16)
+    first = TextDataModule(**kw)
+    first.setup("fit")
+    (cached,) = tmp_path.glob("bpe-*.json")
+    good = cached.read_bytes()
+    cached.write_bytes({"truncated": good[: len(good) // 2], "garbage": b"\x00\xff not json", "empty": b""}[damage])
+    with pytest.warns(UserWarning, match=rf"BPE tokenizer cache {cached} cannot be read .*training the tokenizer"):
+        again = TextDataModule(**kw)
+        again.setup("fit")
+    assert cached.read_bytes() == good  # replaced by a fresh, identical training
+    assert torch.equal(again.train_dataset.blocks, first.train_dataset.blocks)
+    assert list(tmp_path.iterdir()) == [cached]  # no temporary files left behind
+
+
+def test_bpe_cache_still_unreadable_after_rebuild_names_it_and_how_to_delete(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "cache"
+    tokenizers_mod.load_or_train_bpe("abc abd\n" * 20, 260, path)
+    (cached,) = path.glob("bpe-*.json")
+    cached.write_text("{", encoding="utf-8")
+
+    class Broken:
+        def save(self, file: str) -> None:
+            with open(file, "w", encoding="utf-8") as f:
+                f.write("{")
+
+    monkeypatch.setattr(tokenizers_mod, "train_bpe", lambda text, vocab_size: Broken())
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=rf"{cached} cannot be read.*rm {cached}"):
+        tokenizers_mod.load_or_train_bpe("abc abd\n" * 20, 260, path)
