@@ -1,9 +1,10 @@
 """``FineTune``: recover a pruned model with its masks frozen, optionally distilling from the dense model.
 
 The masks come from a pruning run's checkpoint (the ``ScheduledPruning`` state in its ``callbacks``) or are
-given directly (``{fqn: bool}``, True keeps). They hold exactly as in ``ScheduledPruning``: gradients of
-pruned entries are zeroed before each optimizer step, weights and optimizer state re-zeroed after it, and
-the masks are saved in this module's own checkpoints.
+given directly (``{fqn: bool}``, True keeps). They are written into the model's
+:class:`~lightning_prune.registry.MaskRegistry` (resolved again on every fit, after the strategy has set the
+model up), which holds them exactly as it holds the pruning callbacks' masks, and they are saved in this
+module's own checkpoints.
 
 Distillation (Hinton et al. 2015): loss = (1 − α)·LM + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) with the
 teacher's logits z_t, the student's z_s, weight α = ``distill_weight`` and temperature T.
@@ -30,7 +31,8 @@ from typing_extensions import override
 
 from lightning_prune.export import bare_fqn
 from lightning_prune.lm import CausalLM
-from lightning_prune.masks import apply_masks_, hold_, mask_factors
+from lightning_prune.masks import unpack_mask
+from lightning_prune.registry import registry_of
 
 __all__ = ["FineTune", "distillation_loss", "masks_from_checkpoint"]
 
@@ -53,7 +55,12 @@ def masks_from_checkpoint(path: str | Path, state_key: str = "ScheduledPruning")
     callbacks = ckpt.get("callbacks", {})
     if state_key not in callbacks:
         raise KeyError(f"{path} holds no {state_key!r} state; callback states found: {sorted(callbacks)}.")
-    return {f: m.bool() for f, m in callbacks[state_key]["masks"].items()}
+    state = callbacks[state_key]
+    if "tensors" not in state:
+        return {f: m.bool() for f, m in state["masks"].items()}
+    packed = set(state.get("packed", ()))
+    shapes = {f: tuple(s) for f, s in state["shapes"].items()}
+    return {f: unpack_mask(t, shapes[f]) if f in packed else t.bool() for f, t in state["tensors"].items()}
 
 
 class FineTune(CausalLM):
@@ -117,10 +124,14 @@ class FineTune(CausalLM):
                 self.masks[name] = mask.bool().to(params[name].device)
         if bad:
             raise ValueError(f"the masks do not fit the model: {bad[:5]}.")
-        self._params = {f: params[f] for f in self.masks}
-        self._pruned = {f: ~m for f, m in self.masks.items()}
-        self._factors = mask_factors(self._pruned, self._params)
-        apply_masks_(self._params, self._pruned)
+        with torch.no_grad():
+            for f, m in self.masks.items():
+                params[f].masked_fill_(~m, 0)
+
+    def masked_parameters(self) -> dict[str, nn.Parameter]:
+        """``{fqn: parameter}`` of the masked weights, by their names in the bare model."""
+        params = dict(self.model.named_parameters())
+        return {f: params[f] for f in self.masks}
 
     def _load_pruned(self, checkpoint: str) -> None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
@@ -133,24 +144,30 @@ class FineTune(CausalLM):
         if isinstance(early, (str, Path)):
             early = torch.load(early, map_location="cpu", weights_only=False)["state_dict"]
         early = {bare_fqn(k): v for k, v in early.items()}
-        for f, p in self._params.items():
+        params = dict(self.model.named_parameters())
+        for f in self.masks:
+            p = params[f]
             if f not in early or early[f].shape != p.shape:
                 raise ValueError(f"rewind weights lack {f!r} or have another shape.")
             p.copy_(early[f].to(p))
-        apply_masks_(self._params, self._pruned)
+            p.masked_fill_(~self.masks[f].to(p.device), 0)
 
     @override
     def on_fit_start(self) -> None:
-        for fqn, mask in self.masks.items():  # the strategy may have moved the model since __init__
-            self.masks[fqn] = mask.to(self._params[fqn].device)
-            self._pruned[fqn] = ~self.masks[fqn]
-        self._factors = mask_factors(self._pruned, self._params)
+        registry_of(self).resolve(self)  # after the strategy has set the model up (sharded, moved)
         if isinstance(self.teacher, nn.Module):
             self.teacher.to(self.device)
 
     @override
     def on_train_start(self) -> None:
-        hold_(self._params, self._pruned, self.trainer.optimizers)
+        registry = registry_of(self)  # the masks as they are now (a resume may have replaced them)
+        registry.write("FineTune", {f"model.{f}": registry.layout(f"model.{f}").slice(m) for f, m in self.masks.items()})
+        registry.attach(self.trainer.optimizers)
+        registry.enforce_(self.trainer.optimizers)
+
+    @override
+    def teardown(self, stage: str) -> None:
+        registry_of(self).detach()
 
     @override
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -162,15 +179,6 @@ class FineTune(CausalLM):
         kd = distillation_loss(logits, teacher_logits, self.temperature)
         self.log("train/distill", kd)
         return (1 - self.distill_weight) * loss + self.distill_weight * kd, logits
-
-    @override
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        apply_masks_({f: p.grad for f, p in self._params.items()}, self._pruned, self._factors)
-
-    @override
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        apply_masks_(self._params, self._pruned, self._factors)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

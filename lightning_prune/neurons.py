@@ -230,13 +230,14 @@ def neuron_weight_masks(model: nn.Module, masks: Sequence[Tensor]) -> dict[str, 
         for name in lay.ffn_in:
             module = model.get_submodule(name)
             w = module.weight
-            out[f"{name}.weight"] = (gone[None, :] if is_conv1d(module) else gone[:, None]).expand_as(w).to(w.device)
+            rows = gone[None, :] if is_conv1d(module) else gone[:, None]
+            out[f"{name}.weight"] = rows.expand(tuple(w.shape)).to(w.device)  # the full shape, also of a DTensor
             if module.bias is not None:
                 out[f"{name}.bias"] = gone.to(module.bias.device)
         module = model.get_submodule(lay.ffn_out)
         w = module.weight
         cols = gone[:, None] if is_conv1d(module) else gone[None, :]
-        out[f"{lay.ffn_out}.weight"] = cols.expand_as(w).to(w.device)
+        out[f"{lay.ffn_out}.weight"] = cols.expand(tuple(w.shape)).to(w.device)
     return {f: m.contiguous() for f, m in out.items()}
 
 

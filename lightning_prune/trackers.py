@@ -38,8 +38,9 @@ import torch
 from torch import Tensor
 
 from lightning_prune.masks import all_finite
+from lightning_prune.shards import Layout
 
-__all__ = ["STATS", "RunningStats", "snapshot_weights"]
+__all__ = ["STATS", "RunningStats", "snapshot_weights", "stochastic_round"]
 
 STATS = ("abs_weight", "abs_grad", "movement", "taylor", "time_weighted", "input_norm")
 _WEIGHTINGS: dict[str, Callable[[int], float]] = {
@@ -71,6 +72,11 @@ class RunningStats:
         weighting: snapshot weighting c(i): ``"sqrt"`` (default), ``"linear"``, ``"uniform"`` or a callable.
         in_dims: ``{fqn: dim}`` of the input features of each 2-D weight, for ``input_norm`` (default 1, as in
             ``nn.Linear``; 0 for ``transformers``' Conv1D).
+        sections: ``{fqn: k}`` for a weight whose output rows fall in k equal blocks fed by k different inputs
+            (``nn.MultiheadAttention.in_proj_weight``: query, key, value); ``input_norm`` keeps one row of norms per
+            block.
+        layouts: ``{fqn: Layout}`` when ``params`` are shards of larger tensors (FSDP2): ``input_norm`` covers the
+            full input width and :meth:`input_scale` returns this process's part.
 
     Raises:
         ValueError: for an unknown statistic, a decay outside [0, 1), ``every`` < 1 or ``window`` < 1.
@@ -86,6 +92,8 @@ class RunningStats:
         window: int | None = None,
         weighting: str | Callable[[int], float] = "sqrt",
         in_dims: Mapping[str, int] | None = None,
+        sections: Mapping[str, int] | None = None,
+        layouts: Mapping[str, Layout] | None = None,
     ) -> None:
         self.stats = tuple(dict.fromkeys(stats))
         unknown = [s for s in self.stats if s not in STATS]
@@ -107,6 +115,9 @@ class RunningStats:
         self.snapshots = 0  # snapshots taken for time_weighted
         self.state: dict[str, dict[str, Tensor]] = {}
         self.in_dims = {f: (in_dims or {}).get(f, 1) for f, p in params.items() if p.dim() == 2}
+        self.layouts = dict(layouts or {})
+        self.sections = {f: (sections or {}).get(f, 1) for f in self.in_dims}
+        full = {f: self.layouts[f].shape if f in self.layouts else tuple(p.shape) for f, p in params.items()}
         # forward passes folded into input_norm, per fqn, and passes left out (non-finite): tensors, so that the
         # update on every forward pass never waits for the device
         self.inputs_seen = {f: torch.zeros((), dtype=torch.long, device=params[f].device) for f in self.in_dims}
@@ -115,19 +126,31 @@ class RunningStats:
             if stat == "time_weighted" and window is not None:
                 continue  # kept as a ring of snapshots below
             if stat == "input_norm":
-                self.state[stat] = {
-                    f: torch.zeros(params[f].shape[d], dtype=dtype, device=params[f].device)
+                self.state[stat] = {  # (sections, in_features) in float32: a few numbers per layer
+                    f: torch.zeros(self.sections[f], full[f][d], device=params[f].device)
                     for f, d in self.in_dims.items()
                 }
                 continue
             self.state[stat] = {fqn: torch.zeros_like(p, dtype=dtype) for fqn, p in params.items()}
+        self._generators: dict[torch.device, torch.Generator] = {}  # for stochastic rounding of low-precision state
         self.twa_norm = 0.0  # Σ c_i over the snapshots in the running sum
         self.ring: list[dict[str, Tensor]] = []  # window snapshots of |w|, oldest first
         self.ring_index: list[int] = []  # their snapshot numbers i
 
     @torch.no_grad()
-    def update(self, params: Mapping[str, Tensor]) -> bool:
-        """Fold one optimizer step (``p`` and ``p.grad``) into the statistics.
+    def update(
+        self,
+        params: Mapping[str, Tensor],
+        grads: Mapping[str, Tensor | None] | None = None,
+        scale: Tensor | float | None = None,
+    ) -> bool:
+        """Fold one optimizer step into the statistics.
+
+        Args:
+            params: ``{fqn: weight}`` (the local tensors: a shard under FSDP2).
+            grads: ``{fqn: gradient or None}``; default each weight's ``.grad``.
+            scale: a factor the gradients are multiplied by first (``1/loss_scale`` when a fused optimizer under
+                ``16-mixed`` left them scaled); a tensor, so reading it never waits for the device.
 
         Returns:
             True if folded in; False if skipped (not this step's turn, or a non-finite gradient).
@@ -137,19 +160,22 @@ class RunningStats:
             return False
         needs_grad = any(s in self.state for s in ("abs_grad", "movement", "taylor"))
         weights = [params[f].detach() for f in self.fqns]
-        grads: list[Tensor] = []
+        grads_: list[Tensor] = []
         if needs_grad:
-            grads = [_grad_or_zeros(params[f]) for f in self.fqns]
-            if not all_finite(grads):
+            given = grads if grads is not None else {f: params[f].grad for f in self.fqns}
+            grads_ = [g.detach() if g is not None else torch.zeros_like(w) for g, w in zip(map(given.get, self.fqns), weights)]
+            if scale is not None:
+                grads_ = torch._foreach_mul(grads_, scale)
+            if not all_finite(grads_):
                 self.skipped += 1
                 return False
         first = self.steps == 0
         if "abs_weight" in self.state:
             self._ema_(self.state["abs_weight"], torch._foreach_abs(weights), first)
         if "abs_grad" in self.state:
-            self._ema_(self.state["abs_grad"], torch._foreach_abs(grads), first)
+            self._ema_(self.state["abs_grad"], torch._foreach_abs(grads_), first)
         if "movement" in self.state or "taylor" in self.state:
-            prods = torch._foreach_mul(weights, grads)  # w·g per entry
+            prods = torch._foreach_mul(weights, grads_)  # w·g per entry
             if "movement" in self.state:
                 self._add_(self.state["movement"], prods)
             if "taylor" in self.state:
@@ -159,8 +185,9 @@ class RunningStats:
         return True
 
     @torch.no_grad()
-    def add_inputs(self, fqn: str, inputs: Tensor) -> Tensor:
-        """Fold one forward pass's inputs ``(..., in_features)`` of the module owning ``fqn`` into ``input_norm``.
+    def add_inputs(self, fqn: str, *inputs: Tensor) -> Tensor:
+        """Fold one forward pass's inputs ``(..., in_features)`` of the module owning ``fqn`` into ``input_norm``:
+        one input, or one per row block of a weight with ``sections`` (query, key, value).
 
         A pass with a non-finite input changes nothing and is counted in ``inputs_skipped``; the choice is a
         ``torch.where`` on the device, so no call waits for it.
@@ -169,16 +196,21 @@ class RunningStats:
             A bool tensor: whether the pass was folded in.
         """
         state, seen = self.state["input_norm"][fqn], self.inputs_seen[fqn]
-        mean_sq = inputs.detach().reshape(-1, inputs.shape[-1]).float().square().mean(0).to(state.device)  # (in,)
+        if len(inputs) != state.shape[0]:
+            raise ValueError(f"{fqn}: expected {state.shape[0]} inputs (one per row block), got {len(inputs)}.")
+        mean_sq = torch.stack(
+            [x.detach().reshape(-1, x.shape[-1]).float().square().mean(0).to(state.device) for x in inputs]
+        )  # (sections, in)
         ok = torch.isfinite(mean_sq).all()  # a non-finite input makes its feature's mean non-finite
-        new = torch.where(seen == 0, mean_sq, torch.lerp(state.float(), mean_sq, 1.0 - self.decay))
-        state.copy_(torch.where(ok, new, state.float()))
+        new = torch.where(seen == 0, mean_sq, torch.lerp(state, mean_sq, 1.0 - self.decay))
+        state.copy_(torch.where(ok, new, state))
         seen += ok
         self.inputs_skipped = self.inputs_skipped.to(ok.device) + ~ok
         return ok
 
     def input_scale(self, fqn: str) -> Tensor:
-        """``sqrt(input_norm)`` shaped to broadcast against the weight (a column or a row of feature norms).
+        """``sqrt(input_norm)`` shaped to broadcast against the (local) weight: a row of feature norms per output
+        row block, or a column of them for ``Conv1D``.
 
         Raises:
             RuntimeError: if no forward pass of the weight's module has been seen (e.g. the ``out_proj`` of
@@ -187,15 +219,24 @@ class RunningStats:
         if "input_norm" not in self.stats:
             raise KeyError(f"statistic 'input_norm' is not tracked; tracked: {list(self.stats)}.")
         if fqn not in self.in_dims:
-            raise KeyError(f"parameter {fqn!r} is not a tracked 2-D weight.")
+            raise KeyError(
+                f"parameter {fqn!r} is not a tracked 2-D weight of a Linear, Conv1D or MultiheadAttention module, "
+                "so its inputs are not measured."
+            )
         if int(self.inputs_seen[fqn]) == 0:
             raise RuntimeError(
                 f"no input of {fqn!r} has been seen: its module never ran forward in training (a weight read "
                 "without calling its module, like nn.MultiheadAttention's out_proj, has no inputs to measure); "
                 "exclude it or choose a criterion without 'input_norm'."
             )
-        norms = self.state["input_norm"][fqn].float().sqrt()
-        return norms[None, :] if self.in_dims[fqn] == 1 else norms[:, None]
+        norms = self.state["input_norm"][fqn].sqrt()  # (sections, in)
+        shape = self.layouts[fqn].shape if fqn in self.layouts else self.shapes[fqn]
+        if self.in_dims[fqn] == 1:  # (out, in): each row block reads its own input
+            scale = norms.repeat_interleave(shape[0] // norms.shape[0], dim=0)  # (out, in)
+        else:  # Conv1D (in, out)
+            scale = norms[0][:, None].expand(shape)
+        scale = scale.expand(shape)
+        return self.layouts[fqn].slice(scale) if fqn in self.layouts else scale
 
     @torch.no_grad()
     def snapshot(self, params: Mapping[str, Tensor]) -> None:
@@ -241,16 +282,31 @@ class RunningStats:
 
     def _ema_(self, state: dict[str, Tensor], values: list[Tensor], first: bool) -> None:
         targets = [state[f] for f in self.fqns]
-        values = [v.to(self.dtype) for v in values] if values and values[0].dtype != self.dtype else values
-        if first:
-            torch._foreach_copy_(targets, values)
-        else:
-            torch._foreach_lerp_(targets, values, 1.0 - self.decay)
+        if self.dtype == torch.float32:
+            values = [v.float() for v in values] if values and values[0].dtype != torch.float32 else values
+            if first:
+                torch._foreach_copy_(targets, values)
+            else:
+                torch._foreach_lerp_(targets, values, 1.0 - self.decay)
+            return
+        for t, v in zip(targets, values):  # in float32, rounded to the state's dtype without bias
+            new = v.float() if first else torch.lerp(t.float(), v.float(), 1.0 - self.decay)
+            t.copy_(stochastic_round(new, self.dtype, self._generator(t.device)))
 
     def _add_(self, state: dict[str, Tensor], values: list[Tensor], alpha: float = 1.0) -> None:
         targets = [state[f] for f in self.fqns]
-        values = [v.to(self.dtype) for v in values] if values and values[0].dtype != self.dtype else values
-        torch._foreach_add_(targets, values, alpha=alpha)
+        if self.dtype == torch.float32:
+            values = [v.float() for v in values] if values and values[0].dtype != torch.float32 else values
+            torch._foreach_add_(targets, values, alpha=alpha)
+            return
+        for t, v in zip(targets, values):
+            t.copy_(stochastic_round(t.float().add_(v.float(), alpha=alpha), self.dtype, self._generator(t.device)))
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """One seeded generator per device: processes holding the same values round them the same way."""
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(0)
+        return self._generators[device]
 
     def nbytes(self) -> int:
         """Bytes held by the state tensors."""
@@ -287,11 +343,12 @@ class RunningStats:
         bad = [f"{f}: {shapes[f]} vs model {self.shapes[f]}" for f in self.shapes if shapes[f] != self.shapes[f]]
         if bad:
             raise ValueError(f"checkpointed statistics do not fit the model's shapes: {bad[:5]}.")
-        if list(state["stats"]) != list(self.stats):
+        if set(state["stats"]) != set(self.stats):
             raise ValueError(f"checkpoint tracks statistics {state['stats']}, this tracker {list(self.stats)}.")
-        for stat, per in state["state"].items():
+        for stat, per in state["state"].items():  # by name: the order the statistics were listed in does not matter
             for f, t in per.items():
-                self.state[stat][f].copy_(t)
+                target = self.state[stat][f]
+                target.copy_(t.reshape(target.shape) if stat == "input_norm" else t)
         self.ring = [{f: t.to(self.dtype) for f, t in snap.items()} for snap in state["ring"]]
         self.ring_index = list(state["ring_index"])
         counters = state["counters"]
@@ -302,5 +359,27 @@ class RunningStats:
         self.snapshots, self.twa_norm = state["snapshots"], state["twa_norm"]
 
 
-def _grad_or_zeros(p: Tensor) -> Tensor:
-    return p.grad.detach() if p.grad is not None else torch.zeros_like(p)
+@torch.no_grad()
+def stochastic_round(x: Tensor, dtype: torch.dtype, generator: torch.Generator | None = None) -> Tensor:
+    """Round float32 ``x`` to ``dtype`` up or down at random, with the probability that makes the result
+    unbiased (E[round(x)] = x), so running sums and averages kept in 16 bits drift no more than noise.
+
+    bfloat16 keeps the top 16 bits of a float32: adding uniform noise below them and truncating is exactly that
+    rounding. Other dtypes pick between the two neighbours with probability proportional to the distance.
+    Non-finite entries are rounded to nearest.
+    """
+    if dtype == torch.float32:
+        return x
+    x = x.float().contiguous()
+    if dtype == torch.bfloat16:
+        noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
+        rounded = ((x.view(torch.int32) + noise) & -65536).view(torch.float32)  # low 16 bits zero: exact in bf16
+        return torch.where(torch.isfinite(rounded), rounded, x).to(dtype)
+    near = x.to(dtype)
+    error = x - near.float()
+    toward = torch.where(error > 0, float("inf"), float("-inf")).to(dtype)
+    other = torch.nextafter(near, toward)  # the neighbour of ``near`` in ``dtype`` on the side of ``x``
+    gap = (other.float() - near.float()).abs()
+    chance = torch.where(gap > 0, error.abs() / gap, torch.zeros_like(gap))
+    draw = torch.rand(x.shape, device=x.device, generator=generator)
+    return torch.where(draw < chance, other, near)

@@ -49,9 +49,9 @@ def test_masks_stay_exact_through_bf16_mixed_fine_tuning(distill):
     dense = CausalLM(**CFG)
     masks = _random_masks(dense)
     ft = FineTune(masks=masks, teacher="copy", distill_weight=distill, model=dense.model, **CFG)
-    before = {f: p.detach().clone() for f, p in ft._params.items()}
+    before = {f: p.detach().clone() for f, p in ft.masked_parameters().items()}
     trainer(max_epochs=2, precision="bf16-mixed").fit(ft, _loader())
-    for f, p in ft._params.items():
+    for f, p in ft.masked_parameters().items():
         keep = ft.masks[f]
         assert torch.all(p[~keep] == 0), f
         assert not torch.equal(p[keep], before[f][keep]), f  # the survivors trained
@@ -68,11 +68,11 @@ def test_fine_tune_from_a_pruning_checkpoint(tmp_path):
     masks = masks_from_checkpoint(tmp_path / "pruned.ckpt")
     ft = FineTune(checkpoint=str(tmp_path / "pruned.ckpt"), **CFG)
     for fqn, keep in masks.items():
-        p = ft._params[fqn.removeprefix("model.")]
+        p = ft.masked_parameters()[fqn.removeprefix("model.")]
         assert torch.equal(p.detach(), lm.get_parameter(fqn).detach())  # weights came from the checkpoint
         assert torch.all(p[~keep] == 0)
     trainer(max_epochs=1).fit(ft, _loader())
-    for f, p in ft._params.items():
+    for f, p in ft.masked_parameters().items():
         assert torch.all(p[~ft.masks[f]] == 0)
 
 
@@ -95,7 +95,7 @@ def test_rewinding_resets_survivors_to_early_weights():
             p.add_(1.0)
     masks = _random_masks(dense)
     ft = FineTune(masks=masks, model=dense.model, rewind_to=early, **CFG)
-    for f, p in ft._params.items():
+    for f, p in ft.masked_parameters().items():
         keep = ft.masks[f]
         assert torch.equal(p[keep], early[f][keep]) and torch.all(p[~keep] == 0)
 

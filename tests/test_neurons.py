@@ -151,7 +151,7 @@ def test_nothing_is_held_before_the_first_removal_and_taylor_reads_no_activation
     class Probe(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if trainer.global_step == 1:
-                self.held = dict(pruning._pruned)
+                self.held = dict(pruning.registry.writers.get(pruning.state_key, {}))
 
     pruning, probe = NeuronPruning(AtSteps({3: 0.25}), "taylor"), Probe()
     trainer(max_steps=4, callbacks=[pruning, probe]).fit(CausalLM(**CFG), _loader())

@@ -7,6 +7,7 @@ from helpers import TinyLM, token_loader, trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_prune import AtEpochs, ImportanceTracking, ScheduledPruning
+from lightning_prune.finetune import masks_from_checkpoint
 
 
 class StopAfter(Callback):
@@ -54,13 +55,13 @@ def test_resumed_run_ends_with_the_same_masks_weights_and_statistics(tmp_path):
 def test_masks_survive_a_checkpoint_without_regrowth(tmp_path):
     """The resumed run keeps the checkpoint's masks even if its own criterion would choose differently."""
     _run(tmp_path / "b", stop_after=1)
-    state = torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)["callbacks"]["ScheduledPruning"]
+    saved = masks_from_checkpoint(tmp_path / "b" / "last.ckpt")
     pl.seed_everything(0, verbose=False)
     pruning = ScheduledPruning(AtEpochs({1: 0.3, 3: 0.6}), criterion="random")
     t = trainer(callbacks=[pruning], max_epochs=5)
     t.fit(TinyLM(), token_loader(), ckpt_path=tmp_path / "b" / "last.ckpt")
     assert pruning.sparsity == 0.6
-    for f, keep in state["masks"].items():
+    for f, keep in saved.items():
         assert torch.all(pruning._params[f][~keep] == 0), f
 
 

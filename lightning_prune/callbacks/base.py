@@ -1,20 +1,58 @@
-"""What the callbacks share: hook handles that are always removed, and masks held through every step."""
+"""The one lifecycle every callback of the library follows, and what they share.
+
+================  =========================================================================================
+hook              what happens, the same for every callback
+================  =========================================================================================
+``__init__``      arguments validated; nothing about a model is known
+``setup("fit")``  arguments checked against the Trainer (a schedule past the run's end is an error)
+``on_fit_start``  parameters resolved as they train now (after ``configure_model``, sharding, precision). If
+                  the model is another object, or its selected parameters have other names or shapes, than
+                  the ones this instance's state was made for, that state is dropped whole: masks,
+                  statistics, sparsity reached, events. Otherwise (a second ``fit`` of the same model) it is
+                  kept whole.
+``load_state_dict``  a checkpoint's state is kept pending, never applied half-way
+``on_train_start``  the pending state (a resume) replaces this instance's state, checked against the
+                  parameters (another model's checkpoint is a ``ValueError``); then hooks are registered and
+                  the masks enforced everywhere
+``validate`` …    nothing is resolved, reset or restored; masks stay enforced on the model
+``teardown``      hooks removed (also on an exception)
+================  =========================================================================================
+
+The schedule position is ``trainer.global_step``/``current_epoch``; a callback prunes only when the schedule's
+target exceeds the sparsity it has reached, so a resumed or repeated fit never prunes twice.
+
+Masks are written into the model's :class:`~lightning_prune.registry.MaskRegistry`, which holds them through
+every step. Every callback enforces them exactly (weights, optimizer state, averaged copies of the model kept
+by weight-averaging callbacks) at ``on_train_start``, before and after every validation epoch, at
+``on_train_end`` and before a checkpoint is written, so the order of callbacks does not matter.
+
+Checkpoints: tensors of sharded parameters (masks bit-packed along their last dim, statistics) are saved per
+shard through the strategy's distributed checkpoint when it writes one
+(``ModelParallelStrategy(save_distributed_checkpoint=True)``), else gathered into the single file.
+"""
 
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import Tensor
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_prune.masks import apply_masks_, hold_
+from lightning_prune.registry import MaskRegistry, registry_of
 from lightning_prune.schedules import Schedule
+from lightning_prune.shards import Layout
 
-__all__ = ["HoldsMasks", "OwnsHooks", "check_schedule_fits"]
+__all__ = ["SHARDED_PREFIX", "Lifecycle", "check_schedule_fits", "shadows"]
+
+SHARDED_PREFIX = "lightning_prune"  # key prefix of our per-shard tensors inside a distributed checkpoint
+_DTYPES = {str(d): d for d in (torch.bool, torch.uint8, torch.float32, torch.bfloat16, torch.float16, torch.int64)}
 
 
 def check_schedule_fits(schedule: Schedule, trainer: pl.Trainer) -> None:
@@ -29,16 +67,101 @@ def check_schedule_fits(schedule: Schedule, trainer: pl.Trainer) -> None:
             schedule.check_fits(None, int(total))
 
 
-class OwnsHooks(Callback):
-    """Keeps the handles of the hooks it registers in ``self._handles`` and removes them at teardown and on an
-    exception, so a failed or finished fit leaves no hook on the model or the optimizer."""
+def shadows(trainer: pl.Trainer, registry: MaskRegistry) -> list[dict[str, Tensor]]:
+    """``{fqn: tensor}`` of every averaged copy of the model a callback keeps (Lightning's ``WeightAveraging``
+    and ``StochasticWeightAveraging`` keep it in ``_average_model``; an ``AveragedModel`` prefixes ``module.``)."""
+    found = []
+    for cb in trainer.callbacks:
+        average = getattr(cb, "_average_model", None)
+        if isinstance(average, nn.Module):
+            named = {n.removeprefix("module."): p for n, p in average.named_parameters()}
+            found.append({f: named[f] for f in registry.keep if f in named})
+    return found
 
-    _handles: list[Any]
 
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+class Lifecycle(Callback):
+    """Base of the library's callbacks: implements the lifecycle above once.
+
+    A subclass implements :meth:`check`, :meth:`resolve`, :meth:`reset`, :meth:`start`, :meth:`dump` and
+    :meth:`restore`; it never overrides the hooks that drive them.
+    """
+
+    def __init__(self) -> None:
+        self._handles: list[Any] = []
+        self._pending: dict[str, Any] | None = None
+        self._owner: weakref.ref[nn.Module] | None = None  # the model this instance's state belongs to
+        self._signature: dict[str, tuple[int, ...]] | None = None  # its selected parameters: fqn -> full shape
+        self._ckpt_path: str | None = None
+        self.registry: MaskRegistry | None = None
+
+    # ---- what a subclass provides --------------------------------------------------------------------------
+
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check the arguments against the Trainer (``setup("fit")``)."""
+
+    def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:
+        """Find the parameters as they train now; return ``{fqn: full shape}`` of those the state is made for."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Drop the state that belongs to a model (masks, statistics, sparsity reached, events)."""
+
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Register hooks for this fit (after state is restored)."""
+
+    def dump(self) -> dict[str, Any]:
+        """The state: plain values, plus ``tensors`` ``{name: local tensor}`` and ``where`` ``{name: fqn}`` naming
+        the parameter whose layout a tensor shares (absent or None: the same in every process)."""
+        return {}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Replace the state with a :meth:`dump` whose ``tensors`` are local again."""
+
+    # ---- the lifecycle -------------------------------------------------------------------------------------
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.check(trainer, pl_module)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.registry = registry_of(pl_module)
+        self.registry.resolve(pl_module)
+        signature = self.resolve(trainer, pl_module)
+        owner = self._owner() if self._owner is not None else None
+        if owner is not pl_module or signature != self._signature:
+            if self._signature is not None:
+                rank_zero_info(f"{type(self).__name__}: a new model or other parameters; its earlier state is dropped.")
+            self.reset()
+        self._owner, self._signature = weakref.ref(pl_module), signature
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending is not None:
+            state, self._pending = self._local_state(self._pending), None
+            self.restore(state)
+        self.start(trainer, pl_module)
+        self.registry.attach(trainer.optimizers)
+        self.enforce(trainer)
+
+    def enforce(self, trainer: pl.Trainer) -> None:
+        """Make every pruned entry of the model exactly zero now, in the weights, the optimizer state and the
+        averaged copies of the model."""
+        if self.registry is not None and self.registry.params:
+            self.registry.enforce_(trainer.optimizers, shadows(trainer, self.registry))
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.enforce(trainer)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.enforce(trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.enforce(trainer)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -48,36 +171,89 @@ class OwnsHooks(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._remove_hooks()
 
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self.registry is not None:
+            self.registry.detach()
 
-class HoldsMasks(OwnsHooks):
-    """Holds the ``self._pruned`` entries of ``self._params`` at exact zero (``self._factors``: the masks as 0/1 in
-    each weight's dtype): gradients before every optimizer step, weights after it (a step post-hook), and the
-    optimizer's state whenever :meth:`_hold_` is called."""
-
-    _params: dict[str, torch.nn.Parameter]
-    _pruned: dict[str, Tensor]
-    _factors: dict[str, Tensor]
-
-    def _hold_(self, trainer: pl.Trainer) -> None:
-        """Zero the pruned weights and their optimizer state now."""
-        hold_(self._params, self._pruned, trainer.optimizers)
-
-    def _hold_every_step(self, trainer: pl.Trainer) -> None:
-        """Zero now, and register the post-hook that re-zeroes the weights after each ``optimizer.step``."""
-        self._hold_(trainer)
-        for optimizer in trainer.optimizers:
-            self._handles.append(optimizer.register_step_post_hook(self._rezero))
-
-    def _rezero(self, *_: Any) -> None:
-        self.rezero()
-
-    @torch.no_grad()
-    def rezero(self) -> None:
-        """Set every pruned entry to exact zero (done after each optimizer step)."""
-        apply_masks_(self._params, self._pruned, self._factors)
+    # ---- checkpoint ----------------------------------------------------------------------------------------
 
     @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        apply_masks_({f: p.grad for f, p in self._params.items()}, self._pruned, self._factors)
+    def state_dict(self) -> dict[str, Any]:
+        if self._pending is not None:
+            return dict(self._pending)
+        return self.dump()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict) if state_dict else None
+
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._ckpt_path = str(trainer.ckpt_path) if trainer.ckpt_path else None
+
+    @override
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.enforce(trainer)
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if not state or not state.get("tensors"):
+            return
+        layouts = self._layouts(state)
+        sharded = [n for n, lay in layouts.items() if lay.sharded]
+        if not sharded:
+            return
+        distributed = bool(getattr(trainer.strategy, "_save_distributed_checkpoint", False))
+        tensors = dict(state["tensors"])
+        for name in sharded:
+            wrapped = layouts[name].wrap(tensors[name])
+            if distributed:  # saved shard by shard with the model; the metadata file keeps a placeholder
+                checkpoint["state_dict"][f"{SHARDED_PREFIX}/{self.state_key}/{name}"] = wrapped
+                tensors[name] = {"sharded": str(wrapped.dtype)}
+            else:
+                tensors[name] = wrapped.full_tensor().cpu()
+        state["tensors"] = tensors
+
+    def _layouts(self, state: Mapping[str, Any]) -> dict[str, Layout]:
+        where, packed = state.get("where", {}), set(state.get("packed", ()))
+        layouts = {}
+        for name, fqn in where.items():
+            if fqn is not None and self.registry is not None and fqn in self.registry.params:
+                lay = self.registry.layout(fqn)
+                layouts[name] = lay.packed() if name in packed else lay
+        return layouts
+
+    def _local_state(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """A checkpoint's state with every tensor as this process's local part (a slice of a full tensor, or the
+        shard read from the distributed checkpoint)."""
+        state = dict(state)
+        tensors = dict(state.get("tensors", {}))
+        layouts = self._layouts(state)
+        placeholders = {n: t for n, t in tensors.items() if isinstance(t, dict) and "sharded" in t}
+        if placeholders:
+            tensors.update(self._load_shards(placeholders, layouts))
+        for name, t in tensors.items():
+            if name in layouts and name not in placeholders and layouts[name].sharded:
+                tensors[name] = layouts[name].slice(t).clone()
+        state["tensors"] = tensors
+        return state
+
+    def _load_shards(self, placeholders: Mapping[str, Any], layouts: Mapping[str, Layout]) -> dict[str, Tensor]:
+        import torch.distributed.checkpoint as dcp
+
+        if self._ckpt_path is None:
+            raise ValueError(f"{type(self).__name__}: the state names per-shard tensors but no checkpoint path is known.")
+        missing = [n for n in placeholders if n not in layouts or not layouts[n].sharded]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__}: the checkpoint holds per-shard tensors {missing[:5]} for parameters that are "
+                "not sharded here; resume with the same strategy or from a single-file checkpoint."
+            )
+        templates = {}
+        for name, info in placeholders.items():
+            lay = layouts[name]
+            empty = torch.empty(lay.local_shape, dtype=_DTYPES[info["sharded"]], device=lay.mesh.device_type)
+            templates[f"{SHARDED_PREFIX}/{self.state_key}/{name}"] = lay.wrap(empty)
+        dcp.load({"state_dict": templates}, checkpoint_id=self._ckpt_path)
+        return {n: templates[f"{SHARDED_PREFIX}/{self.state_key}/{n}"].to_local() for n in placeholders}

@@ -10,9 +10,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import HoldsMasks, check_schedule_fits
+from lightning_prune.callbacks.base import Lifecycle, check_schedule_fits
 from lightning_prune.callbacks.tracking import ImportanceTracking
-from lightning_prune.masks import mask_factors
 from lightning_prune.neurons import NEURON_CRITERIA, NeuronStats, neuron_masks, neuron_weight_masks
 from lightning_prune.schedules import AtEpochs, Schedule
 from lightning_prune.structured import FAMILIES, block_layouts, shrink_
@@ -32,15 +31,15 @@ def find_transformer(module: nn.Module) -> tuple[str, nn.Module]:
     raise ValueError(f"NeuronPruning needs a transformers model of type {FAMILIES} inside the LightningModule.")
 
 
-class NeuronPruning(HoldsMasks):
+class NeuronPruning(Lifecycle):
     """Remove the same fraction of feed-forward neurons from every block, progressively, on a schedule.
 
     Forward pre-hooks on each block's feed-forward output projection fold the neuron activations of every
     training pass into :class:`~lightning_prune.neurons.NeuronStats` (and, for ``criterion="taylor"``, tensor hooks
     their gradients). When the schedule's target exceeds the fraction removed so far, each layer loses its
-    lowest-scored neurons down to ``round(target · n)`` removed (decided on process 0 and broadcast); a removed
-    neuron's weight rows and columns, biases and optimizer state are zeroed and then held at zero like
-    :class:`~lightning_prune.callbacks.ScheduledPruning`'s masks. The masked model computes exactly what the
+    lowest-scored neurons down to ``round(target · n)`` removed (from statistics averaged over the processes,
+    decided on process 0 and broadcast); a removed neuron's weight rows and columns and biases are written into the
+    model's :class:`~lightning_prune.registry.MaskRegistry` and held at zero like every other mask. The masked model computes exactly what the
     physically smaller model computes: :meth:`shrink_` (or :class:`~lightning_prune.callbacks.ExportPretrained`)
     removes the neurons for real after training.
 
@@ -81,38 +80,38 @@ class NeuronPruning(HoldsMasks):
         self.stats: NeuronStats | None = None
         self.model: nn.Module | None = None
         self._prefix = ""
-        self._params: dict[str, nn.Parameter] = {}
-        self._pruned: dict[str, Tensor] = {}
-        self._factors: dict[str, Tensor] = {}
-        self._handles: list[Any] = []
-        self._pending: dict[str, Any] | None = None
+        self._sizes: list[int] = []
+        super().__init__()
 
     # ---- setup ---------------------------------------------------------------------------------------------
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        self._prefix, self.model = find_transformer(pl_module)
-        sizes = [lay.n_neurons for lay in block_layouts(self.model)]
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.schedule.check_fits(trainer.max_epochs, trainer.max_steps)
-        end = self.schedule.end_sparsity()
-        if any(round(end * n) >= n for n in sizes):
-            raise ValueError(f"the schedule ends at {end}, which removes every neuron of a layer of {min(sizes)}.")
-        samples = self.n_samples if self.criterion == "mutual_information" else 0
-        self.stats = NeuronStats(sizes, self.decay, samples)
-        self.masks = [torch.ones(n, dtype=torch.bool) for n in sizes]
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        device = pl_module.device
-        self.stats.to(device)
-        if self._pending is not None:
-            self._restore(self._pending)
-            self._pending = None
+    def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:
+        self._prefix, self.model = find_transformer(pl_module)
+        self._sizes = [lay.n_neurons for lay in block_layouts(self.model)]
+        end = self.schedule.end_sparsity()
+        if any(round(end * n) >= n for n in self._sizes):
+            raise ValueError(f"the schedule ends at {end}, which removes every neuron of a layer of {min(self._sizes)}.")
+        return {f"{self._prefix}:{i}": (n,) for i, n in enumerate(self._sizes)}
+
+    @override
+    def reset(self) -> None:
+        samples = self.n_samples if self.criterion == "mutual_information" else 0
+        self.stats = NeuronStats(self._sizes, self.decay, samples)
+        self.masks = [torch.ones(n, dtype=torch.bool) for n in self._sizes]
+        self.sparsity, self.events = 0.0, []
+        if self.registry is not None:
+            self.registry.forget(self.state_key)
+
+    @override
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stats.to(pl_module.device)
         check_schedule_fits(self.schedule, trainer)
-        self._set_masks(self.masks)
-        self._hold_every_step(trainer)
+        self._write()
         if self.criterion != "weight_norm":  # weight norms read no activations
             for i, lay in enumerate(block_layouts(self.model)):
                 module = self.model.get_submodule(lay.ffn_out)
@@ -145,13 +144,15 @@ class NeuronPruning(HoldsMasks):
 
     def prune(self, trainer: pl.Trainer, target: float) -> None:
         """Remove neurons down to ``target`` in every layer (decided on process 0) and hold them at zero."""
+        self._sync(trainer)
         masks = neuron_masks(
             self.model, self.stats, self.criterion, target, self.masks, self.threshold, self._running_weights(trainer)
         )
         masks = trainer.strategy.broadcast([m.cpu() for m in masks], src=0)
-        self._set_masks(masks)
+        self.masks = [m.bool().cpu() & old for m, old in zip(masks, self.masks, strict=True)]  # never un-remove
+        self._write()
         self.sparsity = target
-        self._hold_(trainer)
+        self.enforce(trainer)
         removed = self.removed()
         for logger in trainer.loggers:
             logger.log_metrics({"neurons/removed": removed, "neurons/target": target}, step=trainer.global_step)
@@ -178,12 +179,28 @@ class NeuronPruning(HoldsMasks):
         total = sum(m.numel() for m in self.masks)
         return sum(int((~m).sum()) for m in self.masks) / total if total else 0.0
 
-    def _set_masks(self, masks: list[Tensor]) -> None:
-        self.masks = [m.bool().cpu() & old for m, old in zip(masks, self.masks, strict=True)]  # never un-remove
+    def _sync(self, trainer: pl.Trainer) -> None:
+        """Average the running neuron statistics over the processes (each saw its own batches)."""
+        if trainer.world_size < 2:
+            return
+        for values in (self.stats.activation, self.stats.taylor):
+            for i, v in enumerate(values):
+                values[i] = trainer.strategy.reduce(v.clone(), reduce_op="mean")
+
+    def _write(self) -> None:
+        """Write the weight and bias entries the removed neurons own into the model's registry."""
+        if not any((~m).any() for m in self.masks):
+            return  # nothing to hold before the first removal
+        prefix = f"{self._prefix}." if self._prefix else ""
         owned = neuron_weight_masks(self.model, self.masks)
-        self._pruned = {f: m for f, m in owned.items() if m.any()}  # nothing to hold before the first removal
-        self._params = {f: self.model.get_parameter(f) for f in self._pruned}
-        self._factors = mask_factors(self._pruned, self._params)
+        self.registry.write(
+            self.state_key, {prefix + f: ~self.registry.layout(prefix + f).slice(m) for f, m in owned.items()}
+        )
+
+    def rezero(self) -> None:
+        """Set every pruned entry of the model to exact zero now (weights only)."""
+        if self.registry is not None:
+            self.registry.enforce_()
 
     @torch.no_grad()
     def shrink_(self, model: nn.Module | None = None) -> nn.Module:
@@ -193,9 +210,7 @@ class NeuronPruning(HoldsMasks):
     # ---- checkpoint ----------------------------------------------------------------------------------------
 
     @override
-    def state_dict(self) -> dict[str, Any]:
-        if self._pending is not None:
-            return dict(self._pending)
+    def dump(self) -> dict[str, Any]:
         return {
             "masks": [m.clone() for m in self.masks],
             "sparsity": self.sparsity,
@@ -204,17 +219,15 @@ class NeuronPruning(HoldsMasks):
         }
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict
-
-    def _restore(self, state: Mapping[str, Any]) -> None:
+    def restore(self, state: Mapping[str, Any]) -> None:
         sizes = [m.numel() for m in state["masks"]]
-        if sizes != self.stats.sizes:
+        if sizes != self._sizes:
             raise ValueError(
-                f"the checkpoint's neuron masks are for layers of {sizes} neurons, this model has {self.stats.sizes}."
+                f"the checkpoint's neuron masks are for layers of {sizes} neurons, this model has {self._sizes}."
             )
         self.masks = [m.bool().cpu() for m in state["masks"]]
         self.sparsity = float(state["sparsity"])
         self.events = [dict(e) for e in state["events"]]
         if state["stats"] is not None:
             self.stats.load_state_dict(state["stats"])
+        self.registry.forget(self.state_key)

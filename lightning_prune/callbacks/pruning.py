@@ -11,34 +11,31 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import HoldsMasks, check_schedule_fits
+from lightning_prune.callbacks.base import Lifecycle, check_schedule_fits
 from lightning_prune.callbacks.tracking import ImportanceTracking
 from lightning_prune.importance import get_criterion
-from lightning_prune.masks import (
-    SCOPES,
-    compute_masks,
-    mask_factors,
-    parse_pattern,
-    sparsity_report,
-)
+from lightning_prune.masks import SCOPES, compute_masks, pack_mask, parse_pattern, unpack_mask
 from lightning_prune.schedules import AtEpochs, Schedule, check_sparsity
 from lightning_prune.selection import in_dim, select_parameters
+from lightning_prune.shards import count_zeros, local
 from lightning_prune.trackers import RunningStats
 
 __all__ = ["ScheduledPruning"]
 
 
-class ScheduledPruning(HoldsMasks):
+class ScheduledPruning(Lifecycle):
     """Prune the selected weights to the target sparsity of a schedule, from importance judged over the run.
 
     At the start of every training batch the schedule is read at ``trainer.global_step`` (``unit="step"``) or
     ``trainer.current_epoch`` (``unit="epoch"``); when its target exceeds the sparsity already reached, scores
     are computed by the criterion (already-pruned entries score −inf, so they stay pruned), new masks are
-    computed and broadcast from process 0, and the weights and the optimizer's state (Adam moments, momentum)
-    of pruned entries are set to zero. From then on the masks hold: gradients of pruned entries are zeroed in
-    ``on_before_optimizer_step`` and the weights re-zeroed right after every ``optimizer.step``. Parameters
-    keep their names: masks live in this callback's ``state_dict`` (bool tensors keyed by fqn), never in the
-    model.
+    computed (under DDP on process 0 and broadcast; under FSDP2 shard by shard, with counts combined across
+    processes) and written into the model's :class:`~lightning_prune.registry.MaskRegistry`, which zeroes the
+    weights and the optimizer's state (Adam moments, momentum) of pruned entries and holds them at zero through
+    every later step. Entries pruned by any other writer (``NeuronPruning``, ``FineTune``) count towards the
+    target, so zeros are counted once. Parameters keep their names: masks live in this callback's
+    ``state_dict`` (bit-packed bool tensors keyed by fqn), never in the model. See
+    :mod:`lightning_prune.callbacks.base` for what survives a resume, ``validate`` and a second ``fit``.
 
     Args:
         schedule: a :class:`~lightning_prune.schedules.Schedule`, or ``{epoch: sparsity}`` for
@@ -96,33 +93,18 @@ class ScheduledPruning(HoldsMasks):
         self.patterns, self.exclude = (list(parameters) if parameters is not None else None), list(exclude)
         self.log_histograms, self.name = log_histograms, name
         self.sparsity = 0.0  # target reached so far
-        self.masks: dict[str, Tensor] = {}  # fqn -> bool, True keeps
         self.events: list[dict[str, float]] = []  # one record per pruning event
         self._params: dict[str, torch.nn.Parameter] = {}
         self._in_dims: dict[str, int] = {}
-        self._pruned: dict[str, Tensor] = {}  # fqn -> bool, True where pruned (~mask)
-        self._factors: dict[str, Tensor] = {}  # fqn -> the mask as 0/1 in the weight's dtype, for one fast multiply
-        self._handles: list[Any] = []
-        self._pending: dict[str, Any] | None = None
         self._tracking: ImportanceTracking | None = None
+        super().__init__()
 
-    # ---- setup: validate everything before the first step --------------------------------------------------
+    # ---- the lifecycle (see callbacks/base.py) -------------------------------------------------------------
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        selected = select_parameters(pl_module, self.patterns, self.exclude)
-        self._params = {f: p for f, (_, p) in selected.items()}
-        self._in_dims = {f: in_dim(module) if p.dim() == 2 else p.dim() - 1 for f, (module, p) in selected.items()}
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.schedule.check_fits(trainer.max_epochs, trainer.max_steps)
-        if self.kind == "nm":
-            for f, p in self._params.items():
-                d = self._in_dims[f]
-                if p.shape[d] % self.m:
-                    raise ValueError(
-                        f"{f}: input dim of size {p.shape[d]} is not divisible by M={self.m} ({self.pattern})."
-                    )
+        self._tracking = None
         if self.criterion.stats:
             trackers = [cb for cb in trainer.callbacks if isinstance(cb, ImportanceTracking)]
             if not trackers:
@@ -133,16 +115,37 @@ class ScheduledPruning(HoldsMasks):
             self._tracking = trackers[0]
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:
+        selected = select_parameters(pl_module, self.patterns, self.exclude)
+        self._params = {f: p for f, (_, p) in selected.items()}
+        self._in_dims = {f: in_dim(module) if p.dim() == 2 else p.dim() - 1 for f, (module, p) in selected.items()}
+        if self.kind == "nm":
+            for f, p in self._params.items():
+                d = self._in_dims[f]
+                if p.shape[d] % self.m:
+                    raise ValueError(
+                        f"{f}: input dim of size {p.shape[d]} is not divisible by M={self.m} ({self.pattern})."
+                    )
+        return {f: tuple(p.shape) for f, p in self._params.items()}
+
+    @override
+    def reset(self) -> None:
+        self.sparsity, self.events = 0.0, []
+        if self.registry is not None:
+            self.registry.forget(self.state_key)
+
+    @override
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         check_schedule_fits(self.schedule, trainer)
         if self._tracking is not None:
             missing = sorted(set(self._params) - set(self._tracking.fqns))
             if missing:
                 raise ValueError(f"ImportanceTracking does not track parameters that are to be pruned: {missing[:5]}.")
-        if self._pending is not None:
-            self._restore(self._pending)
-            self._pending = None
-        self._hold_every_step(trainer)
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """``{fqn: bool}`` (True keeps) that this callback wrote, on each parameter's local tensor."""
+        return self.registry.writers.get(self.state_key, {}) if self.registry is not None else {}
 
     # ---- the training loop ---------------------------------------------------------------------------------
 
@@ -162,14 +165,21 @@ class ScheduledPruning(HoldsMasks):
     # ---- pruning -------------------------------------------------------------------------------------------
 
     def prune(self, trainer: pl.Trainer, target: float) -> None:
-        """Compute new masks at ``target`` sparsity, make them identical on all processes and hold them."""
+        """Compute new masks at ``target`` sparsity, identical on all processes, and hold them."""
+        if self._tracking is not None:
+            self._tracking.sync(trainer)
         stats = self._tracking.stats if self._tracking is not None else None
         scores = self.scores(stats)
-        masks = compute_masks(scores, target, self.scope, self.pattern, self.max_layer_sparsity, self._in_dims)
-        masks = trainer.strategy.broadcast({f: m.cpu() for f, m in masks.items()}, src=0)
-        self._set_masks({f: m.to(self._params[f].device) for f, m in masks.items()})
+        layouts = {f: self.registry.layout(f) for f in self._params}
+        masks = compute_masks(
+            scores, target, self.scope, self.pattern, self.max_layer_sparsity, self._in_dims, layouts=layouts
+        )
+        if trainer.world_size > 1 and not any(lay.sharded for lay in layouts.values()):
+            packed = trainer.strategy.broadcast({f: pack_mask(m.cpu()) for f, m in masks.items()}, src=0)
+            masks = {f: unpack_mask(packed[f], masks[f].shape).to(masks[f].device) for f in masks}
+        self.registry.write(self.state_key, masks)
         self.sparsity = target
-        self._hold_(trainer)
+        self.enforce(trainer)
         measured = self._log(trainer, scores)
         self.events.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "target": target, "sparsity": measured}
@@ -177,29 +187,23 @@ class ScheduledPruning(HoldsMasks):
 
     @torch.no_grad()
     def scores(self, stats: RunningStats | None) -> dict[str, Tensor]:
-        """Criterion scores per fqn, with −inf where entries are already pruned."""
+        """Criterion scores per fqn on the local tensors, with −inf where any writer has pruned an entry."""
+        keep = self.registry.keep
         scores = {}
-        for f, p in self._params.items():
-            s = self.criterion(f, p, stats).float()
-            if f in self._pruned:
-                s = s.masked_fill(self._pruned[f], float("-inf"))
-            scores[f] = s
+        for f in self._params:
+            s = self.criterion(f, self.registry.local(f), stats).float()
+            scores[f] = s.masked_fill(~keep[f], float("-inf")) if f in keep else s
         return scores
-
-    def _set_masks(self, masks: Mapping[str, Tensor]) -> None:
-        for f, m in masks.items():
-            keep = m.bool() if f not in self.masks else m.bool() & self.masks[f]  # never un-prune
-            self.masks[f] = keep
-            self._pruned[f] = ~keep
-        self._factors.update(mask_factors({f: self._pruned[f] for f in masks}, self._params))
 
     # ---- logging -------------------------------------------------------------------------------------------
 
     def _log(self, trainer: pl.Trainer, scores: Mapping[str, Tensor] | None = None) -> float:
-        measured, per_layer = sparsity_report({f: p.detach() for f, p in self._params.items()})
+        zeros = count_zeros({f: local(p) for f, p in self._params.items()}, [self.registry.layout(f) for f in self._params])
+        total = sum(p.numel() for p in self._params.values())
+        measured = sum(zeros.values()) / total
         prefix = f"sparsity/{self.name}" if self.name else "sparsity"
         metrics = {f"{prefix}/global": measured, f"{prefix}/target": self.sparsity}
-        metrics.update({f"{prefix}/layer/{f}": s for f, s in per_layer.items()})
+        metrics.update({f"{prefix}/layer/{f}": zeros[f] / p.numel() for f, p in self._params.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
             if scores is not None and self.log_histograms and isinstance(logger, TensorBoardLogger):
@@ -217,21 +221,19 @@ class ScheduledPruning(HoldsMasks):
         return f"ScheduledPruning[{self.name}]" if self.name else "ScheduledPruning"
 
     @override
-    def state_dict(self) -> dict[str, Any]:
-        if self._pending is not None:
-            return dict(self._pending)
+    def dump(self) -> dict[str, Any]:
+        packed = [f for f, m in self.masks.items() if _packable(m, self.registry.layout(f))]
         return {
-            "masks": {f: m.clone() for f, m in self.masks.items()},
+            "tensors": {f: pack_mask(m) if f in packed else m.clone() for f, m in self.masks.items()},
+            "where": {f: f for f in self.masks},
+            "packed": packed,
             "shapes": {f: list(p.shape) for f, p in self._params.items()},
             "sparsity": self.sparsity,
             "events": [dict(e) for e in self.events],
         }
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict
-
-    def _restore(self, state: Mapping[str, Any]) -> None:
+    def restore(self, state: Mapping[str, Any]) -> None:
         shapes = {f: tuple(s) for f, s in state["shapes"].items()}
         mine = {f: tuple(p.shape) for f, p in self._params.items()}
         if shapes != mine:
@@ -241,7 +243,17 @@ class ScheduledPruning(HoldsMasks):
                 "the checkpoint's masks do not fit this model (another model or another parameter selection): "
                 f"missing {missing[:5]}, unexpected {extra[:5]}, shape mismatches {wrong[:5]}."
             )
-        self.masks, self._pruned, self._factors = {}, {}, {}
-        self._set_masks({f: m.to(self._params[f].device) for f, m in state["masks"].items()})
+        tensors, packed = state.get("tensors", state.get("masks", {})), set(state.get("packed", ()))
+        masks = {}
+        for f, t in tensors.items():
+            shape = tuple(self.registry.local(f).shape)
+            masks[f] = unpack_mask(t, shape) if f in packed else t.bool()
+        self.registry.forget(self.state_key)
+        self.registry.write(self.state_key, masks)
         self.sparsity = float(state["sparsity"])
         self.events = [dict(e) for e in state["events"]]
+
+
+def _packable(mask: Tensor, layout: Any) -> bool:
+    """A mask is bit-packed along its last dim when it has one to spare and is not split along it."""
+    return mask.dim() >= 2 and layout.dim != mask.dim() - 1

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import OwnsHooks
-from lightning_prune.selection import in_dim, select_parameters
+from lightning_prune.callbacks.base import Lifecycle
+from lightning_prune.selection import in_dim, is_conv1d, select_parameters
+from lightning_prune.shards import local
 from lightning_prune.trackers import STATS, RunningStats, snapshot_weights
 
 __all__ = ["ImportanceTracking"]
@@ -18,15 +19,21 @@ __all__ = ["ImportanceTracking"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ImportanceTracking(OwnsHooks):
+class ImportanceTracking(Lifecycle):
     """Track running statistics of weights and gradients during training (see :mod:`lightning_prune.trackers`).
 
     Statistics are read in ``on_before_optimizer_step``: after the backward pass, after DDP has all-reduced the
-    gradients and AMP has unscaled them, once per gradient-accumulation cycle. A time-weighted snapshot of |w| is
+    gradients (FSDP2 reduce-scattered them: each process reads its shard) and AMP has unscaled them (a fused
+    optimizer under ``16-mixed`` unscales inside its step: the tracker divides by the loss scale itself), once per
+    gradient-accumulation cycle. They are accumulated in float32 whatever ``dtype`` stores them (16-bit state is
+    rounded stochastically, without bias). A time-weighted snapshot of |w| is
     taken at the end of every training epoch. ``ScheduledPruning`` callbacks in the same Trainer read the
     statistics their criterion needs; those statistics are added to ``stats`` automatically. For ``input_norm``
-    (the running Wanda score) forward pre-hooks on the modules owning the tracked 2-D weights read their inputs
-    on training passes; the hooks are removed at teardown and on an exception.
+    (the running Wanda score) forward pre-hooks on the ``nn.Linear``, ``Conv1D`` and ``nn.MultiheadAttention``
+    modules owning the tracked 2-D weights read their inputs on training passes (for attention, the query, key and
+    value inputs for their own rows of ``in_proj_weight``); the hooks are removed at teardown and on an exception.
+    Weight and gradient statistics agree on every process (they read all-reduced gradients); ``input_norm`` is
+    per process until a pruning event averages it over the processes.
 
     Args:
         stats: statistics to keep, from :data:`~lightning_prune.trackers.STATS` (default: those the Trainer's
@@ -72,17 +79,21 @@ class ImportanceTracking(OwnsHooks):
         self.stats: RunningStats | None = None
         self._params: dict[str, torch.nn.Parameter] = {}
         self._owners: dict[str, torch.nn.Module] = {}
-        self._handles: list[Any] = []
-        self._pending: dict[str, Any] | None = None
+        super().__init__()
+
+    # ---- the lifecycle (see callbacks/base.py) -------------------------------------------------------------
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+    def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:
         selected = select_parameters(pl_module, self.patterns, self.exclude)
         self._params = {f: p for f, (_, p) in selected.items()}
-        self._owners = {f: m for f, (m, p) in selected.items() if p.dim() == 2}
+        self._owners = {f: m for f, (m, p) in selected.items() if p.dim() == 2 and _reads_inputs(m)}
         self.fqns = list(self._params)
+        return {f: tuple(p.shape) for f, p in self._params.items()}
+
+    @override
+    def reset(self) -> None:
+        self.stats = None
 
     def needed_stats(self, trainer: pl.Trainer) -> tuple[str, ...]:
         """The requested statistics plus those the Trainer's pruning callbacks read."""
@@ -91,28 +102,46 @@ class ImportanceTracking(OwnsHooks):
             return ("abs_weight", "abs_grad")
         return tuple(dict.fromkeys([*(self.requested or ()), *needed]))
 
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.stats = RunningStats(
-            self._params,
-            self.needed_stats(trainer),
+    def _new_stats(self, stats: tuple[str, ...]) -> RunningStats:
+        return RunningStats(
+            {f: local(p) for f, p in self._params.items()},
+            stats,
             decay=self.decay,
             every=self.every,
             dtype=_DTYPES[self.dtype],
             window=self.window,
             weighting=self.weighting,
             in_dims={f: in_dim(m) for f, m in self._owners.items()},
+            sections={f: 3 for f, m in self._owners.items() if isinstance(m, torch.nn.MultiheadAttention)},
+            layouts={f: self.registry.layout(f) for f in self._params},
         )
-        if self._pending is not None:
-            self.stats.load_state_dict(self._pending)
-            self._pending = None
+
+    @override
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        needed = self.needed_stats(trainer)
+        if self.stats is None:
+            self.stats = self._new_stats(needed)
+        elif not set(needed) <= set(self.stats.stats):
+            raise ValueError(
+                f"ImportanceTracking keeps {list(self.stats.stats)} from an earlier fit, but this fit needs {list(needed)}; "
+                "use a new ImportanceTracking for a new set of statistics."
+            )
         if "input_norm" in self.stats.stats:
             for f, module in self._owners.items():
-                self._handles.append(module.register_forward_pre_hook(self._input_hook(f)))
+                self._handles.append(module.register_forward_pre_hook(self._input_hook(f), with_kwargs=True))
 
     def _input_hook(self, fqn: str) -> Callable[..., None]:
-        def observe(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-            if module.training and args and isinstance(args[0], torch.Tensor):
+        attention = isinstance(self._owners[fqn], torch.nn.MultiheadAttention)
+
+        def observe(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if not module.training:
+                return
+            if attention:  # query, key, value feed the three row blocks of in_proj_weight
+                names = ("query", "key", "value")
+                inputs = [args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names)]
+                if all(isinstance(x, torch.Tensor) for x in inputs):
+                    self.stats.add_inputs(fqn, *inputs)
+            elif args and isinstance(args[0], torch.Tensor):
                 self.stats.add_inputs(fqn, args[0])
 
         return observe
@@ -122,14 +151,26 @@ class ImportanceTracking(OwnsHooks):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         if self.stats is not None:
-            self.stats.update(self._params)
+            params = {f: local(p) for f, p in self._params.items()}
+            grads = {f: local(p.grad) if p.grad is not None else None for f, p in self._params.items()}
+            self.stats.update(params, grads, scale=_unscale(trainer, optimizer))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.stats is not None:
-            self.stats.snapshot(self._params)
+            self.stats.snapshot({f: local(p) for f, p in self._params.items()})
             if self.stats.skipped:
                 pl_module.log("tracking/skipped_steps", float(self.stats.skipped), rank_zero_only=True)
+
+    def sync(self, trainer: pl.Trainer) -> None:
+        """Average the per-process statistics (``input_norm``) over the processes, so every process scores with
+        the same values (called by the pruning callbacks before they score)."""
+        if self.stats is None or trainer.world_size < 2 or "input_norm" not in self.stats.state:
+            return
+        for f, t in self.stats.state["input_norm"].items():
+            t.copy_(trainer.strategy.reduce(t.float().clone(), reduce_op="mean"))
+
+    # ---- checkpoint ----------------------------------------------------------------------------------------
 
     @property
     @override
@@ -137,16 +178,51 @@ class ImportanceTracking(OwnsHooks):
         return "ImportanceTracking"
 
     @override
-    def state_dict(self) -> dict[str, Any]:
-        if self.stats is not None:
-            return self.stats.state_dict()
-        return dict(self._pending or {})
+    def dump(self) -> dict[str, Any]:
+        if self.stats is None:
+            return {}
+        state = self.stats.state_dict()
+        tensors, where = {}, {}
+        for stat, per in state.pop("state").items():
+            for f, t in per.items():
+                tensors[f"{stat}/{f}"] = t
+                where[f"{stat}/{f}"] = f if stat != "input_norm" else None
+        for i, snap in enumerate(state.pop("ring")):
+            for f, t in snap.items():
+                tensors[f"ring{i}/{f}"], where[f"ring{i}/{f}"] = t, f
+        return {**state, "tensors": tensors, "where": where}
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        if self.stats is not None:
-            self.stats.load_state_dict(state_dict)
-        else:
-            self._pending = state_dict
+    def restore(self, state: Mapping[str, Any]) -> None:
+        state = dict(state)
+        tensors = state.pop("tensors", None)
+        if tensors is not None:  # back to RunningStats.state_dict's nesting
+            per: dict[str, dict[str, Any]] = {}
+            ring: dict[int, dict[str, Any]] = {}
+            for name, t in tensors.items():
+                key, _, f = name.partition("/")
+                if key.startswith("ring") and key[4:].isdigit():
+                    ring.setdefault(int(key[4:]), {})[f] = t
+                else:
+                    per.setdefault(key, {})[f] = t
+            state["state"], state["ring"] = per, [ring[i] for i in sorted(ring)]
+        stats = self._new_stats(tuple(state["stats"]))
+        stats.load_state_dict(state)
+        self.stats = stats
+
+
+def _reads_inputs(module: torch.nn.Module) -> bool:
+    """Modules whose forward input is the input of the weight's rows: only their inputs are folded into
+    ``input_norm`` (an embedding's token ids, say, are not features)."""
+    return isinstance(module, (torch.nn.Linear, torch.nn.MultiheadAttention)) or is_conv1d(module)
+
+
+def _unscale(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """``1/loss_scale`` when the gradients are still scaled at ``on_before_optimizer_step``: a ``16-mixed``
+    GradScaler and an optimizer that unscales inside its own step (``fused=True``), which Lightning does not
+    unscale first."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    optimizer = getattr(optimizer, "_optimizer", optimizer)
+    if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False) or scaler._scale is None:
+        return None
+    return scaler._scale.double().reciprocal().float()

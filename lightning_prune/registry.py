@@ -1,0 +1,179 @@
+"""One mask registry per model: every mask of every writer, held in one place.
+
+Pruning callbacks (weights, neurons) and ``FineTune`` each *write* masks into the registry of their model under
+their own name; the registry keeps the union (an entry is pruned if any writer pruned it) and is the one place
+that makes pruned entries exact zeros:
+
+- after every ``optimizer.step`` (a step post-hook per optimizer) and in the gradients before it (a pre-hook),
+  with one fused ``torch._foreach_mul_`` over all held tensors each time: 2 passes per step in all;
+- on demand (:meth:`MaskRegistry.enforce_`), exactly (``masked_fill_``): in the weights, in every optimizer state
+  tensor shaped like a weight (Adam's moments, momentum), and in *shadow* copies of the model (the averaged model
+  of a weight-averaging callback), so no copy of the weights can bring a pruned entry back.
+
+Masks are ``bool`` on the parameter's *local* tensor (the whole tensor, or this process's shard of a ``DTensor``;
+see :mod:`lightning_prune.shards`): one byte per parameter, nothing else is kept.
+
+Example:
+    >>> model = torch.nn.Linear(2, 2)
+    >>> registry = registry_of(model)
+    >>> registry.resolve(model)
+    >>> registry.write("mine", {"weight": torch.tensor([[True, False], [True, True]])})
+    >>> registry.enforce_()
+    >>> float(model.weight[0, 1])
+    0.0
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lightning_prune.shards import Layout, layout_of, local
+
+__all__ = ["MaskRegistry", "registry_of"]
+
+_REGISTRIES: weakref.WeakKeyDictionary[nn.Module, MaskRegistry] = weakref.WeakKeyDictionary()
+
+
+def registry_of(model: nn.Module) -> MaskRegistry:
+    """The registry of ``model`` (created on first use; one per model object, dropped with the model)."""
+    if model not in _REGISTRIES:
+        _REGISTRIES[model] = MaskRegistry()
+    return _REGISTRIES[model]
+
+
+class MaskRegistry:
+    """The masks of one model, by fqn, from every writer; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, nn.Parameter] = {}  # fqn -> the parameter as it trains now
+        self.layouts: dict[str, Layout] = {}  # fqn -> where its local tensor sits
+        self.writers: dict[str, dict[str, Tensor]] = {}  # writer -> fqn -> local bool keep mask
+        self.keep: dict[str, Tensor] = {}  # fqn -> union over writers: True only if every writer keeps it
+        self._optimizers: list[Optimizer] = []
+        self._handles: list[Any] = []
+
+    # ---- parameters ----------------------------------------------------------------------------------------
+
+    def resolve(self, model: nn.Module) -> None:
+        """Find every parameter of ``model`` as it trains now (after ``configure_model``, sharding and precision
+        conversion have replaced them), keeping the masks, which are keyed by fqn.
+
+        Raises:
+            ValueError: if a written mask no longer fits its parameter's local shape, or names a parameter the model
+                lacks.
+        """
+        self.params = dict(model.named_parameters())
+        self.layouts = {}
+        for fqn in self.keep:
+            self._check(fqn, self.keep[fqn])
+        self.keep = {f: m.to(local(self.params[f]).device) for f, m in self.keep.items()}
+        for masks in self.writers.values():
+            masks.update({f: m.to(local(self.params[f]).device) for f, m in masks.items()})
+
+    def layout(self, fqn: str) -> Layout:
+        """The :class:`~lightning_prune.shards.Layout` of a resolved parameter."""
+        if fqn not in self.layouts:
+            self.layouts[fqn] = layout_of(self.params[fqn])
+        return self.layouts[fqn]
+
+    def local(self, fqn: str) -> Tensor:
+        """The local tensor of a resolved parameter (its shard under FSDP2)."""
+        return local(self.params[fqn])
+
+    def _check(self, fqn: str, mask: Tensor) -> None:
+        if fqn not in self.params:
+            raise ValueError(f"a mask names {fqn!r}, which the model lacks; its parameters look like {list(self.params)[:4]}.")
+        shape = tuple(local(self.params[fqn]).shape)
+        if tuple(mask.shape) != shape:
+            raise ValueError(f"the mask of {fqn!r} is shaped {tuple(mask.shape)}, its parameter here {shape}.")
+
+    # ---- writing -------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def write(self, writer: str, masks: Mapping[str, Tensor]) -> None:
+        """Set ``writer``'s masks (local bool, True keeps) for the given fqns and update the union. A writer's
+        masks replace its earlier ones for those fqns; other writers' masks are untouched."""
+        for fqn, mask in masks.items():
+            self._check(fqn, mask)
+        own = self.writers.setdefault(writer, {})
+        own.update({f: m.to(dtype=torch.bool, device=self.local(f).device) for f, m in masks.items()})
+        self._union(masks)
+
+    def forget(self, writer: str) -> None:
+        """Drop every mask of ``writer`` (entries it alone pruned are free to train again)."""
+        fqns = list(self.writers.pop(writer, {}))
+        self._union(fqns)
+
+    def _union(self, fqns: Iterable[str]) -> None:
+        for fqn in fqns:
+            parts = [masks[fqn] for masks in self.writers.values() if fqn in masks]
+            if not parts:
+                self.keep.pop(fqn, None)
+                continue
+            keep = parts[0]  # one writer: its own tensor, no copy (one byte per parameter in all)
+            for part in parts[1:]:
+                keep = keep & part
+            self.keep[fqn] = keep
+
+    def pruned_count(self, fqns: Iterable[str]) -> int:
+        """Entries of these parameters' local tensors pruned by any writer."""
+        return sum(int((~self.keep[f]).sum()) for f in fqns if f in self.keep)
+
+    # ---- holding -------------------------------------------------------------------------------------------
+
+    def attach(self, optimizers: Iterable[Optimizer]) -> None:
+        """Hold the masks through every step of these optimizers: gradients masked before ``step``, weights after.
+        Idempotent for the same optimizers; hooks of earlier optimizers are removed."""
+        optimizers = [getattr(o, "_optimizer", o) for o in optimizers]  # LightningOptimizer wraps the real one
+        if [id(o) for o in optimizers] == [id(o) for o in self._optimizers] and self._handles:
+            return
+        self.detach()
+        self._optimizers = optimizers
+        for optimizer in optimizers:
+            self._handles.append(optimizer.register_step_pre_hook(self._mask_grads))
+            self._handles.append(optimizer.register_step_post_hook(self._mask_weights))
+
+    def detach(self) -> None:
+        """Remove the step hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._optimizers = []
+
+    @torch.no_grad()
+    def _mask_grads(self, *_: Any) -> None:
+        fqns = [f for f in self.keep if self.params[f].grad is not None]
+        if fqns:
+            torch._foreach_mul_([local(self.params[f].grad) for f in fqns], [self.keep[f] for f in fqns])
+
+    @torch.no_grad()
+    def _mask_weights(self, *_: Any) -> None:
+        if self.keep:
+            torch._foreach_mul_([self.local(f) for f in self.keep], list(self.keep.values()))
+
+    @torch.no_grad()
+    def enforce_(self, optimizers: Iterable[Optimizer] = (), shadows: Iterable[Mapping[str, Tensor]] = ()) -> None:
+        """Make every pruned entry exactly zero now (also over NaN): in the weights, in the optimizer state
+        tensors shaped like them, and in each shadow ``{fqn: tensor}`` (e.g. an averaged copy of the model)."""
+        for fqn, keep in self.keep.items():
+            pruned = ~keep
+            self.local(fqn).masked_fill_(pruned, 0)
+            for optimizer in optimizers:
+                state = getattr(optimizer, "_optimizer", optimizer).state.get(self.params[fqn], {})
+                for value in state.values():
+                    if isinstance(value, Tensor) and tuple(local(value).shape) == tuple(pruned.shape):
+                        local(value).masked_fill_(pruned, 0)
+            for shadow in shadows:
+                if fqn in shadow and tuple(local(shadow[fqn]).shape) == tuple(pruned.shape):
+                    local(shadow[fqn]).masked_fill_(pruned.to(local(shadow[fqn]).device), 0)
+
+    def nbytes(self) -> int:
+        """Bytes held by the masks (writers' and the union)."""
+        held = [*self.keep.values(), *(m for masks in self.writers.values() for m in masks.values())]
+        return sum(t.numel() * t.element_size() for t in held)
