@@ -13,8 +13,12 @@ name                   score                                        source
 ``taylor``             Σ_t |w_t·g_t|                                Molchanov et al. 2019, first-order Taylor
 ``movement``           −Σ_t w_t·g_t                                 Sanh et al. 2020, "Movement Pruning"
 ``wanda``              |w_ij| · √EMA(mean_t x_j²) over passes      Sun et al. 2023 (Wanda), as a running statistic
+``platon``             Ī·Ū: EMA of |w·g| × EMA of its deviation     Zhang et al. 2022 (PLATON), upper confidence bound
 ``random``             uniform noise, seeded per fqn                baseline
 =====================  ===========================================  =============================================
+
+PLATON's betas (β₁ = 0.85 of Ī, β₂ = 0.95 of Ū, the paper's) are
+:data:`~lightning_prune.trackers.PLATON_BETAS`; see :mod:`lightning_prune.trackers` for the recursion.
 
 A user criterion is any callable ``fn(fqn, weight, stats) -> Tensor``; give it a ``stats`` attribute (a
 tuple of statistic names) to have the tracker keep what it reads.
@@ -99,6 +103,7 @@ CRITERIA: dict[str, Criterion] = {
         Criterion("taylor", StatScore("taylor"), ("taylor",)),
         Criterion("movement", StatScore("movement", sign=-1.0), ("movement",)),
         Criterion("wanda", _wanda, ("input_norm",)),
+        Criterion("platon", StatScore("platon"), ("platon",)),
         Criterion("random", RandomScore()),
     )
 }

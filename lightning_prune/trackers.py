@@ -14,7 +14,16 @@ Statistics (each kept only if asked for, so memory is one state tensor per stati
 ``input_norm``      per input feature j of a 2-D weight, EMA over training forward passes of the mean over
                     tokens of x_j² (fed by :meth:`RunningStats.add_inputs`); √ of it scales |w| in the
                     running Wanda score |w_ij|·‖x_j‖ (Sun et al. 2023)
+``platon``          PLATON (Zhang et al., ICML 2022): sensitivity I_t = |w_t·g_t|, its EMA
+                    Ī_t = β₁·Ī_{t-1} + (1-β₁)·I_t and the EMA of its uncertainty
+                    Ū_t = β₂·Ū_{t-1} + (1-β₂)·|I_t − Ī_t|, both from zero; the value is the upper confidence
+                    bound score Ī_t·Ū_t. Two state tensors per weight.
 ==================  ===================================================================================
+
+PLATON's uncertainty uses Ī_t *after* its update with I_t, as the paper's equations write it (the authors'
+released code subtracts Ī_{t-1}, the value before the update). Both averages start from zero without bias
+correction, as in the paper and its code, so after one step Ī = (1-β₁)·I and Ū = (1-β₂)·β₁·I. The betas are
+``platon_betas`` (default :data:`PLATON_BETAS`, the paper's 0.85 and 0.95); ``decay`` is for the other EMAs.
 
 A step whose gradients hold a NaN or an infinity is skipped and counted in ``skipped``; it is never folded
 into the statistics. Updates run under ``torch.no_grad()`` with ``torch._foreach_*`` kernels: one fused
@@ -40,9 +49,11 @@ from torch import Tensor
 from lightning_prune.masks import all_finite
 from lightning_prune.shards import Layout
 
-__all__ = ["STATS", "RunningStats", "snapshot_weights", "stochastic_round"]
+__all__ = ["PLATON_BETAS", "STATS", "RunningStats", "snapshot_weights", "stochastic_round"]
 
-STATS = ("abs_weight", "abs_grad", "movement", "taylor", "time_weighted", "input_norm")
+STATS = ("abs_weight", "abs_grad", "movement", "taylor", "time_weighted", "input_norm", "platon")
+PLATON_BETAS = (0.85, 0.95)  # β₁ of the sensitivity EMA and β₂ of the uncertainty EMA (Zhang et al. 2022)
+_PLATON_U = "platon_uncertainty"  # state key of PLATON's second tensor, Ū (the first, Ī, is under "platon")
 _WEIGHTINGS: dict[str, Callable[[int], float]] = {
     "sqrt": math.sqrt,
     "linear": float,
@@ -77,9 +88,10 @@ class RunningStats:
             block.
         layouts: ``{fqn: Layout}`` when ``params`` are shards of larger tensors (FSDP2): ``input_norm`` covers the
             full input width and :meth:`input_scale` returns this process's part.
+        platon_betas: (β₁, β₂) of ``platon``'s sensitivity and uncertainty EMAs, each in [0, 1).
 
     Raises:
-        ValueError: for an unknown statistic, a decay outside [0, 1), ``every`` < 1 or ``window`` < 1.
+        ValueError: for an unknown statistic, a decay or PLATON beta outside [0, 1), ``every`` < 1 or ``window`` < 1.
     """
 
     def __init__(
@@ -94,6 +106,7 @@ class RunningStats:
         in_dims: Mapping[str, int] | None = None,
         sections: Mapping[str, int] | None = None,
         layouts: Mapping[str, Layout] | None = None,
+        platon_betas: tuple[float, float] = PLATON_BETAS,
     ) -> None:
         self.stats = tuple(dict.fromkeys(stats))
         unknown = [s for s in self.stats if s not in STATS]
@@ -101,11 +114,14 @@ class RunningStats:
             raise ValueError(f"unknown statistics {unknown}; allowed: {list(STATS)}.")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
+        if len(platon_betas) != 2 or not all(0.0 <= b < 1.0 for b in platon_betas):
+            raise ValueError(f"platon_betas must be two numbers in [0, 1), got {platon_betas!r}.")
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every!r}.")
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1 or None, got {window!r}.")
         self.decay, self.every, self.dtype, self.window = decay, every, dtype, window
+        self.platon_betas = (float(platon_betas[0]), float(platon_betas[1]))
         self.weight_of = snapshot_weights(weighting)
         self.fqns = list(params)
         self.shapes = {fqn: tuple(p.shape) for fqn, p in params.items()}
@@ -132,6 +148,8 @@ class RunningStats:
                 }
                 continue
             self.state[stat] = {fqn: torch.zeros_like(p, dtype=dtype) for fqn, p in params.items()}
+            if stat == "platon":  # Ū beside Ī
+                self.state[_PLATON_U] = {fqn: torch.zeros_like(p, dtype=dtype) for fqn, p in params.items()}
         self._generators: dict[torch.device, torch.Generator] = {}  # for stochastic rounding of low-precision state
         self.twa_norm = 0.0  # Σ c_i over the snapshots in the running sum
         self.ring: list[dict[str, Tensor]] = []  # window snapshots of |w|, oldest first
@@ -158,7 +176,7 @@ class RunningStats:
         self.calls += 1
         if (self.calls - 1) % self.every:
             return False
-        needs_grad = any(s in self.state for s in ("abs_grad", "movement", "taylor"))
+        needs_grad = any(s in self.state for s in ("abs_grad", "movement", "taylor", "platon"))
         weights = [params[f].detach() for f in self.fqns]
         grads_: list[Tensor] = []
         if needs_grad:
@@ -174,15 +192,27 @@ class RunningStats:
             self._ema_(self.state["abs_weight"], torch._foreach_abs(weights), first)
         if "abs_grad" in self.state:
             self._ema_(self.state["abs_grad"], torch._foreach_abs(grads_), first)
-        if "movement" in self.state or "taylor" in self.state:
+        if "movement" in self.state or "taylor" in self.state or "platon" in self.state:
             prods = torch._foreach_mul(weights, grads_)  # w·g per entry
             if "movement" in self.state:
                 self._add_(self.state["movement"], prods)
-            if "taylor" in self.state:
+            if "taylor" in self.state or "platon" in self.state:
                 torch._foreach_abs_(prods)
+            if "taylor" in self.state:
                 self._add_(self.state["taylor"], prods)
+            if "platon" in self.state:
+                self._platon_(prods)
         self.steps += 1
         return True
+
+    def _platon_(self, sensitivity: list[Tensor]) -> None:
+        """Fold I = |w·g| into PLATON's Ī, then |I − Ī| (Ī after its update) into Ū; both EMAs from zero."""
+        beta1, beta2 = self.platon_betas
+        self._ema_(self.state["platon"], sensitivity, first=False, decay=beta1)
+        means = [self.state["platon"][f].float() for f in self.fqns]  # a no-op for float32 state
+        uncertainty = torch._foreach_sub([v.float() for v in sensitivity], means)
+        torch._foreach_abs_(uncertainty)
+        self._ema_(self.state[_PLATON_U], uncertainty, first=False, decay=beta2)
 
     @torch.no_grad()
     def add_inputs(self, fqn: str, *inputs: Tensor) -> Tensor:
@@ -269,6 +299,8 @@ class RunningStats:
             return self._time_weighted(fqn)
         if self.steps == 0:
             raise RuntimeError(f"no optimizer step has been folded into {stat!r} yet (skipped: {self.skipped}).")
+        if stat == "platon":  # the upper confidence bound score Ī·Ū
+            return self.state["platon"][fqn].float() * self.state[_PLATON_U][fqn].float()
         return self.state[stat][fqn].float()
 
     def _time_weighted(self, fqn: str) -> Tensor:
@@ -280,17 +312,18 @@ class RunningStats:
         total = sum(c * snap[fqn].float() for c, snap in zip(cs, self.ring))
         return total / sum(cs)
 
-    def _ema_(self, state: dict[str, Tensor], values: list[Tensor], first: bool) -> None:
+    def _ema_(self, state: dict[str, Tensor], values: list[Tensor], first: bool, decay: float | None = None) -> None:
+        decay = self.decay if decay is None else decay
         targets = [state[f] for f in self.fqns]
         if self.dtype == torch.float32:
             values = [v.float() for v in values] if values and values[0].dtype != torch.float32 else values
             if first:
                 torch._foreach_copy_(targets, values)
             else:
-                torch._foreach_lerp_(targets, values, 1.0 - self.decay)
+                torch._foreach_lerp_(targets, values, 1.0 - decay)
             return
         for t, v in zip(targets, values):  # in float32, rounded to the state's dtype without bias
-            new = v.float() if first else torch.lerp(t.float(), v.float(), 1.0 - self.decay)
+            new = v.float() if first else torch.lerp(t.float(), v.float(), 1.0 - decay)
             t.copy_(stochastic_round(new, self.dtype, self._generator(t.device)))
 
     def _add_(self, state: dict[str, Tensor], values: list[Tensor], alpha: float = 1.0) -> None:

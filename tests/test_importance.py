@@ -70,3 +70,19 @@ def test_unknown_name_and_missing_tracker():
         get_criterion("snip")
     with pytest.raises(RuntimeError, match="add an ImportanceTracking"):
         CRITERIA["taylor"]("p", torch.ones(2), None)
+
+
+def test_platon_scores_sensitivity_times_uncertainty_by_hand():
+    p = torch.nn.Parameter(torch.tensor([1.0, -3.0]))
+    stats = RunningStats({"p": p}, get_criterion("platon").stats)
+    for g in ([-2.0, -1.0], [1.0, 0.0], [0.5, 2.0]):  # I = |w·g| = [2, 3], [1, 0], [0.5, 6]
+        p.grad = torch.tensor(g)
+        stats.update({"p": p})
+    i_bar, u_bar = [0.0, 0.0], [0.0, 0.0]
+    for sens in ([2.0, 3.0], [1.0, 0.0], [0.5, 6.0]):  # β₁ = 0.85, β₂ = 0.95; Ū reads Ī after its update
+        i_bar = [0.85 * m + 0.15 * x for m, x in zip(i_bar, sens)]
+        u_bar = [0.95 * u + 0.05 * abs(x - m) for u, x, m in zip(u_bar, sens, i_bar)]
+    # i_bar = [0.58425, 1.28588], u_bar = [0.11232, 0.25597]
+    expected = torch.tensor([i_bar[0] * u_bar[0], i_bar[1] * u_bar[1]])
+    torch.testing.assert_close(get_criterion("platon")("p", p, stats), expected)
+    assert CRITERIA["platon"].stats == ("platon",)

@@ -147,3 +147,51 @@ def test_input_norm_is_a_running_mean_of_squared_inputs_per_feature():
     again.load_state_dict(stats.state_dict())
     assert {f: int(n) for f, n in again.inputs_seen.items()} == {"a": 2, "b": 1}
     assert torch.equal(again.input_scale("a"), stats.input_scale("a"))
+
+
+def test_platon_sensitivity_and_uncertainty_by_hand():
+    p = _param([0.0, 0.0])
+    stats = RunningStats({"p": p}, ("platon",), platon_betas=(0.5, 0.75))
+    steps = [([1.0, -2.0], [0.5, -1.0]), ([3.0, -4.0], [-1.5, 0.5]), ([-1.0, 0.0], [2.0, 2.0])]
+    for w, g in steps:
+        _step(stats, p, w, g)
+    # I = |w·g| per step: [0.5, 2.0], [4.5, 2.0], [2.0, 0.0]; Ī and Ū from zero; Ū reads Ī after its update
+    # step 1: Ī = 0.5·[0.5, 2] = [0.25, 1]; Ū = 0.25·|[0.5, 2] − [0.25, 1]| = [0.0625, 0.25]
+    # step 2: Ī = 0.5·[0.25, 1] + 0.5·[4.5, 2] = [2.375, 1.5]
+    #         Ū = 0.75·[0.0625, 0.25] + 0.25·|[4.5, 2] − [2.375, 1.5]| = [0.578125, 0.3125]
+    i_bar3 = [0.5 * 2.375 + 0.5 * 2.0, 0.5 * 1.5 + 0.5 * 0.0]  # [2.1875, 0.75]
+    u_bar3 = [0.75 * 0.578125 + 0.25 * abs(2.0 - 2.1875), 0.75 * 0.3125 + 0.25 * abs(0.0 - 0.75)]  # [0.48047, 0.42188]
+    assert torch.allclose(stats.state["platon"]["p"], torch.tensor(i_bar3))
+    assert torch.allclose(stats.state["platon_uncertainty"]["p"], torch.tensor(u_bar3))
+    expected = [i_bar3[0] * u_bar3[0], i_bar3[1] * u_bar3[1]]  # [1.05103, 0.31641]
+    assert torch.allclose(stats.value("platon", "p"), torch.tensor(expected))
+    assert stats.nbytes() == 2 * 2 * 4  # two float32 tensors per weight
+
+
+def test_platon_default_betas_are_the_papers_and_state_round_trips():
+    p = _param([2.0])
+    stats = RunningStats({"p": p}, ("platon", "taylor"))
+    assert stats.platon_betas == (0.85, 0.95)
+    _step(stats, p, [2.0], [-3.0])  # I = 6
+    i_bar = 0.15 * 6.0  # 0.9
+    u_bar = 0.05 * abs(6.0 - i_bar)  # 0.255
+    assert stats.value("platon", "p").item() == pytest.approx(i_bar * u_bar)
+    assert stats.value("taylor", "p").item() == 6.0  # the shared |w·g| is not changed by PLATON
+    fresh = RunningStats({"p": _param([0.0])}, ("taylor", "platon"))
+    fresh.load_state_dict(stats.state_dict())
+    assert torch.equal(fresh.state["platon_uncertainty"]["p"], stats.state["platon_uncertainty"]["p"])
+    assert torch.equal(fresh.value("platon", "p"), stats.value("platon", "p"))
+    with pytest.raises(ValueError, match="platon_betas"):
+        RunningStats({"p": p}, ("platon",), platon_betas=(0.85, 1.0))
+
+
+def test_platon_in_bfloat16_state_stays_close_to_float32():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(64, 64))
+    s32 = RunningStats({"p": p}, ("platon",))
+    s16 = RunningStats({"p": p}, ("platon",), dtype=torch.bfloat16)
+    for _ in range(5):
+        p.grad = torch.randn(64, 64)
+        s32.update({"p": p}), s16.update({"p": p})
+    assert s16.state["platon"]["p"].dtype == torch.bfloat16 and s16.nbytes() * 2 == s32.nbytes()
+    assert torch.allclose(s16.value("platon", "p").mean(), s32.value("platon", "p").mean(), rtol=2e-2)
