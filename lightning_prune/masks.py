@@ -10,8 +10,20 @@ each weight, as Wanda compares) and a ``pattern``:
   prunes round(s·M) of each group, capped at M−N;
 - ``"row"``: whole output rows (neurons), ranked by their mean score.
 
-Ties are broken by position (a stable sort), so every process computes the same masks from the same
-scores. Entries already pruned should be given score −inf by the caller so they stay pruned.
+Selection is exact and linear in the number of scores: the k-th lowest score is found by a radix select (a
+histogram of the top 16 bits of every float32 score, then one of the remaining bits inside the chosen bucket),
+tensor by tensor, so no concatenation or sort of all scores is ever made and the extra memory is about one
+tensor's worth. Scores are compared as float32 (``-0.0 == 0.0``). Ties are broken by position: in fqn order,
+then (for sharded tensors) by rank within the process group, then by flat position in the local tensor. In one
+process this is exactly a stable sort over the concatenation of all scores. Entries already pruned should be
+given score −inf by the caller so they stay pruned. NaN scores are not allowed: the unstructured selections
+raise ``ValueError`` (N:M and row patterns rank a NaN highest, as a sort does).
+
+Sharded tensors: with ``layouts`` (:class:`lightning_prune.shards.Layout` per fqn) every process passes its
+local shards; the per-shard histograms and counts (never the scores or masks) are summed over the process
+group, and each process gets the masks of its own shards.
+
+Masks can be stored at one bit per entry with :func:`pack_mask` / :func:`unpack_mask`.
 
 Example:
     >>> scores = {"a": torch.tensor([[4.0, 1.0], [3.0, 2.0]])}
@@ -22,12 +34,19 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable, Mapping
+import struct
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
+
+from lightning_prune.shards import Layout, all_reduce_, same_everywhere
 
 SCOPES = ("global", "layer", "output")  # one ranking over all weights, per weight, per output row
 
@@ -42,14 +61,24 @@ __all__ = [
     "mask_factors",
     "nm_masks",
     "output_masks",
+    "pack_mask",
     "parse_pattern",
     "row_masks",
     "sparsity_report",
+    "unpack_mask",
 ]
+
+_BINS = 1 << 16  # one radix digit: 16 bits
+_HIGH = 1 if sys.byteorder == "little" else 0  # which int16 half of a float32 holds its sign and exponent
+_CHUNK = 1 << 16  # entries per chunk when locating the n-th tie in a tensor
 
 
 def parse_pattern(pattern: str) -> tuple[str, int, int]:
-    """``"unstructured"`` → ("unstructured", 0, 0); ``"2:4"`` → ("nm", 2, 4); ``"row"`` → ("row", 0, 0)."""
+    """``"unstructured"`` → ("unstructured", 0, 0); ``"2:4"`` → ("nm", 2, 4); ``"row"`` → ("row", 0, 0).
+
+    Raises:
+        ValueError: for any other pattern, or N:M without 0 < N < M.
+    """
     if pattern in ("unstructured", "row"):
         return pattern, 0, 0
     match = re.fullmatch(r"(\d+):(\d+)", pattern)
@@ -60,132 +89,439 @@ def parse_pattern(pattern: str) -> tuple[str, int, int]:
     raise ValueError(f"pattern must be 'unstructured', 'row' or 'N:M' with 0 < N < M (e.g. '2:4'), got {pattern!r}.")
 
 
-def _lowest(flat: Tensor, k: int) -> Tensor:
-    """Indices of the k lowest entries, ties broken by position."""
-    return torch.sort(flat, stable=True).indices[:k]
+# ---- layouts -------------------------------------------------------------------------------------------------
+
+
+def _layouts(scores: Mapping[str, Tensor], layouts: Mapping[str, Layout] | None) -> tuple[dict[str, Layout], Any]:
+    """A layout for every fqn (whole and local where none is given) and the process group of the sharded ones."""
+    full = {f: Layout(tuple(s.shape), (0,) * s.dim()) for f, s in scores.items()}
+    full.update({f: lay for f, lay in (layouts or {}).items() if f in scores})
+    return full, same_everywhere(full)
+
+
+def _full_numel(layout: Layout) -> int:
+    return math.prod(layout.shape)
+
+
+# ---- exact k-th lowest over many (sharded) tensors ------------------------------------------------------------
+
+
+def _flat(s: Tensor) -> Tensor:
+    """The scores as a contiguous flat float32 tensor (no copy when they already are one)."""
+    return s.detach().float().contiguous().view(-1)  # (numel,)
+
+
+def _key(bits: int) -> int:
+    """Order-preserving integer of a float32 bit pattern (as unsigned 32 bits); -0.0 and 0.0 share key 0."""
+    return -(bits & 0x7FFFFFFF) if bits & 0x80000000 else bits
+
+
+def _keys(values: Tensor) -> Tensor:
+    """Order-preserving int64 keys of float32 values (``_key`` elementwise)."""
+    bits = values.view(torch.int32).long()
+    return torch.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+
+
+def _value(key: int) -> float:
+    """The float32 value of a key (inverse of ``_key``)."""
+    bits = key if key >= 0 else (-key) | 0x80000000
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
+def _ordered(raw: Tensor) -> Tensor:
+    """A histogram over the top 16 bits of float32 scores, reordered by value: most negative bucket first."""
+    return torch.cat([raw[0x8000:].flip(0), raw[:0x8000]])  # (65536,)
+
+
+def _bucket(o: int) -> tuple[int, int]:
+    """(first key, number of keys) of ordered bucket ``o``; the buckets of -0.0 and 0.0 form one range."""
+    if o in (0x7FFF, 0x8000):
+        return -0xFFFF, 2 * 0xFFFF + 1
+    raw = 0xFFFF - o if o < 0x8000 else o - 0x8000
+    first_bits = (raw << 16) | 0xFFFF if raw & 0x8000 else raw << 16  # the lowest value in the bucket
+    return _key(first_bits), 1 << 16
+
+
+def _summed(local_part: Tensor, shared_part: Tensor, group: Any, sharded: bool) -> Tensor:
+    """``local_part`` plus ``shared_part`` summed over the group (one all-reduce, only when any item is sharded)."""
+    if sharded and group is not None:
+        all_reduce_(shared_part, group)
+    return local_part + shared_part
+
+
+_NAN_BUCKETS = torch.cat([torch.arange(0x7F81, 0x8000), torch.arange(0xFF81, 0x10000)])  # exponent 255, NaN only
 
 
 @torch.no_grad()
-def layer_masks(scores: Mapping[str, Tensor], sparsity: float) -> dict[str, Tensor]:
-    """Prune round(sparsity · numel) lowest-scored entries of each tensor."""
-    masks = {}
-    for fqn, s in scores.items():
-        keep = torch.ones(s.numel(), dtype=torch.bool, device=s.device)
-        keep[_lowest(s.flatten(), round(sparsity * s.numel()))] = False
-        masks[fqn] = keep.view_as(s)
-    return masks
+def _kth_lowest(items: Sequence[tuple[str, Tensor, bool]], k: int, group: Any) -> tuple[float, int]:
+    """The k-th lowest score (1 ≤ k ≤ total) over all items and the number of scores strictly below it.
+
+    Args:
+        items: ``(fqn, local scores, sharded)``; a sharded item's counts are summed over ``group``, a whole one is
+            counted once (the same on every process).
+        k: rank of the wanted score among all entries of the full tensors.
+        group: the process group of the sharded items (None: single process).
+
+    Raises:
+        ValueError: if any score is NaN.
+    """
+    any_sharded = any(sh for _, _, sh in items)
+    dev = items[0][1].device  # counts live with the scores, where the group's backend reduces them
+    hist = [torch.zeros(_BINS, dtype=torch.int64, device=dev) for _ in range(2)]  # whole, sharded
+    bad = []
+    for fqn, s, sh in items:
+        top = _flat(s).view(torch.int16)[_HIGH::2].view(torch.uint16).to(torch.int32)  # (numel,) sign+exp+7 bits
+        h = torch.bincount(top, minlength=_BINS)  # (65536,) by raw top bits
+        if int(h[_NAN_BUCKETS.to(dev)].sum()):
+            bad.append(fqn)
+        hist[sh].add_(h.to(dev))
+        del top
+    counts = _ordered(_summed(hist[0], hist[1], group, any_sharded))  # (65536,) by value
+    if int(counts[0 : 0xFFFF - 0xFF80].sum()) or int(counts[0x8000 + 0x7F81 :].sum()):
+        raise ValueError(f"scores must not be NaN; found NaN in {bad or 'another process'}.")
+    cum = counts.cumsum(0)
+    o = int(torch.searchsorted(cum, k))  # first bucket where the running count reaches k
+    lo_o = 0x7FFF if o in (0x7FFF, 0x8000) else o
+    below = int(cum[lo_o - 1]) if lo_o else 0
+    first, span = _bucket(o)
+    lo_v, hi_v = _value(first), _value(first + span - 1)  # NaN only at the ±inf buckets: they hold ±inf alone
+    lo_v = -math.inf if math.isnan(lo_v) else lo_v
+    hi_v = math.inf if math.isnan(hi_v) else hi_v
+    hist = [torch.zeros(span, dtype=torch.int64, device=dev) for _ in range(2)]
+    for _, s, sh in items:
+        f = _flat(s)
+        inside = f[(f >= lo_v) & (f <= hi_v)]  # (m,) the scores in the chosen bucket
+        hist[sh].add_(torch.bincount(_keys(inside) - first, minlength=span).to(dev))
+        del f, inside
+    counts = _summed(hist[0], hist[1], group, any_sharded)
+    cum = counts.cumsum(0)
+    q = int(torch.searchsorted(cum, k - below))
+    below += int(cum[q - 1]) if q else 0
+    return _value(first + q), below
+
+
+def _tie_end(eq: Tensor, n: int) -> int:
+    """Flat position just past the n-th True of ``eq`` (n ≥ 1), counting chunk by chunk."""
+    whole = eq.numel() - eq.numel() % _CHUNK
+    per_chunk = torch.cat([eq[:whole].view(-1, _CHUNK).sum(1), eq[whole:].sum().view(1)])  # (chunks,)
+    cum = per_chunk.cumsum(0)
+    c = int(torch.searchsorted(cum, n))
+    before = int(cum[c - 1]) if c else 0
+    start = c * _CHUNK
+    return start + int(eq[start : start + _CHUNK].nonzero()[n - before - 1]) + 1
+
+
+def _gather(t: Tensor, group: Any) -> Tensor:
+    """``t`` from every process of the group, stacked in rank order: (world, *t.shape)."""
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, t, group=group)
+    return torch.stack(parts)
 
 
 @torch.no_grad()
-def output_masks(scores: Mapping[str, Tensor], sparsity: float, in_dims: Mapping[str, int]) -> dict[str, Tensor]:
-    """Prune round(sparsity · fan_in) lowest-scored entries of every output (each row of inputs; Wanda's
-    per-output comparison). Tensors that are not 2-D are pruned per tensor as in :func:`layer_masks`."""
+def _prune_lowest(items: Sequence[tuple[str, Tensor, bool]], k: int, group: Any) -> tuple[list[Tensor], list[int]]:
+    """Keep masks pruning exactly the k lowest scores over all items, ties by (item, rank, position).
+
+    Returns:
+        The local flat keep mask of every item, and the number of entries pruned in each item's full tensor.
+    """
+    n = len(items)
+    if k <= 0:
+        return [torch.ones(s.numel(), dtype=torch.bool, device=s.device) for _, s, _ in items], [0] * n
+    threshold, below = _kth_lowest(items, k, group)
+    keeps, stats = [], torch.zeros(2, n, dtype=torch.int64, device=items[0][1].device)  # local (below, ties)
+    for j, (_, s, _) in enumerate(items):
+        f = _flat(s)
+        keep = f > threshold  # (numel,) ties pruned for now
+        ties = int(torch.count_nonzero(f == threshold))
+        stats[0, j], stats[1, j] = f.numel() - int(torch.count_nonzero(keep)) - ties, ties
+        keeps.append(keep)
+        del f
+    any_sharded = group is not None and any(sh for _, _, sh in items)
+    everyone = (_gather(stats, group) if any_sharded else stats[None]).cpu()  # (world, 2, n)
+    stats = stats.cpu()
+    me = dist.get_rank(group) if any_sharded else 0
+    left, take, pruned = k - below, [0] * n, [0] * n  # ties still to prune, in (item, rank) order
+    for j, (_, _, sh) in enumerate(items):
+        for r in range(everyone.shape[0]) if sh else [me]:
+            t = min(max(left, 0), int(everyone[r, 1, j]))
+            left -= t
+            pruned[j] += int(everyone[r, 0, j]) + t
+            if r == me:
+                take[j] = t
+    for j, (_, s, _) in enumerate(items):
+        if take[j] < int(stats[1, j]):  # some ties of this item stay: keep those past the first take[j]
+            eq = _flat(s) == threshold
+            if take[j]:
+                eq[: _tie_end(eq, take[j])] = False
+            keeps[j] |= eq
+    return keeps, pruned
+
+
+def _items(scores: Mapping[str, Tensor], layouts: Mapping[str, Layout]) -> list[tuple[str, Tensor, bool]]:
+    return [(f, s, layouts[f].sharded) for f, s in scores.items()]
+
+
+# ---- unstructured -------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def layer_masks(
+    scores: Mapping[str, Tensor], sparsity: float, layouts: Mapping[str, Layout] | None = None
+) -> dict[str, Tensor]:
+    """Prune round(sparsity · numel) lowest-scored entries of each (full) tensor.
+
+    Args:
+        scores: ``{fqn: local scores}``.
+        sparsity: fraction of each tensor's entries to prune.
+        layouts: ``{fqn: Layout}`` of sharded tensors (default: every tensor whole and local).
+
+    Raises:
+        ValueError: if a score is NaN.
+    """
+    lay, group = _layouts(scores, layouts)
     masks = {}
-    for fqn, s in scores.items():
-        if s.dim() != 2:
-            masks.update(layer_masks({fqn: s}, sparsity))
-            continue
-        rows = s if in_dims.get(fqn, 1) == 1 else s.t()  # (out, in)
-        order = torch.argsort(rows.float(), dim=1, stable=True)[:, : round(sparsity * rows.shape[1])]
-        keep = torch.ones_like(rows, dtype=torch.bool).scatter_(1, order, False)
-        masks[fqn] = keep if in_dims.get(fqn, 1) == 1 else keep.t().contiguous()
+    for item in _items(scores, lay):
+        fqn, s, _ = item
+        size = _full_numel(lay[fqn])
+        (keep,), _ = _prune_lowest([item], min(max(round(sparsity * size), 0), size), group)
+        masks[fqn] = keep.view(s.shape)
     return masks
 
 
 @torch.no_grad()
 def global_masks(
-    scores: Mapping[str, Tensor], sparsity: float, max_layer_sparsity: float | None = None
+    scores: Mapping[str, Tensor],
+    sparsity: float,
+    max_layer_sparsity: float | None = None,
+    layouts: Mapping[str, Layout] | None = None,
 ) -> dict[str, Tensor]:
     """Prune the round(sparsity · total) lowest-scored entries across all tensors.
 
-    With ``max_layer_sparsity``, no tensor is pruned beyond that fraction: a tensor that would be is held at
-    its cap and the rest of the budget is spread over the others by the same global ranking.
+    With ``max_layer_sparsity``, no tensor is pruned beyond round(max_layer_sparsity · numel): a tensor that
+    would be is held at its cap (its own lowest entries) and the rest of the budget is spread over the others by
+    the same global ranking, repeatedly until no tensor exceeds its cap.
+
+    Args:
+        scores: ``{fqn: local scores}``.
+        sparsity: fraction of all entries to prune.
+        max_layer_sparsity: the most any one tensor may be pruned (None: no cap).
+        layouts: ``{fqn: Layout}`` of sharded tensors (default: every tensor whole and local).
+
+    Raises:
+        ValueError: if a score is NaN.
     """
-    fqns = list(scores)
-    sizes = {f: scores[f].numel() for f in fqns}
+    lay, group = _layouts(scores, layouts)
+    items = _items(scores, lay)
+    sizes = {f: _full_numel(lay[f]) for f in scores}
     budget = round(sparsity * sum(sizes.values()))
     caps = {f: round(max_layer_sparsity * n) for f, n in sizes.items()} if max_layer_sparsity is not None else {}
     fixed: dict[str, int] = {}  # tensors held at their cap
     while True:
-        free = [f for f in fqns if f not in fixed]
-        flat = torch.cat([scores[f].flatten().float() for f in free]) if free else torch.empty(0)
-        k = max(0, min(budget - sum(fixed.values()), flat.numel()))
-        chosen = _lowest(flat, k)  # (k,) indices into the concatenation of `free`
-        ends = torch.tensor([sizes[f] for f in free]).cumsum(0)
-        counts = torch.bincount(torch.bucketize(chosen.cpu(), ends, right=True), minlength=len(free))
-        over = [f for f, c in zip(free, counts.tolist()) if caps and c > caps[f]]
+        free = [it for it in items if it[0] not in fixed]
+        k = max(0, min(budget - sum(fixed.values()), sum(sizes[f] for f, _, _ in free)))
+        keeps, pruned = _prune_lowest(free, k, group)
+        over = [f for (f, _, _), c in zip(free, pruned) if caps and c > caps[f]]
         if not over:
             break
         fixed.update({f: caps[f] for f in over})
-    masks = layer_masks({f: scores[f] for f in fixed}, 0.0)
-    for f in fixed:
-        keep = masks[f].flatten()
-        keep[_lowest(scores[f].flatten(), fixed[f])] = False
-    keep_free = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-    keep_free[chosen] = False
-    for f, part in zip(free, keep_free.split([sizes[f] for f in free])):
-        masks[f] = part.view_as(scores[f]).to(scores[f].device)
-    return {f: masks[f] for f in fqns}
+    masks = {f: keep.view(s.shape) for (f, s, _), keep in zip(free, keeps)}
+    for item in items:
+        if item[0] in fixed:
+            (keep,), _ = _prune_lowest([item], fixed[item[0]], group)
+            masks[item[0]] = keep.view(item[1].shape)
+    return {f: masks[f] for f in scores}
+
+
+@torch.no_grad()
+def output_masks(
+    scores: Mapping[str, Tensor],
+    sparsity: float,
+    in_dims: Mapping[str, int],
+    layouts: Mapping[str, Layout] | None = None,
+) -> dict[str, Tensor]:
+    """Prune round(sparsity · fan_in) lowest-scored entries of every output (each row of inputs; Wanda's
+    per-output comparison), ties by position. Tensors that are not 2-D are pruned per tensor as in
+    :func:`layer_masks`.
+
+    Args:
+        scores: ``{fqn: local scores}``.
+        sparsity: fraction of each output's inputs to prune.
+        in_dims: ``{fqn: input dim}`` (1 for ``nn.Linear`` weights, 0 for ``transformers``' ``Conv1D``).
+        layouts: ``{fqn: Layout}`` of sharded tensors (default: every tensor whole and local).
+
+    Raises:
+        ValueError: if a 2-D tensor is split along its input dim (its rows are not local), or a score is NaN.
+    """
+    lay, _ = _layouts(scores, layouts)
+    masks = {}
+    for fqn, s in scores.items():
+        if s.dim() != 2:
+            masks.update(layer_masks({fqn: s}, sparsity, {fqn: lay[fqn]}))
+            continue
+        d = in_dims.get(fqn, 1)
+        if lay[fqn].sharded and lay[fqn].dim == d:
+            raise ValueError(f"{fqn}: scope 'output' needs whole output rows, but it is split along its input dim {d}.")
+        rows = (s if d == 1 else s.t()).float()  # (out, in)
+        if bool(rows.isnan().any()):
+            raise ValueError(f"scores must not be NaN; found NaN in {fqn}.")
+        k = round(sparsity * rows.shape[1])
+        keep = torch.ones_like(rows, dtype=torch.bool)
+        if k and rows.numel():
+            kth = rows.kthvalue(k, dim=1, keepdim=True).values  # (out, 1)
+            below = rows < kth
+            eq = rows == kth
+            need = k - below.sum(1, keepdim=True)  # (out, 1) ties to prune in each row, first ones by position
+            keep = ~(below | (eq & (eq.cumsum(1, dtype=torch.int32) <= need)))
+        masks[fqn] = keep if d == 1 else keep.t().contiguous()
+    return masks
+
+
+# ---- structured ---------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
 def nm_masks(
-    scores: Mapping[str, Tensor], sparsity: float, n: int, m: int, dims: Mapping[str, int]
+    scores: Mapping[str, Tensor],
+    sparsity: float,
+    n: int,
+    m: int,
+    dims: Mapping[str, int],
+    layouts: Mapping[str, Layout] | None = None,
 ) -> dict[str, Tensor]:
     """In every group of ``m`` consecutive entries along each tensor's input dim, prune the lowest
-    min(round(sparsity · m), m − n).
+    min(round(sparsity · m), m − n), ties by position.
 
     Args:
+        scores: ``{fqn: local scores}``.
+        sparsity: target fraction of each group to prune.
+        n: entries kept at least per group.
+        m: group size.
         dims: ``{fqn: input dim}`` (1 for ``nn.Linear`` weights, 0 for ``transformers``' ``Conv1D``).
+        layouts: ``{fqn: Layout}`` of sharded tensors (default: every tensor whole and local).
 
     Raises:
-        ValueError: if a tensor's input dim is not divisible by ``m``.
+        ValueError: if a tensor's input dim is not divisible by ``m``, or it is split along that dim at a size or
+            offset that is not a multiple of ``m``.
     """
+    lay, _ = _layouts(scores, layouts)
     prune = min(round(sparsity * m), m - n)
     masks = {}
     for fqn, s in scores.items():
-        d = dims.get(fqn, s.dim() - 1)
-        if s.shape[d] % m:
-            raise ValueError(f"{fqn}: input dim {d} has size {s.shape[d]}, not divisible by M={m} of the N:M pattern.")
+        d = dims.get(fqn, s.dim() - 1) % max(s.dim(), 1)
+        layout = lay[fqn]
+        if layout.shape[d] % m:
+            raise ValueError(
+                f"{fqn}: input dim {d} has size {layout.shape[d]}, not divisible by M={m} of the N:M pattern."
+            )
+        if layout.sharded and layout.dim == d and (s.shape[d] % m or layout.offset[d] % m):
+            raise ValueError(
+                f"{fqn}: split along its input dim {d} at offset {layout.offset[d]} with {s.shape[d]} local "
+                f"entries; both must be multiples of M={m} for the N:M pattern."
+            )
         moved = s.movedim(d, -1)  # (..., in)
-        groups = moved.reshape(-1, m)  # (G, m)
+        groups = moved.reshape(-1, m).float()  # (G, m)
         keep = torch.ones_like(groups, dtype=torch.bool)
         keep.scatter_(1, torch.sort(groups, dim=1, stable=True).indices[:, :prune], False)
         masks[fqn] = keep.view(moved.shape).movedim(-1, d)
     return masks
 
 
+def _row_sums(
+    scores: Mapping[str, Tensor], dims: Mapping[str, int], lay: Mapping[str, Layout], group: Any
+) -> dict[str, Tensor]:
+    """The mean score of every output row of each full tensor (float64), the same on every process."""
+    sums, shared = {}, []
+    for f, s in scores.items():
+        d, layout = dims.get(f, 0), lay[f]
+        local = s.movedim(d, 0).flatten(1).double().sum(1)  # (local out,)
+        full = torch.zeros(layout.shape[d], dtype=torch.float64, device=s.device)  # (out,)
+        if layout.sharded and layout.dim == d:
+            full[layout.offset[d] : layout.offset[d] + local.numel()] = local
+        else:
+            full += local  # whole rows, or partial sums of rows split along an input dim
+        sums[f] = full
+        if layout.sharded:
+            shared.append(f)
+    if shared and group is not None:
+        flat = torch.cat([sums[f] for f in shared])  # one all-reduce for all sharded tensors
+        all_reduce_(flat, group)
+        for f, part in zip(shared, flat.split([sums[f].numel() for f in shared])):
+            sums[f] = part
+    return {f: v.cpu() / (_full_numel(lay[f]) // max(v.numel(), 1)) for f, v in sums.items()}
+
+
+def _lowest_rows(means: Tensor, k: int) -> Tensor:
+    """Indices of the k lowest row means, ties by position (rows are few: a stable sort)."""
+    return torch.sort(means, stable=True).indices[:k]
+
+
 @torch.no_grad()
 def row_masks(
-    scores: Mapping[str, Tensor], sparsity: float, dims: Mapping[str, int], scope: str = "global"
+    scores: Mapping[str, Tensor],
+    sparsity: float,
+    dims: Mapping[str, int],
+    scope: str = "global",
+    max_layer_sparsity: float | None = None,
+    layouts: Mapping[str, Layout] | None = None,
 ) -> dict[str, Tensor]:
-    """Prune whole output rows, ranked by mean score; per layer round(sparsity · rows), or globally the
-    lowest rows until their entries reach round(sparsity · total).
+    """Prune whole output rows, ranked by mean score (ties by fqn order, then row index).
+
+    Per layer: round(sparsity · rows) rows of each tensor. Globally: rows by increasing mean, in one ranking over
+    all tensors, while the midpoint of each row's entries stays within round(sparsity · total) entries.
+    ``max_layer_sparsity`` caps every tensor at round(cap · numel) pruned entries (whole rows, rounded down): in
+    the global scope a tensor that would exceed it is held at its cap (its own lowest rows) and the others share
+    the rest of the target by the same ranking, repeatedly until none exceeds its cap.
 
     Args:
+        scores: ``{fqn: local scores}``.
+        sparsity: fraction of the entries to prune.
         dims: ``{fqn: output dim}`` (0 for ``nn.Linear`` weights, 1 for ``transformers``' ``Conv1D``).
+        scope: ``"global"`` or ``"layer"``.
+        max_layer_sparsity: the most any one tensor may be pruned (None: no cap).
+        layouts: ``{fqn: Layout}`` of sharded tensors (default: every tensor whole and local).
     """
-    rows = {f: s.movedim(dims.get(f, 0), 0).flatten(1).float().mean(1) for f, s in scores.items()}  # (out,)
+    lay, group = _layouts(scores, layouts)
+    means = _row_sums(scores, dims, lay, group)  # {fqn: (out,)}
+    width = {f: _full_numel(lay[f]) // max(r.numel(), 1) for f, r in means.items()}
+    cap_rows = {
+        f: (round(max_layer_sparsity * _full_numel(lay[f])) // width[f] if width[f] else r.numel())
+        if max_layer_sparsity is not None
+        else r.numel()
+        for f, r in means.items()
+    }
     if scope == "layer":
-        pruned_rows = {f: _lowest(r, round(sparsity * r.numel())) for f, r in rows.items()}
+        pruned_rows = {f: _lowest_rows(r, min(round(sparsity * r.numel()), cap_rows[f])) for f, r in means.items()}
     else:
-        fqns = list(rows)
-        flat = torch.cat([rows[f] for f in fqns])
-        width = torch.cat([torch.full_like(rows[f], scores[f].numel() // rows[f].numel()) for f in fqns])
-        order = _lowest(flat, flat.numel())
-        cum = width[order].cumsum(0)
-        target = sparsity * sum(s.numel() for s in scores.values())
-        k = int((cum - 0.5 * width[order] <= target).sum()) if target else 0  # rows whose midpoint fits
-        chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-        chosen[order[:k]] = True
-        pruned_rows = {
-            f: part.nonzero().flatten() for f, part in zip(fqns, chosen.split([r.numel() for r in rows.values()]))
-        }
+        target = sparsity * sum(_full_numel(lay[f]) for f in scores)
+        fixed: dict[str, int] = {}
+        while True:
+            free = [f for f in means if f not in fixed]
+            flat = torch.cat([means[f] for f in free]) if free else torch.empty(0, dtype=torch.float64)
+            w = torch.cat([torch.full_like(means[f], width[f]) for f in free]) if free else flat
+            order = _lowest_rows(flat, flat.numel())
+            cum = w[order].cumsum(0)
+            left = target - sum(cap * width[f] for f, cap in fixed.items())
+            k = int((cum - 0.5 * w[order] <= left).sum()) if left > 0 else 0  # rows whose midpoint fits
+            chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+            chosen[order[:k]] = True
+            pruned_rows = {
+                f: part.nonzero().flatten() for f, part in zip(free, chosen.split([means[f].numel() for f in free]))
+            }
+            over = [f for f in free if pruned_rows[f].numel() > cap_rows[f]]
+            if not over:
+                break
+            fixed.update({f: cap_rows[f] for f in over})
+        pruned_rows.update({f: _lowest_rows(means[f], cap) for f, cap in fixed.items()})
     masks = {}
     for f, s in scores.items():
-        keep = torch.ones_like(s, dtype=torch.bool).movedim(dims.get(f, 0), 0)
-        keep[pruned_rows[f].to(s.device)] = False
-        masks[f] = keep.movedim(0, dims.get(f, 0))
+        d, layout = dims.get(f, 0), lay[f]
+        keep = torch.ones_like(s, dtype=torch.bool).movedim(d, 0)  # (local out, ...)
+        rows = pruned_rows[f]
+        if layout.sharded and layout.dim == d:  # the local rows are [offset, offset + local out) of the full tensor
+            rows = rows[(rows >= layout.offset[d]) & (rows < layout.offset[d] + keep.shape[0])] - layout.offset[d]
+        keep[rows.to(s.device)] = False
+        masks[f] = keep.movedim(0, d)
     return masks
 
 
@@ -196,11 +532,26 @@ def compute_masks(
     pattern: str = "unstructured",
     max_layer_sparsity: float | None = None,
     in_dims: Mapping[str, int] | None = None,
+    layouts: Mapping[str, Layout] | None = None,
 ) -> dict[str, Tensor]:
     """Masks at ``sparsity`` for the given scope and pattern (see the module docstring).
 
     Args:
+        scores: ``{fqn: local scores}``, higher = more important, −inf for entries already pruned; not NaN.
+        sparsity: the fraction of entries to prune.
+        scope: one of :data:`SCOPES`.
+        pattern: ``"unstructured"``, ``"row"`` or ``"N:M"``.
+        max_layer_sparsity: the most any one tensor may be pruned, in the global scope (None: no cap).
         in_dims: ``{fqn: input dim}`` of each weight (default: the last dim); the output dim is the other.
+        layouts: ``{fqn: Layout}`` of the tensors sharded over a process group (default: every tensor whole and
+            local). Every process then passes its local shards and gets their masks.
+
+    Returns:
+        ``{fqn: bool keep mask}`` shaped like each local score tensor.
+
+    Raises:
+        ValueError: for an unknown scope or pattern, ``"output"`` with a structured pattern, a NaN score (pattern
+            ``"unstructured"``), or a sharded tensor whose split the pattern cannot mask locally.
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
@@ -209,15 +560,49 @@ def compute_masks(
     if scope == "output" and kind != "unstructured":
         raise ValueError("scope 'output' ranks entries within each output; use it with pattern 'unstructured'.")
     if kind == "nm":
-        return nm_masks(scores, sparsity, n, m, in_dims)
+        return nm_masks(scores, sparsity, n, m, in_dims, layouts)
     if kind == "row":
         out_dims = {f: (0 if in_dims.get(f, s.dim() - 1) != 0 else 1) for f, s in scores.items()}
-        return row_masks(scores, sparsity, out_dims, scope)
+        return row_masks(scores, sparsity, out_dims, scope, max_layer_sparsity, layouts)
     if scope == "layer":
-        return layer_masks(scores, sparsity)
+        return layer_masks(scores, sparsity, layouts)
     if scope == "output":
-        return output_masks(scores, sparsity, {f: in_dims.get(f, s.dim() - 1) for f, s in scores.items()})
-    return global_masks(scores, sparsity, max_layer_sparsity)
+        return output_masks(scores, sparsity, {f: in_dims.get(f, s.dim() - 1) for f, s in scores.items()}, layouts)
+    return global_masks(scores, sparsity, max_layer_sparsity, layouts)
+
+
+# ---- one bit per entry --------------------------------------------------------------------------------------
+
+_BIT = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)  # bit i of a byte: entry 8·j + i
+
+
+@torch.no_grad()
+def pack_mask(mask: Tensor) -> Tensor:
+    """A ≥2-D bool mask packed along its last dim into ``uint8`` of shape (..., ceil(last / 8)).
+
+    Packing is per row of the last dim, so a mask sharded along any other dim packs shard by shard into a packed
+    tensor sharded the same way. A 1-D mask is returned unchanged (as bool).
+    """
+    if mask.dim() < 2:
+        return mask.bool()
+    last = mask.shape[-1]
+    pad = -last % 8
+    bits = torch.nn.functional.pad(mask.to(torch.uint8), (0, pad))  # (..., 8·ceil(last/8))
+    bits = bits.view(*mask.shape[:-1], -1, 8) * _BIT.to(mask.device)  # (..., ceil(last/8), 8)
+    return bits.sum(-1, dtype=torch.uint8)  # distinct bits: the sum is the bitwise or
+
+
+@torch.no_grad()
+def unpack_mask(packed: Tensor, shape: Sequence[int] | torch.Size) -> Tensor:
+    """The bool mask of ``shape`` that :func:`pack_mask` packed into ``packed`` (a 1-D mask comes back as is)."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return packed.bool().view(shape)
+    bits = (packed.unsqueeze(-1) & _BIT.to(packed.device)) != 0  # (..., ceil(last/8), 8)
+    return bits.flatten(-2)[..., : shape[-1]].reshape(shape)
+
+
+# ---- holding masks ------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()

@@ -3,7 +3,16 @@ import math
 import pytest
 import torch
 
-from lightning_prune.masks import all_finite, apply_masks_, compute_masks, mask_factors, parse_pattern, sparsity_report
+from lightning_prune.masks import (
+    all_finite,
+    apply_masks_,
+    compute_masks,
+    mask_factors,
+    pack_mask,
+    parse_pattern,
+    sparsity_report,
+    unpack_mask,
+)
 
 T, F = True, False
 
@@ -127,3 +136,232 @@ def test_output_scope_prunes_each_output_row_on_its_own_in_either_layout():
     assert torch.equal(masks["conv"], masks["lin"].t())
     with pytest.raises(ValueError, match="use it with pattern 'unstructured'"):
         compute_masks({"lin": s}, 0.5, scope="output", pattern="2:4")
+
+
+# ---- exactness against a sort-based reference (the selection by a stable sort over all scores) ---------------
+
+
+def _ref_lowest(flat, k):
+    return torch.sort(flat, stable=True).indices[:k]
+
+
+def _ref_layer(scores, sparsity):
+    masks = {}
+    for f, s in scores.items():
+        keep = torch.ones(s.numel(), dtype=torch.bool)
+        keep[_ref_lowest(s.flatten().float(), round(sparsity * s.numel()))] = False
+        masks[f] = keep.view_as(s)
+    return masks
+
+
+def _ref_global(scores, sparsity, cap=None):
+    fqns = list(scores)
+    sizes = {f: scores[f].numel() for f in fqns}
+    budget = round(sparsity * sum(sizes.values()))
+    caps = {f: round(cap * n) for f, n in sizes.items()} if cap is not None else {}
+    fixed = {}
+    while True:
+        free = [f for f in fqns if f not in fixed]
+        flat = torch.cat([scores[f].flatten().float() for f in free]) if free else torch.empty(0)
+        k = max(0, min(budget - sum(fixed.values()), flat.numel()))
+        chosen = _ref_lowest(flat, k)
+        ends = torch.tensor([sizes[f] for f in free]).cumsum(0)
+        counts = torch.bincount(torch.bucketize(chosen, ends, right=True), minlength=len(free))
+        over = [f for f, c in zip(free, counts.tolist()) if caps and c > caps[f]]
+        if not over:
+            break
+        fixed.update({f: caps[f] for f in over})
+    masks = {}
+    for f in fixed:
+        keep = torch.ones(sizes[f], dtype=torch.bool)
+        keep[_ref_lowest(scores[f].flatten().float(), fixed[f])] = False
+        masks[f] = keep.view_as(scores[f])
+    keep_free = torch.ones(flat.numel(), dtype=torch.bool)
+    keep_free[chosen] = False
+    for f, part in zip(free, keep_free.split([sizes[f] for f in free])):
+        masks[f] = part.view_as(scores[f])
+    return {f: masks[f] for f in fqns}
+
+
+def _ref_output(scores, sparsity):  # (out, in) tensors
+    masks = {}
+    for f, s in scores.items():
+        order = torch.argsort(s.float(), dim=1, stable=True)[:, : round(sparsity * s.shape[1])]
+        masks[f] = torch.ones_like(s, dtype=torch.bool).scatter_(1, order, False)
+    return masks
+
+
+def _ref_nm(scores, sparsity, n, m):  # groups along the last dim
+    prune = min(round(sparsity * m), m - n)
+    masks = {}
+    for f, s in scores.items():
+        groups = s.reshape(-1, m).float()
+        keep = torch.ones_like(groups, dtype=torch.bool)
+        keep.scatter_(1, torch.sort(groups, dim=1, stable=True).indices[:, :prune], False)
+        masks[f] = keep.view_as(s)
+    return masks
+
+
+def _ref_row(scores, sparsity, scope, cap=None):  # (out, in) tensors; rows by mean, cap per tensor in whole rows
+    rows = {f: s.double().mean(1) for f, s in scores.items()}
+    width = {f: s.shape[1] for f, s in scores.items()}
+    cap_rows = {f: (round(cap * s.numel()) // s.shape[1] if cap is not None else s.shape[0]) for f, s in scores.items()}
+    if scope == "layer":
+        pruned = {f: _ref_lowest(r, min(round(sparsity * r.numel()), cap_rows[f])) for f, r in rows.items()}
+    else:
+        target, fixed = sparsity * sum(s.numel() for s in scores.values()), {}
+        while True:
+            free = [f for f in rows if f not in fixed]
+            flat = torch.cat([rows[f] for f in free] + [torch.empty(0, dtype=torch.float64)])
+            w = torch.cat([torch.full_like(rows[f], width[f]) for f in free] + [flat[:0]])
+            order = _ref_lowest(flat, flat.numel())
+            cum = w[order].cumsum(0)
+            left = target - sum(c * width[f] for f, c in fixed.items())
+            k = int((cum - 0.5 * w[order] <= left).sum()) if left > 0 else 0
+            chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+            chosen[order[:k]] = True
+            pruned = {f: p.nonzero().flatten() for f, p in zip(free, chosen.split([rows[f].numel() for f in free]))}
+            over = [f for f in free if pruned[f].numel() > cap_rows[f]]
+            if not over:
+                break
+            fixed.update({f: cap_rows[f] for f in over})
+        pruned.update({f: _ref_lowest(rows[f], c) for f, c in fixed.items()})
+    masks = {}
+    for f, s in scores.items():
+        keep = torch.ones_like(s, dtype=torch.bool)
+        keep[pruned[f]] = False
+        masks[f] = keep
+    return masks
+
+
+SHAPES = {"q": (24, 16), "mlp": (40, 16), "o": (16, 24), "bias": (40,)}
+
+
+def _scores(kind, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for f, shape in SHAPES.items():
+        if kind == "random":
+            s = torch.randn(shape, generator=gen)
+        elif kind == "tied":
+            s = torch.randint(0, 4, shape, generator=gen).float()
+        elif kind == "equal":
+            s = torch.ones(shape)
+        else:  # "pruned": random with −inf (already pruned) entries, and signed zeros
+            s = torch.randn(shape, generator=gen)
+            s[torch.rand(shape, generator=gen) < 0.3] = float("-inf")
+            s[torch.rand(shape, generator=gen) < 0.1] = 0.0
+            s[torch.rand(shape, generator=gen) < 0.1] = -0.0
+        out[f] = s
+    return out
+
+
+def _equal(a, b):
+    assert a.keys() == b.keys()
+    for f in a:
+        assert a[f].shape == b[f].shape and torch.equal(a[f], b[f]), f
+
+
+KINDS = ["random", "tied", "equal", "pruned"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("cap", [None, 0.5])
+def test_global_equals_the_stable_sort_with_exact_counts(kind, cap):
+    scores = _scores(kind)
+    total = sum(s.numel() for s in scores.values())
+    for s in [0.0, 0.1, 0.33, 0.5, 0.6, 0.9, 1.0]:
+        masks = compute_masks(scores, s, max_layer_sparsity=cap)
+        _equal(masks, _ref_global(scores, s, cap))
+        if cap is None or s <= cap:
+            assert sum(int((~m).sum()) for m in masks.values()) == round(s * total)
+        if cap is not None:
+            assert all(int((~m).sum()) <= round(cap * m.numel()) for m in masks.values())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_layer_output_and_nm_equal_the_stable_sort(kind):
+    scores = _scores(kind)
+    two_d = {f: s for f, s in scores.items() if s.dim() == 2}
+    for s in [0.1, 0.5, 0.75]:
+        masks = compute_masks(scores, s, scope="layer")
+        _equal(masks, _ref_layer(scores, s))
+        assert all(int((~m).sum()) == round(s * m.numel()) for m in masks.values())
+        _equal(compute_masks(two_d, s, scope="output"), _ref_output(two_d, s))
+        _equal(compute_masks(two_d, s, pattern="2:4"), _ref_nm(two_d, s, 2, 4))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("cap", [None, 0.5])
+def test_row_pattern_equals_the_reference_and_honours_the_cap(kind, cap):
+    scores = {f: s for f, s in _scores(kind).items() if s.dim() == 2}
+    for scope in ["global", "layer"]:
+        for s in [0.2, 0.4, 0.7]:
+            masks = compute_masks(scores, s, scope=scope, pattern="row", max_layer_sparsity=cap)
+            _equal(masks, _ref_row(scores, s, scope, cap))
+            if cap is not None:
+                assert all(int((~m).sum()) <= round(cap * m.numel()) for m in masks.values())
+
+
+def test_row_cap_keeps_a_layer_from_being_pruned_whole():
+    scores = {"low": torch.zeros(4, 8), "high": torch.ones(4, 8)}
+    free = compute_masks(scores, 0.5, pattern="row")
+    assert not free["low"].any()  # the bug the cap prevents: one layer 100 % pruned
+    capped = compute_masks(scores, 0.5, pattern="row", max_layer_sparsity=0.5)
+    assert int((~capped["low"]).sum()) == 16 and int((~capped["high"]).sum()) == 16
+
+
+def test_nan_scores_are_rejected():
+    with pytest.raises(ValueError, match="NaN in \\['b'\\]"):
+        compute_masks({"a": torch.ones(4), "b": torch.tensor([1.0, float("nan")])}, 0.5)
+
+
+def test_masks_of_large_tensors_match_at_chunk_boundaries():
+    gen = torch.Generator().manual_seed(1)
+    scores = {"a": torch.randint(0, 3, (300, 700), generator=gen).float(), "b": torch.randn(50_000, generator=gen)}
+    _equal(compute_masks(scores, 0.3), _ref_global(scores, 0.3))
+
+
+@pytest.mark.parametrize("shape", [(5, 13), (3, 16), (2, 4, 9), (7,)])
+def test_pack_unpack_round_trip(shape):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    packed = pack_mask(mask)
+    if len(shape) >= 2:
+        assert packed.dtype == torch.uint8 and packed.shape == (*shape[:-1], -(-shape[-1] // 8))
+        assert torch.equal(torch.cat([pack_mask(part) for part in mask.chunk(2)]), packed)  # shard by shard
+    else:
+        assert packed.dtype == torch.bool
+    assert torch.equal(unpack_mask(packed, shape), mask)
+
+
+def test_shards_over_two_processes_give_the_one_process_masks(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    script = Path(__file__).parent / "masks_shard_run.py"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path), str(rank)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    try:
+        results = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, (_, err) in zip(procs, results):
+        assert proc.returncode == 0, err[-3000:]
+    for rank in range(2):
+        assert (tmp_path / f"ok{rank}").read_text().strip() == "ok"
