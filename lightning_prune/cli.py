@@ -3,6 +3,14 @@
 Examples:
     lightning-prune fit --config recipes/main.yaml
     lightning-prune fit --config recipes/main.yaml --trainer.max_epochs 3 --print_config
+
+``--dense true`` trains the same recipe without pruning: the pruning and tracking callbacks are dropped and
+everything else (model, data, seed, steps, learning-rate schedule, report, export) stays. Its ``report.json`` is
+the same-budget reference that a pruned run's :class:`~lightning_prune.callbacks.PruningReport` compares with
+(``recipes/main_dense.json`` was written this way)::
+
+    lightning-prune fit --config recipes/main.yaml --dense true --trainer.default_root_dir runs/main_dense \\
+        --trainer.logger.init_args.save_dir runs/main_dense
 """
 
 from __future__ import annotations
@@ -11,22 +19,34 @@ import os
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightning_prune.callbacks import ImportanceTracking, NeuronPruning, ScheduledPruning
 from lightning_prune.data import TextDataModule, check_block_size
 from lightning_prune.lm import CausalLM
 
-__all__ = ["PruneCLI", "cli", "main"]
+__all__ = ["PRUNING_CALLBACKS", "PruneCLI", "cli", "main"]
+
+PRUNING_CALLBACKS = (ScheduledPruning, NeuronPruning, ImportanceTracking)  # what ``--dense true`` leaves out
 
 
 class PruneCLI(LightningCLI):
-    """LightningCLI whose model's vocabulary follows the data module's tokenizer."""
+    """LightningCLI whose model's vocabulary follows the data module's tokenizer, with ``--dense``."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        parser.add_argument(
+            "--dense",
+            type=bool,
+            default=False,
+            help="Train without pruning (drop the pruning and tracking callbacks): the same-budget dense reference.",
+        )
 
     def before_fit(self) -> None:
-        """Reject a block size the model cannot attend over, before any data is loaded."""
+        """Reject a block size the model cannot attend over, before any data is loaded; with ``--dense true`` drop
+        the pruning and tracking callbacks."""
         context = getattr(self.model, "context", None)
         check_block_size(self.datamodule.block_size, context)
+        if self._get(self.config, "dense", False):
+            self.trainer.callbacks = [cb for cb in self.trainer.callbacks if not isinstance(cb, PRUNING_CALLBACKS)]
 
 
 def main(args: list[str] | None = None) -> None:

@@ -4,10 +4,12 @@ Plain ``transformers`` reloads the result with the same outputs (``AutoModelForC
 class named in the saved config or ``AutoModel`` for an encoder such as ``BertModel``); zeros are stored as zeros
 (safetensors is dense), so the saving on disk comes from compression or from structured removal
 (:mod:`lightning_prune.structured`), and :func:`export_pretrained` reports both the non-zero count and the bytes
-on disk.
+on disk. Given the tokenizer the model was trained with, it is saved beside the model as a ``transformers``
+tokenizer that encodes exactly as training did (:func:`~lightning_prune.tokenizers.pretrained_tokenizer`), so
+``transformers.pipeline("text-generation", model=directory)`` runs on the result.
 
 Example:
-    >>> report = export_pretrained(model, "out/pruned", masks)
+    >>> report = export_pretrained(model, "out/pruned", masks, tokenizer=datamodule.tokenizer)
     >>> report["nonzero"], report["bytes_on_disk"]
 """
 
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prune.masks import apply_masks_
+from lightning_prune.tokenizers import build_tokenizer, pretrained_tokenizer
 
 __all__ = ["bare_fqn", "export_pretrained", "make_permanent_", "nonzero_report"]
 
@@ -54,21 +57,38 @@ def nonzero_report(model: nn.Module) -> dict[str, int]:
 
 
 def export_pretrained(
-    model: nn.Module, directory: str | Path, masks: Mapping[str, Tensor] | None = None
+    model: nn.Module, directory: str | Path, masks: Mapping[str, Tensor] | None = None, tokenizer: Any = None
 ) -> dict[str, Any]:
-    """Make masks permanent, ``save_pretrained`` with safetensors, and report sizes.
+    """Make masks permanent, ``save_pretrained`` with safetensors (and the tokenizer), and report sizes.
+
+    Args:
+        model: a ``transformers`` model.
+        directory: the target directory (created).
+        masks: ``{fqn: bool}`` keep-masks to write into the weights first.
+        tokenizer: the tokenizer the model was trained with (a :class:`~lightning_prune.tokenizers.TextTokenizer`),
+            saved as a ``transformers`` tokenizer with the model's context as ``model_max_length``.
 
     Returns:
-        ``{"directory", "parameters", "nonzero", "bytes_on_disk"}``.
+        ``{"directory", "parameters", "nonzero", "bytes_on_disk", "tokenizer"}``; ``tokenizer`` is the saved
+        tokenizer's class name, or None without one.
 
     Raises:
-        TypeError: if the model has no ``save_pretrained`` (not a ``transformers`` model).
+        TypeError: if the model has no ``save_pretrained`` (not a ``transformers`` model), or the tokenizer cannot
+            be saved as a ``transformers`` tokenizer.
     """
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"{type(model).__name__} has no save_pretrained: export needs a transformers model.")
+    saved = None
+    if tokenizer is not None:
+        config = getattr(model, "config", None)
+        context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        saved = pretrained_tokenizer(build_tokenizer(tokenizer, ""), context)
     if masks:
         make_permanent_(model, masks)
     directory = Path(directory)
     model.save_pretrained(directory, safe_serialization=True)
+    if saved is not None:
+        saved.save_pretrained(directory)
     size = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
-    return {"directory": str(directory), **nonzero_report(model), "bytes_on_disk": size}
+    name = type(saved).__name__ if saved is not None else None
+    return {"directory": str(directory), **nonzero_report(model), "bytes_on_disk": size, "tokenizer": name}

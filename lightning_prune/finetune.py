@@ -161,7 +161,9 @@ class FineTune(CausalLM):
     @override
     def on_train_start(self) -> None:
         registry = registry_of(self)  # the masks as they are now (a resume may have replaced them)
-        registry.write("FineTune", {f"model.{f}": registry.layout(f"model.{f}").slice(m) for f, m in self.masks.items()})
+        registry.write(
+            "FineTune", {f"model.{f}": registry.layout(f"model.{f}").slice(m) for f, m in self.masks.items()}
+        )
         registry.attach(self.trainer.optimizers)
         registry.enforce_(self.trainer.optimizers)
 

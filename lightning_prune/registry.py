@@ -88,7 +88,9 @@ class MaskRegistry:
 
     def _check(self, fqn: str, mask: Tensor) -> None:
         if fqn not in self.params:
-            raise ValueError(f"a mask names {fqn!r}, which the model lacks; its parameters look like {list(self.params)[:4]}.")
+            raise ValueError(
+                f"a mask names {fqn!r}, which the model lacks; its parameters look like {list(self.params)[:4]}."
+            )
         shape = tuple(local(self.params[fqn]).shape)
         if tuple(mask.shape) != shape:
             raise ValueError(f"the mask of {fqn!r} is shaped {tuple(mask.shape)}, its parameter here {shape}.")

@@ -2,7 +2,9 @@
 
 Every tokenizer here offers the same three things (the :class:`TextTokenizer` protocol): ``vocab_size``,
 ``encode(text) -> list[int]`` and ``decode(ids) -> str``. :func:`encode_corpus` turns a whole corpus
-into one 1-D ``LongTensor`` of token ids, with a fast path per kind.
+into one 1-D ``LongTensor`` of token ids, with a fast path per kind, and gives the same ids as ``encode`` of
+the whole text. :func:`pretrained_tokenizer` turns any of them into a ``transformers`` tokenizer that encodes
+exactly as training did, to ship with an exported model (``save_pretrained``).
 
 Example:
     >>> tok = ByteTokenizer()
@@ -32,12 +34,16 @@ __all__ = [
     "build_tokenizer",
     "default_cache_dir",
     "encode_corpus",
+    "byte_level_tokenizer",
+    "bytes_to_unicode",
     "load_or_train_bpe",
+    "pretrained_tokenizer",
     "train_bpe",
 ]
 
 BYTE_VOCAB = 256
-_CHUNK_CHARS = 1 << 16  # corpora are encoded in line-aligned chunks of about this many characters
+_CHUNK_CHARS = 1 << 16  # corpora are encoded in chunks of about this many characters
+_BREAKS = frozenset(" \t\n")  # whitespace the pre-tokenizer regex never joins to a preceding non-space character
 
 
 @runtime_checkable
@@ -235,27 +241,90 @@ def build_tokenizer(
     )
 
 
-def _chunks(text: str, size: int = _CHUNK_CHARS) -> Iterator[str]:
-    """Consecutive pieces of ``text`` (which join back to it), each ending at a line end where one exists."""
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map of the 256 bytes to printable characters (the symbols of a byte-level vocabulary)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = {b: chr(b) for b in printable}
+    for n, b in enumerate(b for b in range(256) if b not in chars):
+        chars[b] = chr(256 + n)
+    return dict(sorted(chars.items()))
+
+
+def byte_level_tokenizer() -> Any:
+    """A ``tokenizers.Tokenizer`` that gives :class:`ByteTokenizer`'s ids: token ``b`` is the byte ``b``.
+
+    A BPE without merges over GPT-2's byte symbols (no regex split, no special tokens), so ``encode(text).ids ==
+    list(text.encode("utf-8"))`` and decoding joins the bytes back (invalid UTF-8 becomes U+FFFD).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {symbol: b for b, symbol in bytes_to_unicode().items()}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def pretrained_tokenizer(tokenizer: TextTokenizer, model_max_length: int | None = None) -> Any:
+    """A ``transformers`` tokenizer (``save_pretrained``, ``AutoTokenizer``, ``pipeline``) encoding as ``tokenizer``.
+
+    :class:`ByteTokenizer` becomes :func:`byte_level_tokenizer`, :class:`BPETokenizer` its own
+    ``tokenizers.Tokenizer``, both wrapped in a ``PreTrainedTokenizerFast``; an :class:`HFTokenizer` is its
+    ``transformers`` tokenizer. None of them adds special tokens, as training did not.
+
+    Args:
+        tokenizer: the tokenizer the model was trained with.
+        model_max_length: the model's context, so that ``transformers`` knows where to truncate.
+
+    Raises:
+        TypeError: for a tokenizer of another kind (it cannot be saved as a ``transformers`` tokenizer).
+    """
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.tokenizer
+    if isinstance(tokenizer, ByteTokenizer):
+        backend = byte_level_tokenizer()
+    elif isinstance(tokenizer, BPETokenizer):
+        backend = tokenizer.tokenizer
+    else:
+        raise TypeError(
+            f"cannot save a {type(tokenizer).__name__} as a transformers tokenizer: use 'byte', 'bpe', 'hf:<name>' "
+            "or a transformers / tokenizers tokenizer object."
+        )
+    from transformers import PreTrainedTokenizerFast
+
+    kwargs = {"model_max_length": model_max_length} if model_max_length else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False, **kwargs)
+
+
+def _chunks(text: str, size: int) -> Iterator[str]:
+    """Consecutive pieces of ``text`` (which join back to it) of at most about ``size`` characters.
+
+    A piece ends between a non-space character and a space, tab or newline: no piece of GPT-2's pre-tokenizer
+    regex (the byte-level BPE's) spans such a place, and the regex has no look-behind, so encoding the pieces one by
+    one gives the ids of encoding the whole text. Only ``size`` characters without such a place are cut elsewhere.
+    """
     start = 0
     while start < len(text):
         end = min(start + size, len(text))
         if end < len(text):
-            nl = text.rfind("\n", start, end)
-            end = nl + 1 if nl >= start else end
+            cut = end
+            while cut > start + 1 and not (text[cut] in _BREAKS and not text[cut - 1].isspace()):
+                cut -= 1
+            end = cut if cut > start + 1 else end
         yield text[start:end]
         start = end
 
 
 def encode_corpus(tokenizer: TextTokenizer, text: str) -> torch.Tensor:
-    """Encode a whole corpus into a 1-D ``LongTensor``, in line-aligned chunks (deterministic for a given text)."""
+    """Encode a whole corpus into a 1-D ``LongTensor``, in chunks cut where the BPE's pre-tokenizer splits anyway, so
+    the ids are those of ``tokenizer.encode(text)`` (deterministic for a given text)."""
     if not text:
         return torch.zeros(0, dtype=torch.long)  # (0,); frombuffer refuses an empty buffer
     if isinstance(tokenizer, ByteTokenizer):
         return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()  # (N,)
     if isinstance(tokenizer, BPETokenizer):
-        encodings = tokenizer.tokenizer.encode_batch(list(_chunks(text)), add_special_tokens=False)
+        encodings = tokenizer.tokenizer.encode_batch(list(_chunks(text, _CHUNK_CHARS)), add_special_tokens=False)
         ids = [i for enc in encodings for i in enc.ids]
     else:
-        ids = [i for chunk in _chunks(text) for i in tokenizer.encode(chunk)]
+        ids = [i for chunk in _chunks(text, _CHUNK_CHARS) for i in tokenizer.encode(chunk)]
     return torch.tensor(ids, dtype=torch.long)  # (N,)

@@ -181,7 +181,9 @@ class RunningStats:
         grads_: list[Tensor] = []
         if needs_grad:
             given = grads if grads is not None else {f: params[f].grad for f in self.fqns}
-            grads_ = [g.detach() if g is not None else torch.zeros_like(w) for g, w in zip(map(given.get, self.fqns), weights)]
+            grads_ = [
+                g.detach() if g is not None else torch.zeros_like(w) for g, w in zip(map(given.get, self.fqns), weights)
+            ]
             if scale is not None:
                 grads_ = torch._foreach_mul(grads_, scale)
             if not all_finite(grads_):

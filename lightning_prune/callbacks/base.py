@@ -191,11 +191,15 @@ class Lifecycle(Callback):
         self._pending = dict(state_dict) if state_dict else None
 
     @override
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self._ckpt_path = str(trainer.ckpt_path) if trainer.ckpt_path else None
 
     @override
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self.enforce(trainer)
         state = checkpoint.get("callbacks", {}).get(self.state_key)
         if not state or not state.get("tensors"):
@@ -243,7 +247,9 @@ class Lifecycle(Callback):
         import torch.distributed.checkpoint as dcp
 
         if self._ckpt_path is None:
-            raise ValueError(f"{type(self).__name__}: the state names per-shard tensors but no checkpoint path is known.")
+            raise ValueError(
+                f"{type(self).__name__}: the state names per-shard tensors but no checkpoint path is known."
+            )
         missing = [n for n in placeholders if n not in layouts or not layouts[n].sharded]
         if missing:
             raise ValueError(

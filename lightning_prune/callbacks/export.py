@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from typing_extensions import override
 from lightning_prune.callbacks.neurons import NeuronPruning
 from lightning_prune.callbacks.pruning import ScheduledPruning
 from lightning_prune.export import export_pretrained, make_permanent_, nonzero_report
+from lightning_prune.tokenizers import build_tokenizer, encode_corpus
 
 __all__ = ["ExportPretrained"]
 
@@ -32,13 +34,20 @@ class ExportPretrained(Callback):
     batch compared with the trained model's: the logits when the model has them (``max_logit_difference`` in
     ``export.json``), else the last hidden state of an encoder (``max_hidden_state_difference``).
 
+    The tokenizer the model was trained with (``tokenizer``, else the data module's ``tokenizer``) is saved beside
+    it as a ``transformers`` tokenizer, so ``AutoTokenizer.from_pretrained(directory)`` and
+    ``pipeline("text-generation", model=directory)`` work offline. With ``verify`` the saved tokenizer is reloaded
+    and its ids on the start of the data module's validation text compared with the training ids
+    (``tokenizer_matches_training`` in ``export.json``; a mismatch also warns).
+
     Args:
         directory: target directory (created); default ``<trainer.default_root_dir>/pruned_model``.
-        verify: reload and compare outputs after saving.
+        verify: reload and compare outputs (and the tokenizer's ids) after saving.
+        tokenizer: the training tokenizer; default ``trainer.datamodule.tokenizer`` when there is one.
     """
 
-    def __init__(self, directory: str | None = None, verify: bool = True) -> None:
-        self.directory, self.verify = directory, verify
+    def __init__(self, directory: str | None = None, verify: bool = True, tokenizer: Any = None) -> None:
+        self.directory, self.verify, self.tokenizer = directory, verify, tokenizer
 
     @override
     @rank_zero_only
@@ -51,6 +60,8 @@ class ExportPretrained(Callback):
                 masks.update(cb.masks)
         masks.update(getattr(pl_module, "masks", {}))
         directory = self.directory or str(Path(trainer.default_root_dir) / "pruned_model")
+        datamodule = getattr(trainer, "datamodule", None)
+        tokenizer = self.tokenizer if self.tokenizer is not None else getattr(datamodule, "tokenizer", None)
         if neurons:
             make_permanent_(model, masks)
             for cb in neurons:
@@ -59,15 +70,37 @@ class ExportPretrained(Callback):
             shrunk = copy.deepcopy(model)
             for cb in neurons:
                 cb.shrink_(shrunk)
-            report = {**export_pretrained(shrunk, directory), "parameters_before_shrink": dense}
+            report = {**export_pretrained(shrunk, directory, tokenizer=tokenizer), "parameters_before_shrink": dense}
             del shrunk
         else:
-            report = export_pretrained(model, directory, masks)
+            report = export_pretrained(model, directory, masks, tokenizer=tokenizer)
         if self.verify:
             output, difference = reload_difference(model, directory)
             report[f"max_{'logit' if output == 'logits' else 'hidden_state'}_difference"] = difference
+            sample = (getattr(datamodule, "val_text", None) or "")[:_TOKENIZER_CHECK_CHARS]
+            if tokenizer is not None and sample:
+                matches = tokenizer_matches(tokenizer, directory, sample)
+                report["tokenizer_matches_training"] = matches
+                if not matches:
+                    warnings.warn(
+                        f"the tokenizer saved in {directory} encodes the validation text differently from training.",
+                        stacklevel=2,
+                    )
         Path(directory, "export.json").write_text(json.dumps(report, indent=2))
         rank_zero_info(f"exported to {directory}: {report}")
+
+
+_TOKENIZER_CHECK_CHARS = 20_000  # characters of validation text encoded by both tokenizers
+
+
+def tokenizer_matches(tokenizer: Any, directory: str | Path, text: str) -> bool:
+    """Whether ``AutoTokenizer.from_pretrained(directory)`` gives ``text`` the ids training gave it."""
+    import transformers
+
+    saved = transformers.AutoTokenizer.from_pretrained(directory)
+    saved.model_max_length = len(text) + 1  # the whole text at once, without the warning about the model's context
+    expected = encode_corpus(build_tokenizer(tokenizer, ""), text).tolist()
+    return list(saved.encode(text, add_special_tokens=False)) == expected
 
 
 def reload_class(directory: str | Path) -> type:

@@ -95,7 +95,9 @@ class NeuronPruning(Lifecycle):
         self._sizes = [lay.n_neurons for lay in block_layouts(self.model)]
         end = self.schedule.end_sparsity()
         if any(round(end * n) >= n for n in self._sizes):
-            raise ValueError(f"the schedule ends at {end}, which removes every neuron of a layer of {min(self._sizes)}.")
+            raise ValueError(
+                f"the schedule ends at {end}, which removes every neuron of a layer of {min(self._sizes)}."
+            )
         return {f"{self._prefix}:{i}": (n,) for i, n in enumerate(self._sizes)}
 
     @override

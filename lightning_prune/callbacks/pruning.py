@@ -198,7 +198,9 @@ class ScheduledPruning(Lifecycle):
     # ---- logging -------------------------------------------------------------------------------------------
 
     def _log(self, trainer: pl.Trainer, scores: Mapping[str, Tensor] | None = None) -> float:
-        zeros = count_zeros({f: local(p) for f, p in self._params.items()}, [self.registry.layout(f) for f in self._params])
+        zeros = count_zeros(
+            {f: local(p) for f, p in self._params.items()}, [self.registry.layout(f) for f in self._params]
+        )
         total = sum(p.numel() for p in self._params.values())
         measured = sum(zeros.values()) / total
         prefix = f"sparsity/{self.name}" if self.name else "sparsity"
