@@ -132,7 +132,9 @@ def test_input_norm_is_a_running_mean_of_squared_inputs_per_feature():
     w_conv = torch.nn.Parameter(torch.ones(2, 3))  # Conv1D: (in, out)
     stats = RunningStats({"a": w_linear, "b": w_conv}, stats=("input_norm",), decay=0.5, in_dims={"b": 0})
     assert stats.add_inputs("a", torch.tensor([[[1.0, 2.0], [3.0, 0.0]]]))  # (1, 2 tokens, 2 features)
-    assert stats.state["input_norm"]["a"].tolist() == [[5.0, 2.0]]  # one row block; mean over tokens of x²: (1+9)/2, (4+0)/2
+    assert stats.state["input_norm"]["a"].tolist() == [
+        [5.0, 2.0]
+    ]  # one row block; mean over tokens of x²: (1+9)/2, (4+0)/2
     stats.add_inputs("a", torch.tensor([[1.0, 1.0]]))
     assert stats.state["input_norm"]["a"].tolist() == [[3.0, 1.5]]  # 0.5·5 + 0.5·1, 0.5·2 + 0.5·1
     scale = stats.input_scale("a")  # the same row of norms for every output
@@ -142,7 +144,9 @@ def test_input_norm_is_a_running_mean_of_squared_inputs_per_feature():
     with pytest.raises(RuntimeError, match="no input of 'b' has been seen"):
         stats.input_scale("b")
     stats.add_inputs("b", torch.tensor([[2.0, 0.0]]))
-    assert torch.equal(stats.input_scale("b"), torch.tensor([[2.0], [0.0]]).expand(2, 3))  # per row of Conv1D's (in, out)
+    assert torch.equal(
+        stats.input_scale("b"), torch.tensor([[2.0], [0.0]]).expand(2, 3)
+    )  # per row of Conv1D's (in, out)
     again = RunningStats({"a": w_linear, "b": w_conv}, stats=("input_norm",), decay=0.5, in_dims={"b": 0})
     again.load_state_dict(stats.state_dict())
     assert {f: int(n) for f, n in again.inputs_seen.items()} == {"a": 2, "b": 1}

@@ -39,9 +39,9 @@ class NeuronPruning(Lifecycle):
     their gradients). When the schedule's target exceeds the fraction removed so far, each layer loses its
     lowest-scored neurons down to ``round(target · n)`` removed (from statistics averaged over the processes,
     decided on process 0 and broadcast); a removed neuron's weight rows and columns and biases are written into the
-    model's :class:`~lightning_prune.registry.MaskRegistry` and held at zero like every other mask. The masked model computes exactly what the
-    physically smaller model computes: :meth:`shrink_` (or :class:`~lightning_prune.callbacks.ExportPretrained`)
-    removes the neurons for real after training.
+    model's :class:`~lightning_prune.registry.MaskRegistry` and held at zero like every other mask. The masked
+    model computes exactly what the physically smaller model computes: :meth:`shrink_` (or
+    :class:`~lightning_prune.callbacks.ExportPretrained`) removes the neurons for real after training.
 
     Args:
         schedule: fraction of neurons removed, a :class:`~lightning_prune.schedules.Schedule` or ``{epoch: f}``.

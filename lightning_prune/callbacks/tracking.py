@@ -123,8 +123,8 @@ class ImportanceTracking(Lifecycle):
             self.stats = self._new_stats(needed)
         elif not set(needed) <= set(self.stats.stats):
             raise ValueError(
-                f"ImportanceTracking keeps {list(self.stats.stats)} from an earlier fit, but this fit needs {list(needed)}; "
-                "use a new ImportanceTracking for a new set of statistics."
+                f"ImportanceTracking keeps {list(self.stats.stats)} from an earlier fit, but this fit needs "
+                f"{list(needed)}; use a new ImportanceTracking for a new set of statistics."
             )
         if "input_norm" in self.stats.stats:
             for f, module in self._owners.items():
@@ -167,7 +167,7 @@ class ImportanceTracking(Lifecycle):
         the same values (called by the pruning callbacks before they score)."""
         if self.stats is None or trainer.world_size < 2 or "input_norm" not in self.stats.state:
             return
-        for f, t in self.stats.state["input_norm"].items():
+        for t in self.stats.state["input_norm"].values():
             t.copy_(trainer.strategy.reduce(t.float().clone(), reduce_op="mean"))
 
     # ---- checkpoint ----------------------------------------------------------------------------------------
