@@ -1,4 +1,5 @@
-"""Export: masks made permanent, save_pretrained, reload in plain transformers with the same logits."""
+"""Export: masks made permanent, save_pretrained, reload in plain transformers with the same logits; the training
+tokenizer saved beside the model, so AutoTokenizer and pipeline("text-generation") work on the directory."""
 
 import json
 
@@ -6,11 +7,14 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel, pipeline
 
+from lightning_prune import tokenizers
 from lightning_prune.callbacks.export import ExportPretrained, reload_class
+from lightning_prune.callbacks.report import greedy_continuation
+from lightning_prune.data import TextDataModule
 from lightning_prune.export import export_pretrained, make_permanent_
-from lightning_prune.lm import gpt2
+from lightning_prune.lm import CausalLM, gpt2
 
 
 def test_export_round_trip_reloads_with_identical_logits_and_reports_nonzeros(tmp_path):
@@ -101,3 +105,47 @@ def test_reload_class_falls_back_to_auto_model_and_names_unknown_architectures(t
     (tmp_path / "plain" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="'NoSuchModel'.*does not have"):
         reload_class(tmp_path / "plain")
+
+
+def _datamodule(tmp_path, kind: str) -> TextDataModule:
+    extra = {"vocab_size": 400, "cache_dir": str(tmp_path / "bpe")} if kind == "bpe" else {}
+    dm = TextDataModule(source="pydoc", tokenizer=kind, block_size=32, batch_size=4, **extra)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_exported_tokenizer_gives_the_training_token_ids(tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(tokenizers, "_CHUNK_CHARS", 997)  # many chunk boundaries, inside pydoc's indented lines
+    dm = _datamodule(tmp_path, kind)
+    model = gpt2(vocab_size=dm.vocab_size, n_layer=1, n_embd=16, n_head=2, n_positions=32)
+    report = export_pretrained(model, tmp_path / "out", tokenizer=dm.tokenizer)
+    assert report["tokenizer"] is not None and (tmp_path / "out" / "tokenizer.json").is_file()
+    saved = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert saved.model_max_length == 32  # the model's context
+    train_ids = tokenizers.encode_corpus(dm.tokenizer, dm.train_text).tolist()  # what training read
+    assert saved.encode(dm.train_text, add_special_tokens=False) == train_ids
+    assert saved.encode(dm.train_text) == train_ids  # no special tokens added by default either
+    blocks = dm.train_dataset.blocks.flatten().tolist()  # the packed training blocks: a prefix of those ids
+    assert train_ids[: len(blocks)] == blocks
+    assert saved.decode(train_ids) == dm.train_text
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_text_generation_pipeline_runs_offline_on_the_export(tmp_path, kind):
+    pl.seed_everything(0, verbose=False)
+    dm = _datamodule(tmp_path, kind)
+    module = CausalLM(vocab_size=dm.vocab_size, n_layer=1, n_embd=32, n_head=2, n_positions=32, warmup_steps=1)
+    out = tmp_path / "out"
+    trainer = pl.Trainer(
+        max_steps=3, limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[ExportPretrained(str(out))],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    report = json.loads((out / "export.json").read_text())
+    assert report["tokenizer_matches_training"] is True and report["max_logit_difference"] == 0.0
+    generate = pipeline("text-generation", model=str(out), device="cpu")
+    prompt = "The import statement"
+    text = generate(prompt, max_new_tokens=12, do_sample=False)[0]["generated_text"]
+    # the pipeline's greedy text is what the trained model continues the training-tokenized prompt with
+    assert text == prompt + greedy_continuation(module.model, dm.tokenizer, prompt, 12, 32)
