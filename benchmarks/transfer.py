@@ -172,6 +172,22 @@ PRETRAIN_FIELDS = (
 )
 
 
+# the Config fields that change what a fine-tuning run measures: runs are reused only where all of them match
+RUN_FIELDS = (
+    *PRETRAIN_FIELDS,
+    "finetune_source",
+    "batch_size",
+    "epochs",
+    "epoch_batches",
+    "prune_start_epoch",
+    "prune_end_epoch",
+    "lr",
+    "warmup_steps",
+    "calibration_batches",
+    "threads",
+)
+
+
 # ---- data and model --------------------------------------------------------------------------------------------
 
 _DATA: dict[tuple[str, int, int, int], TextDataModule] = {}
@@ -289,7 +305,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     method, target, seed = job["method"], job["target"], job["seed"]
     torch.set_num_threads(cfg.threads)
     quiet()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     dm = data(cfg.finetune_source, cfg, cfg.batch_size, seed)
     state = torch.load(job["pretrained"], map_location="cpu", weights_only=False)["state_dict"]
     teacher = None
@@ -340,6 +356,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "sparsity": sparsity,
         "steps": fit.global_step,
         "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,  # this process's CPU time: the run's cost on one core
         "teacher": job.get("teacher_kind"),
     }
     events = [cb.events for cb in callbacks if isinstance(cb, ScheduledPruning)]
@@ -441,6 +458,12 @@ def goals(table: dict[str, dict[str, Any]], cfg: Config) -> dict[str, Any]:
     return out
 
 
+def ordered(rows: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Rows in reading order: ModelPruning, one-shot, ours, ours with distillation (each kept in run order)."""
+    rank = {MP_LTH: 0, MP_BEST: 1, MP_ROW: 2, ONESHOT_MAG: 3, ONESHOT_WANDA: 4}
+    return sorted(rows.items(), key=lambda kv: rank.get(kv[0], 6 if "distillation" in kv[0] else 5))
+
+
 def table_md(summary: dict[str, Any], cfg: Config) -> str:
     head = "| method | " + " | ".join(f"ppl @ {t:.0%} | × dense @ {t:.0%} (min–max)" for t in cfg.targets) + " |"
     lines = [head, "|---" * (1 + 2 * len(cfg.targets)) + "|"]
@@ -448,7 +471,7 @@ def table_md(summary: dict[str, Any], cfg: Config) -> str:
     if dense:
         cell = f"{dense['mean']:.4f} | 1.000"
         lines.append("| dense fine-tuning | " + " | ".join(cell for _ in cfg.targets) + " |")
-    for m, by in summary["rows"].items():
+    for m, by in ordered(summary["rows"]):
         cells = []
         for t in cfg.targets:
             c = by.get(f"{t:g}")
@@ -456,7 +479,7 @@ def table_md(summary: dict[str, Any], cfg: Config) -> str:
                 cells.append("— | —")
                 continue
             r, p = c["ratio"], c["val_ppl"]
-            note = f" ({c['configuration'].removeprefix('ModelPruning ')})" if "configuration" in c else ""
+            note = " " + c["configuration"].removeprefix("ModelPruning ") if "configuration" in c else ""
             cells.append(f"{p['mean']:.4f} | {r['mean']:.3f} ({r['min']:.3f}–{r['max']:.3f}){note}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -472,7 +495,7 @@ def plot(summary: dict[str, Any], cfg: Config, path: Path) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (m, by) in enumerate(summary["rows"].items()):
+    for i, (m, by) in enumerate(ordered(summary["rows"])):
         if m in (MP_LTH, MP_BEST):
             continue
         ts = [t for t in cfg.targets if f"{t:g}" in by]
@@ -512,6 +535,10 @@ def parse_args() -> tuple[Config, argparse.Namespace]:
     parser.add_argument("--cache", type=Path, help="folder of the pretrained checkpoint (default results/cache)")
     parser.add_argument("--out", type=Path, help="JSON path (default results/transfer.json; --quick: a temp file)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--reuse", action="store_true", help="keep the runs already in --out made with these settings")
+    parser.add_argument(
+        "--summarize-only", action="store_true", help="run nothing: recompute the summary, table and plot of --out"
+    )
     args = parser.parse_args()
     cfg = Config(**QUICK) if args.quick else Config()
     tmp = Path(tempfile.gettempdir())
@@ -571,9 +598,28 @@ def announce(row: dict[str, Any]) -> None:
     )
 
 
+def resummarize(cfg: Config, args: argparse.Namespace) -> None:
+    """Recompute the summary, CPU totals, table and plot of the runs already in ``args.out``."""
+    result = json.loads(args.out.read_text())
+    saved = result["conditions"]["config"]
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    rows = result["runs"]
+    result["summary"] = summarize(rows, cfg)
+    result["conditions"]["run_cpu_seconds_total"] = sum(r.get("cpu_seconds", 0.0) for r in rows)
+    result["conditions"]["runs_with_cpu_seconds"] = sum("cpu_seconds" in r for r in rows)
+    args.out.write_text(json.dumps(result, indent=2))
+    if not args.no_plot and plot(result["summary"], cfg, args.out.with_suffix(".png")):
+        print(f"wrote {args.out.with_suffix('.png')}")
+    print(table_md(result["summary"], cfg))
+    print(f"\nbest running criterion: {result['summary']['best_criterion']}")
+
+
 def main() -> None:
     cfg, args = parse_args()
     quiet()
+    if args.summarize_only:
+        resummarize(cfg, args)
+        return
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
     pretrained, pre_info = pretrain(cfg, args.cache)
@@ -584,7 +630,10 @@ def main() -> None:
     start_model = new_model(cfg, dm.vocab_size)
     start_model.load_state_dict(torch.load(pretrained, map_location="cpu", weights_only=False)["state_dict"])
     before_ft = perplexity(start_model, dm.val_dataset.blocks)
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = reusable_runs(args.out, cfg) if args.reuse else []
+    earlier = json.loads(args.out.read_text())["conditions"]["wall_seconds"] if rows else 0.0
+    started -= earlier  # wall time of the runs reused, so the total stays the benchmark's
+    done = {(r["method"], r["target"], r["seed"]) for r in rows}
     base = {"cfg": {k: v for k, v in asdict(cfg).items() if k != "extra"}, "pretrained": str(pretrained)}
     dense_paths = {s: args.cache / f"dense-ft-{pretrain_key(cfg)}-{hash_cfg(cfg)}-seed{s}.pt" for s in cfg.seeds}
 
@@ -601,6 +650,7 @@ def main() -> None:
             if m == "dense":
                 job["save_to"] = str(dense_paths[s])
             jobs.append(job)
+    jobs = [j for j in jobs if (j["method"], j["target"], j["seed"]) not in done]
     jobs.sort(key=lambda j: j["method"] != "dense")  # the teachers first
     execute(jobs, cfg, rows, write)
     best = summarize(rows, cfg)["best_criterion"]
@@ -610,10 +660,13 @@ def main() -> None:
             name = f"ours + distillation ({teacher}): {best}"
             for s in cfg.seeds:
                 path = dense_paths[s] if teacher == "finetuned" else pretrained
+                if not Path(path).exists():
+                    raise SystemExit(f"the dense fine-tuned teacher {path} is missing: run without --reuse.")
                 for t in cfg.targets:
                     jobs.append(
                         {**base, "method": name, "target": t, "seed": s, "teacher": str(path), "teacher_kind": teacher}
                     )
+        jobs = [j for j in jobs if (j["method"], j["target"], j["seed"]) not in done]
         for job in jobs:  # the pretrained checkpoint holds its state dict under a key: extract it once
             if job["teacher_kind"] == "pretrained":
                 flat = args.cache / f"pretrained-{pretrain_key(cfg)}-weights.pt"
@@ -631,7 +684,21 @@ def main() -> None:
 
 
 def hash_cfg(cfg: Config) -> str:
-    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    """A short key of the settings that change what a fine-tuning run measures (:data:`RUN_FIELDS`)."""
+    blob = json.dumps({f: getattr(cfg, f) for f in RUN_FIELDS}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def reusable_runs(path: Path, cfg: Config) -> list[dict[str, Any]]:
+    """The runs of an earlier result at ``path`` made with the same run settings (none if there is no file)."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    old_cfg, new_cfg = old["conditions"]["config"], asdict(cfg)
+    differ = [f for f in RUN_FIELDS if json.dumps(old_cfg.get(f)) != json.dumps(new_cfg[f])]
+    if differ:
+        raise SystemExit(f"--reuse: {path} was measured with other settings ({differ}); drop --reuse or change --out.")
+    return old["runs"]
 
 
 def report(
@@ -677,6 +744,8 @@ def report(
             "load_average_1_5_15min_at_end": os.getloadavg(),
             "wall_seconds": seconds,
             "run_seconds_total": sum(r["seconds"] for r in rows),
+            "run_cpu_seconds_total": sum(r.get("cpu_seconds", 0.0) for r in rows),
+            "runs_with_cpu_seconds": sum("cpu_seconds" in r for r in rows),
             "quick": args.quick,
         },
         "pretraining": pre_info,
