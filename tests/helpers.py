@@ -50,6 +50,10 @@ class TinyLM(pl.LightningModule):
         self.log("loss", loss)
         return loss
 
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x).flatten(0, 1), y.flatten()))
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer == "sgd":
             return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
