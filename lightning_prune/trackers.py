@@ -81,8 +81,8 @@ class RunningStats:
         dtype: dtype of the state tensors (``torch.bfloat16`` halves the memory of ``float32``).
         window: number of most recent snapshots in ``time_weighted`` (None: all, kept as a running sum).
         weighting: snapshot weighting c(i): ``"sqrt"`` (default), ``"linear"``, ``"uniform"`` or a callable.
-        in_dims: ``{fqn: dim}`` of the input features of each 2-D weight, for ``input_norm`` (default 1, as in
-            ``nn.Linear``; 0 for ``transformers``' Conv1D).
+        in_dims: ``{fqn: dim}`` of the input features of the 2-D weights whose inputs ``input_norm`` measures (1, as
+            in ``nn.Linear``; 0 for ``transformers``' Conv1D); default: every 2-D weight, with dim 1.
         sections: ``{fqn: k}`` for a weight whose output rows fall in k equal blocks fed by k different inputs
             (``nn.MultiheadAttention.in_proj_weight``: query, key, value); ``input_norm`` keeps one row of norms per
             block.
@@ -130,7 +130,8 @@ class RunningStats:
         self.skipped = 0  # steps skipped for non-finite gradients
         self.snapshots = 0  # snapshots taken for time_weighted
         self.state: dict[str, dict[str, Tensor]] = {}
-        self.in_dims = {f: (in_dims or {}).get(f, 1) for f, p in params.items() if p.dim() == 2}
+        two_d = [f for f, p in params.items() if p.dim() == 2]
+        self.in_dims = {f: 1 for f in two_d} if in_dims is None else {f: in_dims[f] for f in two_d if f in in_dims}
         self.layouts = dict(layouts or {})
         self.sections = {f: (sections or {}).get(f, 1) for f in self.in_dims}
         full = {f: self.layouts[f].shape if f in self.layouts else tuple(p.shape) for f, p in params.items()}

@@ -20,7 +20,10 @@ from lightning_prune import AtEpochs, ImportanceTracking, ScheduledPruning
 
 
 class RankNoise:
-    """Scores that differ on every process: only the broadcast from rank 0 can make the masks agree."""
+    """Scores that differ on every process: only the broadcast from rank 0 can make the masks agree. It asks the
+    tracker for ``input_norm`` too, a statistic each process gathers from its own batches."""
+
+    stats = ("taylor", "input_norm")
 
     def __call__(self, fqn: str, weight: torch.Tensor, stats: object) -> torch.Tensor:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -31,6 +34,11 @@ class RankNoise:
 class SaveRankState(Callback):
     def __init__(self, tracking: ImportanceTracking, pruning: ScheduledPruning, out: str) -> None:
         self.tracking, self.pruning, self.out = tracking, pruning, out
+        self.input_norms: list[dict[str, torch.Tensor]] = []  # as the pruning events read them
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if len(self.pruning.events) > len(self.input_norms):
+            self.input_norms.append({f: t.clone() for f, t in self.tracking.stats.state["input_norm"].items()})
 
     def on_train_end(self, trainer, pl_module):
         state = {
@@ -38,6 +46,7 @@ class SaveRankState(Callback):
             "taylor": {f: self.tracking.stats.value("taylor", f).cpu() for f in self.tracking.fqns},
             "weights": {f: p.detach().cpu() for f, p in self.pruning._params.items()},
             "steps": self.tracking.stats.steps,
+            "input_norms": self.input_norms,
             "own_scores": {f: RankNoise()(f, p, None) for f, p in self.pruning._params.items()},
         }
         torch.save(state, Path(self.out) / f"rank{trainer.global_rank}.pt")
@@ -46,7 +55,7 @@ class SaveRankState(Callback):
 def run(out: str, strategy: str) -> None:
     pl.seed_everything(0, verbose=False)
     torch.manual_seed(trainer_rank_seed())  # under "ddp" each process runs this script: inits differ, DDP syncs them
-    tracking = ImportanceTracking(stats=("taylor",))
+    tracking = ImportanceTracking()
     pruning = ScheduledPruning(AtEpochs({1: 0.3, 2: 0.6}), criterion=RankNoise())
     trainer = pl.Trainer(
         accelerator="cpu",

@@ -19,6 +19,10 @@ def _check_ranks(out: Path) -> None:
         assert torch.equal(r0["masks"][f], r1["masks"][f]), f  # ...yet holds rank 0's masks
         assert torch.equal(r0["taylor"][f], r1["taylor"][f]), f
         assert torch.equal(r0["weights"][f], r1["weights"][f]), f
+    assert len(r0["input_norms"]) == 2  # one per pruning event: averaged over the processes before scoring
+    for n0, n1 in zip(r0["input_norms"], r1["input_norms"]):
+        assert all(torch.equal(n0[f], n1[f]) for f in n0)
+        assert all(n0[f].abs().sum() > 0 for f in n0 if "out_proj" not in f)  # out_proj is read without forward
     total = sum(m.numel() for m in r0["masks"].values())
     assert sum(int((~m).sum()) for m in r0["masks"].values()) == round(0.6 * total)
 

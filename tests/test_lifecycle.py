@@ -24,7 +24,9 @@ def test_weight_averaging_beside_pruning_keeps_every_pruned_entry_zero(averaging
     pl.seed_everything(0, verbose=False)
     model = TinyLM()
     pruning = ScheduledPruning(AtEpochs({2: 0.5}), criterion="magnitude")  # after the average holds dense weights
-    average = EMAWeightAveraging(decay=0.5) if averaging == "ema" else StochasticWeightAveraging(1e-2, swa_epoch_start=1)
+    average = (
+        EMAWeightAveraging(decay=0.5) if averaging == "ema" else StochasticWeightAveraging(1e-2, swa_epoch_start=1)
+    )
     t = trainer(callbacks=[average, pruning], max_epochs=4)  # the averaging callback runs first
     t.fit(model, token_loader(), val_dataloaders=token_loader(n=16))
     weights = dict(model.named_parameters())

@@ -130,7 +130,7 @@ def test_bad_arguments():
 def test_input_norm_is_a_running_mean_of_squared_inputs_per_feature():
     w_linear = torch.nn.Parameter(torch.ones(3, 2))  # (out, in)
     w_conv = torch.nn.Parameter(torch.ones(2, 3))  # Conv1D: (in, out)
-    stats = RunningStats({"a": w_linear, "b": w_conv}, stats=("input_norm",), decay=0.5, in_dims={"b": 0})
+    stats = RunningStats({"a": w_linear, "b": w_conv}, stats=("input_norm",), decay=0.5, in_dims={"a": 1, "b": 0})
     assert stats.add_inputs("a", torch.tensor([[[1.0, 2.0], [3.0, 0.0]]]))  # (1, 2 tokens, 2 features)
     assert stats.state["input_norm"]["a"].tolist() == [
         [5.0, 2.0]
@@ -147,7 +147,7 @@ def test_input_norm_is_a_running_mean_of_squared_inputs_per_feature():
     assert torch.equal(
         stats.input_scale("b"), torch.tensor([[2.0], [0.0]]).expand(2, 3)
     )  # per row of Conv1D's (in, out)
-    again = RunningStats({"a": w_linear, "b": w_conv}, stats=("input_norm",), decay=0.5, in_dims={"b": 0})
+    again = RunningStats({"a": w_linear, "b": w_conv}, stats=("input_norm",), decay=0.5, in_dims={"a": 1, "b": 0})
     again.load_state_dict(stats.state_dict())
     assert {f: int(n) for f, n in again.inputs_seen.items()} == {"a": 2, "b": 1}
     assert torch.equal(again.input_scale("a"), stats.input_scale("a"))
