@@ -1,4 +1,5 @@
-"""The recipes through the `lightning-prune` CLI: every YAML parses; the main job runs end to end (few steps)."""
+"""The recipes through the `lightning-prune` CLI: every YAML parses; the main job runs end to end (few steps), dense
+with `--dense true`, and its shipped dense reference was measured with the recipe's budget."""
 
 import json
 import math
@@ -7,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_prune import ImportanceTracking, PruningReport, ScheduledPruning
 from lightning_prune.cli import cli
 
 RECIPES = Path(__file__).parent.parent / "recipes"
+SHIPPED = RECIPES / "main_dense.json"  # the main recipe's dense reference, written by a --dense run of it
 FAST = [
     "--trainer.max_epochs=8",
     "--trainer.limit_train_batches=2",
@@ -72,21 +75,81 @@ def test_hub_recipe_loads_model_tokenizer_and_dataset_by_name(tmp_path, monkeypa
     assert c.trainer.global_step == 2
 
 
-def test_main_recipe_runs_end_to_end_and_reports(tmp_path):
+def test_main_recipe_runs_end_to_end_and_reports(tmp_path, monkeypatch):
+    monkeypatch.chdir(RECIPES.parent)  # the recipe names its reference relative to the repository root
     args = ["fit", "--config", str(RECIPES / "main.yaml"), *FAST, *_redirect(tmp_path)]
     c = cli(args)
     pruning = next(cb for cb in c.trainer.callbacks if type(cb).__name__ == "ScheduledPruning")
     assert [e["target"] for e in pruning.events] == [0.2, 0.4, 0.6]
     assert pruning.events[-1]["sparsity"] == pytest.approx(0.6, abs=1e-3)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["pruned"]["sparsity"] == pytest.approx(0.6, abs=1e-3) and report["dense"]["epoch"] == 2
+    assert report["final"]["sparsity"] == pytest.approx(0.6, abs=1e-3) and report["final_label"] == "weights pruned"
+    assert report["dense_before_pruning"]["epoch"] == 2
+    # the shipped reference has the recipe's budget, not these few steps: it is refused, naming why
+    assert report["dense_same_budget"] is None and report["reference"]["used"] is False
+    if SHIPPED.is_file():
+        assert "trainer.limit_train_batches: 2 vs 180" in report["reference"]["why"]
+    else:
+        assert report["reference"]["why"] == "reference file recipes/main_dense.json not found"
+    samples = report["samples"]
+    assert samples["prompt"] == "And I saw" and samples["new_tokens"] == 60
+    assert isinstance(samples["dense_before_pruning"], str) and isinstance(samples["final"], str)
     assert (tmp_path / "report.png").stat().st_size > 0
     for record in report["records"]:  # perplexity of the same epoch as the loss: exp(mean token NLL)
         assert math.log(record["val_ppl"]) == pytest.approx(record["val_loss"], abs=2e-3), record
     export = json.loads((tmp_path / "pruned_model" / "export.json").read_text())
-    assert export["max_logit_difference"] == 0.0
+    assert export["max_logit_difference"] == 0.0 and export["tokenizer_matches_training"] is True
+    assert (tmp_path / "pruned_model" / "tokenizer.json").is_file()
     ckpts = list(tmp_path.rglob("*.ckpt"))
     assert ckpts and "ScheduledPruning" in torch.load(ckpts[0], weights_only=False)["callbacks"]
+
+
+def test_dense_flag_trains_the_same_budget_reference_of_the_pruned_run(tmp_path):
+    dense = cli(["fit", "--config", str(RECIPES / "main.yaml"), *FAST, *_redirect(tmp_path / "dense"), "--dense=true"])
+    kinds = {type(cb) for cb in dense.trainer.callbacks}
+    assert not kinds & {ScheduledPruning, ImportanceTracking} and PruningReport in kinds
+    reference = json.loads((tmp_path / "dense" / "report.json").read_text())
+    assert reference["final_label"] == "dense" and reference["nonzero"] == reference["parameters"]
+    pruned = cli(["--config", str(RECIPES / "main.yaml"), *FAST, *_redirect(tmp_path / "pruned")], run=False)
+    next(cb for cb in pruned.trainer.callbacks if isinstance(cb, PruningReport)).reference = str(
+        tmp_path / "dense" / "report.json"
+    )
+    pruned.trainer.fit(pruned.model, datamodule=pruned.datamodule)
+    report = json.loads((tmp_path / "pruned" / "report.json").read_text())
+    assert report["reference"]["used"] is True and report["budget"] == reference["budget"]
+    assert report["dense_same_budget"]["val_loss"] == reference["final"]["val_loss"]
+    assert report["dense_same_budget"]["step"] == report["final"]["step"] == 16
+    # epochs 0-2 are the same training in both runs
+    assert report["reference"]["check"] == {"validations_before_pruning": 3, "max_abs_val_loss_difference": 0.0}
+    assert report["samples"]["dense_same_budget"] == reference["samples"]["final"]
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="recipes/main_dense.json not measured yet (see recipes/main.yaml)")
+def test_shipped_dense_reference_was_measured_with_the_main_recipe_budget():
+    import yaml
+
+    recipe = yaml.safe_load((RECIPES / "main.yaml").read_text())
+    reference = json.loads(SHIPPED.read_text())
+    budget = reference["budget"]
+    assert reference["final_label"] == "dense" and any(
+        a.startswith("--dense") for a in reference["measured_with"]["argv"]
+    )
+    assert budget["seed"] == str(recipe["seed_everything"])
+    assert (
+        budget["trainer"]["optimizer_steps"]
+        == recipe["trainer"]["max_epochs"] * recipe["trainer"]["limit_train_batches"]
+    )
+    for key in ("max_epochs", "limit_train_batches", "limit_val_batches", "gradient_clip_val"):
+        assert budget["trainer"][key] == recipe["trainer"][key], key
+    assert budget["trainer"]["precision"] == recipe["trainer"]["precision"]
+    assert budget["model"].items() >= recipe["model"]["init_args"].items()
+    assert budget["data"].items() >= recipe["data"].items()
+    report = next(cb for cb in recipe["trainer"]["callbacks"] if "PruningReport" in str(cb))["init_args"]
+    assert (
+        reference["samples"]["prompt"] == report["prompt"]
+        and reference["samples"]["new_tokens"] == report["sample_tokens"]
+    )
+    assert [r["epoch"] for r in reference["records"]] == list(range(recipe["trainer"]["max_epochs"]))
 
 
 def test_block_size_beyond_the_model_context_is_rejected(tmp_path):
