@@ -75,7 +75,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from typing_extensions import override
 
 from lightning_prune import AtSteps, ImportanceTracking, RunningStats, ScheduledPruning, select_parameters
-from lightning_prune.masks import apply_masks_, mask_factors
+from lightning_prune.masks import apply_masks_
+from lightning_prune.registry import registry_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_STEP_RATIO = 1.05  # step time with statistics updated every step, relative to plain
@@ -413,11 +414,13 @@ def profile_update(shape: Shape, repeats: int) -> dict[str, Any]:
     grads = {f: p.grad for f, p in params.items()}
     pruned = {f: torch.rand(p.shape) < 0.5 for f, p in params.items()}
     parts: Parts = {str(d).removeprefix("torch."): stats_parts(params, d) for d in (torch.float32, torch.bfloat16)}
-    factors = mask_factors(pruned, params)  # what the callbacks hold the masks with
+    registry = registry_of(module)  # what the callbacks hold the masks with
+    registry.resolve(module)
+    registry.write("benchmark", {f: ~m for f, m in pruned.items()})
     parts["masks"] = {
-        "apply_masks_(grads, factors) in on_before_optimizer_step": lambda: apply_masks_(grads, pruned, factors),
-        "apply_masks_(weights, factors) after optimizer.step": lambda: apply_masks_(params, pruned, factors),
-        "for comparison: apply_masks_(weights) without factors (masked_fill_)": lambda: apply_masks_(params, pruned),
+        "MaskRegistry: gradients before optimizer.step": registry._mask_grads,
+        "MaskRegistry: weights after optimizer.step": registry._mask_weights,
+        "for comparison: apply_masks_(weights) (masked_fill_)": lambda: apply_masks_(params, pruned),
     }
     parts["candidates"] = candidate_parts(list(grads.values()), list(pruned.values()))
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
@@ -426,7 +429,7 @@ def profile_update(shape: Shape, repeats: int) -> dict[str, Any]:
     out["ops"] = {
         "RunningStats.update float32": top_ops(parts["float32"]["RunningStats.update (total)"], repeats),
         "RunningStats.update bfloat16": top_ops(parts["bfloat16"]["RunningStats.update (total)"], repeats),
-        "apply_masks_ (grads + weights)": top_ops(
+        "MaskRegistry (grads + weights)": top_ops(
             lambda: [f() for k, f in parts["masks"].items() if not k.startswith("for comparison")], repeats
         ),
     }

@@ -38,13 +38,12 @@ import math
 import re
 import struct
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.optim import Optimizer
 
 from lightning_prune.shards import Layout, all_reduce_, same_everywhere
 
@@ -56,9 +55,7 @@ __all__ = [
     "apply_masks_",
     "compute_masks",
     "global_masks",
-    "hold_",
     "layer_masks",
-    "mask_factors",
     "nm_masks",
     "output_masks",
     "pack_mask",
@@ -606,31 +603,13 @@ def unpack_mask(packed: Tensor, shape: Sequence[int] | torch.Size) -> Tensor:
 
 
 @torch.no_grad()
-def apply_masks_(
-    tensors: Mapping[str, Tensor | None], pruned: Mapping[str, Tensor], factors: Mapping[str, Tensor] | None = None
-) -> None:
-    """Set the pruned entries (``pruned[fqn]`` True) of each tensor to exactly zero, in place.
-
-    With ``factors`` (from :func:`mask_factors`: the masks as 0/1 in each tensor's dtype) CPU tensors are
-    multiplied in one ``torch._foreach_mul_``, tens of times faster than ``masked_fill_`` there; since NaN·0 is
-    NaN, a tensor left non-finite afterwards is masked again with ``masked_fill_``, so pruned entries are exact
-    zeros in every case. That check reads a value back, free on the CPU but a sync on an accelerator, where
-    ``masked_fill_`` is fast anyway and is used directly. ``None`` tensors (no gradient) are skipped.
-    """
-    fqns = [f for f in pruned if tensors[f] is not None]
-    if factors is not None and fqns and all(f in factors for f in fqns):
-        held = [tensors[f] for f in fqns]
-        torch._foreach_mul_(held, [factors[f] for f in fqns])
-        if all_finite(held):
-            return
-    for f in fqns:
-        tensors[f].masked_fill_(pruned[f], 0)
-
-
-def mask_factors(pruned: Mapping[str, Tensor], like: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``{fqn: 0/1 tensor}``: 0 where pruned, in the dtype of ``like[fqn]``, for the CPU tensors only (the fast
-    path of :func:`apply_masks_`; elsewhere ``masked_fill_`` needs no copy)."""
-    return {f: (~m).to(like[f].dtype) for f, m in pruned.items() if like[f].device.type == "cpu"}
+def apply_masks_(tensors: Mapping[str, Tensor | None], pruned: Mapping[str, Tensor]) -> None:
+    """Set the pruned entries (``pruned[fqn]`` True) of each tensor to exactly zero, in place (also over NaN).
+    ``None`` tensors (no gradient) are skipped. Training holds masks through
+    :class:`~lightning_prune.registry.MaskRegistry`; this is for one-off use (export, recipes)."""
+    for f in pruned:
+        if tensors[f] is not None:
+            tensors[f].masked_fill_(pruned[f], 0)
 
 
 @torch.no_grad()
@@ -645,18 +624,6 @@ def all_finite(tensors: list[Tensor]) -> bool:
     if bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors, 2))).all()):
         return True
     return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
-@torch.no_grad()
-def hold_(params: Mapping[str, Tensor], pruned: Mapping[str, Tensor], optimizers: Iterable[Optimizer] = ()) -> None:
-    """Zero the pruned entries of the weights and of every optimizer state tensor shaped like them (Adam's
-    ``exp_avg``/``exp_avg_sq``, SGD's ``momentum_buffer``), so that with masked gradients they stay zero."""
-    apply_masks_(params, pruned)
-    for optimizer in optimizers:
-        for fqn, mask in pruned.items():
-            for value in optimizer.state.get(params[fqn], {}).values():
-                if isinstance(value, Tensor) and value.shape == mask.shape:
-                    value.masked_fill_(mask, 0)
 
 
 @torch.no_grad()

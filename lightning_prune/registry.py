@@ -176,6 +176,7 @@ class MaskRegistry:
                     local(shadow[fqn]).masked_fill_(pruned.to(local(shadow[fqn]).device), 0)
 
     def nbytes(self) -> int:
-        """Bytes held by the masks (writers' and the union)."""
+        """Bytes held by the masks (writers' and the union; a tensor shared by both counts once)."""
         held = [*self.keep.values(), *(m for masks in self.writers.values() for m in masks.values())]
-        return sum(t.numel() * t.element_size() for t in held)
+        unique = {t.data_ptr(): t for t in held}
+        return sum(t.numel() * t.element_size() for t in unique.values())
