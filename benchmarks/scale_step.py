@@ -1,0 +1,149 @@
+"""Per-step and per-event cost of tracking + pruning on a GPT-2-small config (124 M parameters), on the CPU.
+
+Two copies of the same model train side by side in one process, in interleaved rounds (the order alternates every
+round, so drift in the machine's load falls on both): *plain* (forward, backward, AdamW step) and *pruned* (the same,
+plus what ``ImportanceTracking`` + ``ScheduledPruning`` add to a step once masks exist: the running Taylor statistic
+over the block weights and the registry's two fused mask passes around ``optimizer.step``). The pruning event
+(scores, exact global selection, registry write, exact enforcement in weights and AdamW state) is timed once.
+Bytes per parameter of masks (in memory and bit-packed) and of the statistic are measured from the tensors held.
+
+``python benchmarks/scale_step.py`` (≈ 5 minutes on 2 cores); ``--quick`` for a 2-layer model. Writes
+``benchmarks/results/scale_step.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lightning_prune.masks import compute_masks, pack_mask
+from lightning_prune.registry import registry_of
+from lightning_prune.selection import select_parameters
+from lightning_prune.trackers import RunningStats
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_RATIO = 1.05  # step time of tracking + pruning relative to plain training
+
+
+def step(model: GPT2LMHeadModel, opt: torch.optim.Optimizer, ids: torch.Tensor, stats: RunningStats | None) -> None:
+    """One training step; with ``stats``, the tracker's update runs where Lightning calls it (before the step)."""
+    model(input_ids=ids, labels=ids).loss.backward()
+    if stats is not None:
+        stats.update(dict(stats.params))
+    opt.step()  # with masks, the registry's pre- and post-hooks run here
+    opt.zero_grad(set_to_none=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    n_layer = 2 if args.quick else 12
+    config = GPT2Config(n_layer=n_layer, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
+    plain = GPT2LMHeadModel(config)
+    pruned = copy.deepcopy(plain)
+    opts = {
+        name: torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.1)
+        for name, m in (("plain", plain), ("pruned", pruned))
+    }
+    ids = torch.randint(0, config.vocab_size, (args.batch, args.seq))
+    params = {f: p for f, (_, p) in select_parameters(pruned).items()}
+    stats = RunningStats(params, stats=("taylor",))
+    stats.params = params  # what the callback hands the tracker each step
+    step(plain, opts["plain"], ids, None)
+    step(pruned, opts["pruned"], ids, stats)
+
+    registry = registry_of(pruned)
+    registry.resolve(pruned)
+    start = time.perf_counter()
+    scores = {f: stats.value("taylor", f) for f in params}
+    masks = compute_masks(scores, args.sparsity, "global")
+    registry.write("ScheduledPruning", masks)
+    registry.attach([opts["pruned"]])
+    registry.enforce_([opts["pruned"]])
+    event_s = time.perf_counter() - start
+    del scores
+
+    times: dict[str, list[float]] = {"plain": [], "pruned": []}
+    for r in range(args.rounds):
+        order = ["plain", "pruned"] if r % 2 == 0 else ["pruned", "plain"]
+        for name in order:
+            model = plain if name == "plain" else pruned
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step(model, opts[name], ids, stats if name == "pruned" else None)
+            times[name].append((time.perf_counter() - t0) / args.steps)
+    ratios = [b / a for a, b in zip(times["plain"], times["pruned"])]
+    zeros = sum(int((p == 0).sum()) for p in params.values())
+    numel = sum(p.numel() for p in params.values())
+    packed = sum(pack_mask(m).numel() for m in registry.keep.values())
+    return {
+        "conditions": {
+            "model": f"GPT-2 config, {n_layer} layers × 768, vocab {config.vocab_size}",
+            "parameters": sum(p.numel() for p in plain.parameters()),
+            "pruned_parameters": numel,
+            "batch": [args.batch, args.seq],
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "steps_per_round": args.steps,
+            "sparsity": args.sparsity,
+            "statistic": "taylor (float32)",
+        },
+        "step_seconds": times,
+        "ratio_per_round": ratios,
+        "ratio_median": statistics.median(ratios),
+        "target_ratio": TARGET_RATIO,
+        "event_seconds": event_s,
+        "event_in_plain_steps": event_s / statistics.median(times["plain"]),
+        "measured_sparsity": zeros / numel,
+        "bytes_per_parameter": {
+            "masks_in_memory": registry.nbytes() / numel,
+            "masks_packed_in_checkpoint": packed / numel,
+            "statistic_taylor_float32": stats.nbytes() / numel,
+        },
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    b = result["bytes_per_parameter"]
+    rows = [
+        "| figure | measured |",
+        "|---|---|",
+        f"| step time, tracking + pruning / plain (median of {len(result['ratio_per_round'])} rounds) "
+        f"| {result['ratio_median']:.3f} (rounds {min(result['ratio_per_round']):.3f}–"
+        f"{max(result['ratio_per_round']):.3f}; target ≤ {result['target_ratio']}) |",
+        f"| plain step | {statistics.median(result['step_seconds']['plain']):.2f} s |",
+        f"| pruning event | {result['event_seconds']:.2f} s = {result['event_in_plain_steps']:.2f} plain steps |",
+        f"| masks in memory | {b['masks_in_memory']:.3f} B/param |",
+        f"| masks in a checkpoint (bit-packed) | {b['masks_packed_in_checkpoint']:.3f} B/param |",
+        f"| Taylor statistic (float32) | {b['statistic_taylor_float32']:.3f} B/param |",
+    ]
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 layers instead of 12")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=2, help="steps per configuration per round")
+    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "scale_step.json")
+    args = parser.parse_args()
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
