@@ -33,9 +33,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_RATIO = 1.05  # step time of tracking + pruning relative to plain training
 
 
-def step(model: GPT2LMHeadModel, opt: torch.optim.Optimizer, ids: torch.Tensor, stats: RunningStats | None) -> None:
+def step(
+    model: GPT2LMHeadModel, opt: torch.optim.Optimizer, ids: torch.Tensor, stats: RunningStats | None, bf16: bool
+) -> None:
     """One training step; with ``stats``, the tracker's update runs where Lightning calls it (before the step)."""
-    model(input_ids=ids, labels=ids).loss.backward()
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
     if stats is not None:
         stats.update(dict(stats.params))
     opt.step()  # with masks, the registry's pre- and post-hooks run here
@@ -45,29 +49,32 @@ def step(model: GPT2LMHeadModel, opt: torch.optim.Optimizer, ids: torch.Tensor, 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    n_layer = 2 if args.quick else 12
-    config = GPT2Config(n_layer=n_layer, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
-    plain = GPT2LMHeadModel(config)
+    n_layer = 2 if args.quick else args.layers
+    config = GPT2Config(n_layer=n_layer, n_embd=args.width, n_head=args.width // 64, n_positions=1024, vocab_size=50257)
+    plain = GPT2LMHeadModel(config).to(args.device)
     pruned = copy.deepcopy(plain)
     opts = {
         name: torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.1)
         for name, m in (("plain", plain), ("pruned", pruned))
     }
-    ids = torch.randint(0, config.vocab_size, (args.batch, args.seq))
+    ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), device=args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else lambda: None
     params = {f: p for f, (_, p) in select_parameters(pruned).items()}
     stats = RunningStats(params, stats=("taylor",))
     stats.params = params  # what the callback hands the tracker each step
-    step(plain, opts["plain"], ids, None)
-    step(pruned, opts["pruned"], ids, stats)
+    step(plain, opts["plain"], ids, None, args.bf16)
+    step(pruned, opts["pruned"], ids, stats, args.bf16)
 
     registry = registry_of(pruned)
     registry.resolve(pruned)
+    sync()
     start = time.perf_counter()
     scores = {f: stats.value("taylor", f) for f in params}
     masks = compute_masks(scores, args.sparsity, "global")
     registry.write("ScheduledPruning", masks)
     registry.attach([opts["pruned"]])
     registry.enforce_([opts["pruned"]])
+    sync()
     event_s = time.perf_counter() - start
     del scores
 
@@ -76,9 +83,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         order = ["plain", "pruned"] if r % 2 == 0 else ["pruned", "plain"]
         for name in order:
             model = plain if name == "plain" else pruned
+            sync()
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                step(model, opts[name], ids, stats if name == "pruned" else None)
+                step(model, opts[name], ids, stats if name == "pruned" else None, args.bf16)
+            sync()
             times[name].append((time.perf_counter() - t0) / args.steps)
     ratios = [b / a for a, b in zip(times["plain"], times["pruned"])]
     zeros = sum(int((p == 0).sum()) for p in params.values())
@@ -86,7 +95,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     packed = sum(pack_mask(m).numel() for m in registry.keep.values())
     return {
         "conditions": {
-            "model": f"GPT-2 config, {n_layer} layers × 768, vocab {config.vocab_size}",
+            "model": f"GPT-2 config, {n_layer} layers × {args.width}, vocab {config.vocab_size}",
+            "device": args.device,
+            "autocast": "bf16" if args.bf16 else "none (float32)",
             "parameters": sum(p.numel() for p in plain.parameters()),
             "pruned_parameters": numel,
             "batch": [args.batch, args.seq],
@@ -130,7 +141,11 @@ def table(result: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 layers instead of 12")
+    parser.add_argument("--quick", action="store_true", help="2 layers")
+    parser.add_argument("--layers", type=int, default=12, help="12 × 768: GPT-2 small; 24 × 1024: medium")
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--device", type=str, default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for forward")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=6)

@@ -9,6 +9,7 @@ from lightning_prune.callbacks import (
 )
 from lightning_prune.importance import CRITERIA, Criterion, get_criterion
 from lightning_prune.masks import compute_masks
+from lightning_prune.registry import MaskRegistry, registry_of
 from lightning_prune.schedules import AtEpochs, AtSteps, Cubic, Linear, OneShot, Schedule
 from lightning_prune.selection import select_parameters
 from lightning_prune.trackers import RunningStats
@@ -21,6 +22,7 @@ __all__ = [
     "Cubic",
     "ExportPretrained",
     "ImportanceTracking",
+    "MaskRegistry",
     "NeuronPruning",
     "PruningReport",
     "Linear",
@@ -30,6 +32,7 @@ __all__ = [
     "ScheduledPruning",
     "compute_masks",
     "get_criterion",
+    "registry_of",
     "select_parameters",
 ]
 __version__ = "0.1.0"
