@@ -137,3 +137,12 @@ def test_callbacks_prune_the_parameters_configure_model_creates():
     assert all(pruning.registry.params[f] is trained[f] for f in pruning.masks)
     total = sum(m.numel() for m in pruning.masks.values())
     assert sum(int((trained[f] == 0).sum()) for f in pruning.masks) == round(0.5 * total)
+
+
+@pytest.mark.parametrize("name", ["FSDPStrategy", "DeepSpeedStrategy"])
+def test_strategies_with_flat_parameters_are_refused_at_setup(name):
+    strategy = type(name, (), {})()  # FSDPStrategy refuses the CPU before setup: its name is what is checked
+    fake = type("Trainer", (), {"strategy": strategy, "max_epochs": 2, "max_steps": -1, "callbacks": []})()
+    for callback in (ScheduledPruning({1: 0.5}), ImportanceTracking(), NeuronPruning({1: 0.5})):
+        with pytest.raises(ValueError, match=f"{name} keeps parameters in flattened buffers.*ModelParallelStrategy"):
+            callback.setup(fake, TinyLM(), "fit")

@@ -49,7 +49,7 @@ from lightning_prune.registry import MaskRegistry, registry_of
 from lightning_prune.schedules import Schedule
 from lightning_prune.shards import Layout
 
-__all__ = ["SHARDED_PREFIX", "Lifecycle", "check_schedule_fits", "shadows"]
+__all__ = ["SHARDED_PREFIX", "Lifecycle", "check_schedule_fits", "check_strategy", "shadows"]
 
 SHARDED_PREFIX = "lightning_prune"  # key prefix of our per-shard tensors inside a distributed checkpoint
 _DTYPES = {str(d): d for d in (torch.bool, torch.uint8, torch.float32, torch.bfloat16, torch.float16, torch.int64)}
@@ -65,6 +65,21 @@ def check_schedule_fits(schedule: Schedule, trainer: pl.Trainer) -> None:
         total = trainer.estimated_stepping_batches
         if math.isfinite(total):
             schedule.check_fits(None, int(total))
+
+
+def check_strategy(strategy: Any) -> None:
+    """Refuse strategies whose parameters are flattened views the library cannot mask shard by shard.
+
+    Raises:
+        ValueError: for ``FSDPStrategy`` (FSDP1's flat parameters) and ``DeepSpeedStrategy`` (partitioned flat
+            buffers), naming ``ModelParallelStrategy`` (FSDP2, per-parameter ``DTensor`` shards) instead.
+    """
+    name = type(strategy).__name__
+    if name in ("FSDPStrategy", "DeepSpeedStrategy"):
+        raise ValueError(
+            f"{name} keeps parameters in flattened buffers that cannot be masked shard by shard; shard with "
+            "ModelParallelStrategy (FSDP2: fully_shard in configure_model) instead, or train with DDP."
+        )
 
 
 def shadows(trainer: pl.Trainer, registry: MaskRegistry) -> list[dict[str, Tensor]]:
@@ -122,6 +137,7 @@ class Lifecycle(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
+            check_strategy(trainer.strategy)
             self.check(trainer, pl_module)
 
     @override
