@@ -5,7 +5,8 @@ the parameters that really train. Each process writes the full (gathered, for th
 statistics and the scores of every pruning event to ``OUT/MODE.rank{r}.pt``.
 
 Run as ``python tests/fsdp_run.py OUT MODE [single]`` with MODE ``full`` (8 steps), ``first`` (4 steps: one epoch, then
-a checkpoint: distributed, or one file with ``single``) or ``resume`` (from that checkpoint to step 8).
+a checkpoint: distributed, or one file with ``single``), ``resume`` (from that checkpoint to step 8) or ``neurons``
+(``full`` with half the feed-forward neurons removed at step 1 as well).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lightning_prune import AtSteps, ImportanceTracking, ScheduledPruning
+from lightning_prune import AtSteps, ImportanceTracking, NeuronPruning, ScheduledPruning
 
 VOCAB, BLOCK = 64, 16
 
@@ -91,6 +92,7 @@ def run(out: Path, mode: str, distributed: bool = True) -> None:
     pl.seed_everything(0, verbose=False)
     tracking = ImportanceTracking(stats=("taylor",))
     pruning = RecordingPruning(AtSteps({2: 0.3, 6: 0.5}), criterion="taylor")
+    neurons = [NeuronPruning(AtSteps({1: 0.5}), "taylor")] if mode == "neurons" else []
     saving = (
         [ModelCheckpoint(dirpath=out, filename="first", every_n_train_steps=4, save_top_k=1)] if mode == "first" else []
     )
@@ -102,7 +104,7 @@ def run(out: Path, mode: str, distributed: bool = True) -> None:
         devices=2,
         strategy=strategy,
         max_steps=8,
-        callbacks=[tracking, pruning, StopAt(4 if mode == "first" else None), *saving],
+        callbacks=[tracking, *neurons, pruning, StopAt(4 if mode == "first" else None), *saving],
         logger=False,
         enable_checkpointing=bool(saving),
         enable_progress_bar=False,
@@ -123,6 +125,9 @@ def run(out: Path, mode: str, distributed: bool = True) -> None:
         "scores": pruning.recorded,
         "sparsity": pruning.sparsity,
         "events": pruning.events,
+        "removed": neurons[0].removed() if neurons else 0.0,
+        "union": full(registry, registry.keep),
+        "all_weights": {f: registry.params[f].full_tensor().detach().cpu() for f in registry.keep},
     }
     torch.save(state, out / f"{mode}.rank{trainer.global_rank}.pt")
 

@@ -67,3 +67,14 @@ def test_resume_ends_with_the_masks_and_statistics_of_an_uninterrupted_run(tmp_p
             assert torch.equal(resumed[r]["masks"][f], full[r]["masks"][f]), f
             assert torch.equal(resumed[r]["taylor"][f], full[r]["taylor"][f]), f
             assert torch.equal(resumed[r]["weights"][f], full[r]["weights"][f]), f
+
+
+def test_neuron_removal_on_sharded_weights_counts_towards_the_weight_target(tmp_path):
+    r0, r1 = _run(tmp_path, "neurons")
+    assert r0["removed"] == r1["removed"] == 0.5
+    total = sum(m.numel() for m in r0["masks"].values())
+    assert sum(int((w == 0).sum()) for w in r0["weights"].values()) == round(0.5 * total)  # zeros counted once
+    for f, keep in r0["union"].items():  # the feed-forward biases too: every writer's entries held
+        assert torch.equal(keep, r1["union"][f]), f
+        assert torch.all(r0["all_weights"][f][~keep] == 0), f
+    assert any("bias" in f for f in r0["union"])
