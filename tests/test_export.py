@@ -6,13 +6,14 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel, pipeline
 
 from lightning_prune import tokenizers
 from lightning_prune.callbacks.export import ExportPretrained, reload_class
 from lightning_prune.callbacks.report import greedy_continuation
-from lightning_prune.data import TextDataModule
+from lightning_prune.data import TextDataModule, pydoc_text
 from lightning_prune.export import export_pretrained, make_permanent_
 from lightning_prune.lm import CausalLM, gpt2
 
@@ -107,14 +108,28 @@ def test_reload_class_falls_back_to_auto_model_and_names_unknown_architectures(t
         reload_class(tmp_path / "plain")
 
 
+def _bpe_with_newline_merges() -> Tokenizer:
+    """A byte-level BPE trained on whole texts, not line by line: like GPT-2's, it merges a newline with the
+    indentation after it, so a corpus cut into pieces at arbitrary line ends would encode differently."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator([pydoc_text()], trainer=trainer)
+    assert {"ĊĠ", "ĊĠĠ"} <= set(tok.get_vocab())  # newline + spaces
+    return tok
+
+
 def _datamodule(tmp_path, kind: str) -> TextDataModule:
     extra = {"vocab_size": 400, "cache_dir": str(tmp_path / "bpe")} if kind == "bpe" else {}
-    dm = TextDataModule(source="pydoc", tokenizer=kind, block_size=32, batch_size=4, **extra)
+    tokenizer = _bpe_with_newline_merges() if kind == "bpe-newline-merges" else kind
+    dm = TextDataModule(source="pydoc", tokenizer=tokenizer, block_size=32, batch_size=4, **extra)
     dm.setup("fit")
     return dm
 
 
-@pytest.mark.parametrize("kind", ["byte", "bpe"])
+@pytest.mark.parametrize("kind", ["byte", "bpe", "bpe-newline-merges"])
 def test_exported_tokenizer_gives_the_training_token_ids(tmp_path, monkeypatch, kind):
     monkeypatch.setattr(tokenizers, "_CHUNK_CHARS", 997)  # many chunk boundaries, inside pydoc's indented lines
     dm = _datamodule(tmp_path, kind)
