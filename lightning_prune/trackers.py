@@ -367,9 +367,14 @@ class RunningStats:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`, checking that it was made for the same parameters and statistics.
 
+        Also takes the flat form ``ImportanceTracking`` checkpoints (``tensors`` named ``stat/fqn`` and
+        ``ringI/fqn``).
+
         Raises:
             ValueError: if the statistics, parameter names or shapes differ from this tracker's.
         """
+        if "tensors" in state:
+            state = _nested(state)
         shapes = {f: tuple(s) for f, s in state["shapes"].items()}
         if set(shapes) != set(self.shapes):
             missing, extra = sorted(set(self.shapes) - set(shapes)), sorted(set(shapes) - set(self.shapes))
@@ -393,6 +398,22 @@ class RunningStats:
             self.inputs_seen[f].fill_(n)
         self.inputs_skipped = torch.tensor(int(state.get("inputs_skipped", 0)))
         self.snapshots, self.twa_norm = state["snapshots"], state["twa_norm"]
+
+
+def _nested(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat ``{"tensors": {"stat/fqn" or "ringI/fqn": tensor}}`` state back in :meth:`RunningStats.state_dict`'s
+    nesting."""
+    state = dict(state)
+    per: dict[str, dict[str, Any]] = {}
+    ring: dict[int, dict[str, Any]] = {}
+    for name, t in state.pop("tensors").items():
+        key, _, fqn = name.partition("/")
+        if key.startswith("ring") and key[4:].isdigit():
+            ring.setdefault(int(key[4:]), {})[fqn] = t
+        else:
+            per.setdefault(key, {})[fqn] = t
+    state.pop("where", None)
+    return {**state, "state": per, "ring": [ring[i] for i in sorted(ring)]}
 
 
 @torch.no_grad()

@@ -194,18 +194,6 @@ class ImportanceTracking(Lifecycle):
 
     @override
     def restore(self, state: Mapping[str, Any]) -> None:
-        state = dict(state)
-        tensors = state.pop("tensors", None)
-        if tensors is not None:  # back to RunningStats.state_dict's nesting
-            per: dict[str, dict[str, Any]] = {}
-            ring: dict[int, dict[str, Any]] = {}
-            for name, t in tensors.items():
-                key, _, f = name.partition("/")
-                if key.startswith("ring") and key[4:].isdigit():
-                    ring.setdefault(int(key[4:]), {})[f] = t
-                else:
-                    per.setdefault(key, {})[f] = t
-            state["state"], state["ring"] = per, [ring[i] for i in sorted(ring)]
         stats = self._new_stats(tuple(state["stats"]))
         stats.load_state_dict(state)
         self.stats = stats
