@@ -221,7 +221,7 @@ class Lifecycle(Callback):
         if not state or not state.get("tensors"):
             return
         layouts = self._layouts(state)
-        sharded = [n for n, lay in layouts.items() if lay.sharded]
+        sharded = [n for n, lay in layouts.items() if lay.sharded and isinstance(state["tensors"].get(n), Tensor)]
         if not sharded:
             return
         distributed = bool(getattr(trainer.strategy, "_save_distributed_checkpoint", False))
