@@ -177,7 +177,8 @@ class ScheduledPruning(Lifecycle):
         if trainer.world_size > 1 and not any(lay.sharded for lay in layouts.values()):
             packed = trainer.strategy.broadcast({f: pack_mask(m.cpu()) for f, m in masks.items()}, src=0)
             masks = {f: unpack_mask(packed[f], masks[f].shape).to(masks[f].device) for f in masks}
-        self.registry.write(self.state_key, masks)
+        old = self.masks  # never un-prune an entry this callback pruned before
+        self.registry.write(self.state_key, {f: m & old[f] if f in old else m for f, m in masks.items()})
         self.sparsity = target
         self.enforce(trainer)
         measured = self._log(trainer, scores)
