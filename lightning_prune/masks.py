@@ -292,36 +292,48 @@ def global_masks(
     sparsity: float,
     max_layer_sparsity: float | None = None,
     layouts: Mapping[str, Layout] | None = None,
+    min_layer_sparsity: float | None = None,
 ) -> dict[str, Tensor]:
     """Prune the round(sparsity · total) lowest-scored entries across all tensors.
 
     With ``max_layer_sparsity``, no tensor is pruned beyond round(max_layer_sparsity · numel): a tensor that
     would be is held at its cap (its own lowest entries) and the rest of the budget is spread over the others by
-    the same global ranking, repeatedly until no tensor exceeds its cap.
+    the same global ranking, repeatedly until no tensor exceeds its cap. With ``min_layer_sparsity`` a tensor
+    that the ranking would prune less than its floor round(min_layer_sparsity · numel) is held at its floor and
+    the rest of the budget spread the same way (caps are settled first in every round; each round fixes at
+    least one tensor, so it ends).
 
     Args:
         scores: ``{fqn: local scores}``.
         sparsity: fraction of all entries to prune.
         max_layer_sparsity: the most any one tensor may be pruned (None: no cap).
         layouts: ``{fqn: Layout}`` of sharded tensors (default: every tensor whole and local).
+        min_layer_sparsity: the least any one tensor is pruned (None: no floor); at most ``sparsity``.
 
     Raises:
-        ValueError: if a score is NaN.
+        ValueError: if a score is NaN, or the floor exceeds ``sparsity`` or the cap.
     """
+    if min_layer_sparsity is not None and min_layer_sparsity > min(sparsity, max_layer_sparsity or 1.0):
+        raise ValueError(
+            f"min_layer_sparsity={min_layer_sparsity} must not exceed the sparsity {sparsity} or the cap "
+            f"{max_layer_sparsity}: the budget could not reach every floor."
+        )
     lay, group = _layouts(scores, layouts)
     items = _items(scores, lay)
     sizes = {f: _full_numel(lay[f]) for f in scores}
     budget = round(sparsity * sum(sizes.values()))
     caps = {f: round(max_layer_sparsity * n) for f, n in sizes.items()} if max_layer_sparsity is not None else {}
-    fixed: dict[str, int] = {}  # tensors held at their cap
+    floors = {f: round(min_layer_sparsity * n) for f, n in sizes.items()} if min_layer_sparsity is not None else {}
+    fixed: dict[str, int] = {}  # tensors held at their cap or floor
     while True:
         free = [it for it in items if it[0] not in fixed]
         k = max(0, min(budget - sum(fixed.values()), sum(sizes[f] for f, _, _ in free)))
         keeps, pruned = _prune_lowest(free, k, group)
-        over = [f for (f, _, _), c in zip(free, pruned) if caps and c > caps[f]]
-        if not over:
+        over = {f: caps[f] for (f, _, _), c in zip(free, pruned) if caps and c > caps[f]}
+        under = {f: floors[f] for (f, _, _), c in zip(free, pruned) if floors and c < floors[f]}
+        if not over and not under:
             break
-        fixed.update({f: caps[f] for f in over})
+        fixed.update(over or under)
     masks = {f: keep.view(s.shape) for (f, s, _), keep in zip(free, keeps)}
     for item in items:
         if item[0] in fixed:
@@ -530,6 +542,7 @@ def compute_masks(
     max_layer_sparsity: float | None = None,
     in_dims: Mapping[str, int] | None = None,
     layouts: Mapping[str, Layout] | None = None,
+    min_layer_sparsity: float | None = None,
 ) -> dict[str, Tensor]:
     """Masks at ``sparsity`` for the given scope and pattern (see the module docstring).
 
@@ -542,6 +555,8 @@ def compute_masks(
         in_dims: ``{fqn: input dim}`` of each weight (default: the last dim); the output dim is the other.
         layouts: ``{fqn: Layout}`` of the tensors sharded over a process group (default: every tensor whole and
             local). Every process then passes its local shards and gets their masks.
+        min_layer_sparsity: the least any one tensor is pruned, in the global scope with the unstructured pattern
+            (None: no floor).
 
     Returns:
         ``{fqn: bool keep mask}`` shaped like each local score tensor.
@@ -554,6 +569,8 @@ def compute_masks(
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
     kind, n, m = parse_pattern(pattern)
     in_dims = dict(in_dims or {})
+    if min_layer_sparsity is not None and (scope != "global" or kind != "unstructured"):
+        raise ValueError("min_layer_sparsity bounds layers of the global unstructured ranking only.")
     if scope == "output" and kind != "unstructured":
         raise ValueError("scope 'output' ranks entries within each output; use it with pattern 'unstructured'.")
     if kind == "nm":
@@ -565,7 +582,7 @@ def compute_masks(
         return layer_masks(scores, sparsity, layouts)
     if scope == "output":
         return output_masks(scores, sparsity, {f: in_dims.get(f, s.dim() - 1) for f, s in scores.items()}, layouts)
-    return global_masks(scores, sparsity, max_layer_sparsity, layouts)
+    return global_masks(scores, sparsity, max_layer_sparsity, layouts, min_layer_sparsity)
 
 
 # ---- one bit per entry --------------------------------------------------------------------------------------

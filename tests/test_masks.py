@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -352,3 +351,18 @@ def test_shards_over_two_processes_give_the_one_process_masks(tmp_path):
         assert proc.returncode == 0, err[-3000:]
     for rank in range(2):
         assert (tmp_path / f"ok{rank}").read_text().strip() == "ok"
+
+
+def test_a_floor_per_layer_moves_the_budget_to_layers_the_ranking_would_spare():
+    scores = {"a": torch.arange(10.0), "b": torch.arange(100.0, 110.0)}  # the ranking prunes a first
+    plain = compute_masks(scores, 0.5)
+    assert int((~plain["a"]).sum()) == 10 and int((~plain["b"]).sum()) == 0
+    floored = compute_masks(scores, 0.5, min_layer_sparsity=0.3)
+    assert int((~floored["b"]).sum()) == 3 and int((~floored["a"]).sum()) == 7  # b at its floor, a takes the rest
+    assert floored["b"][:3].tolist() == [False] * 3  # b's own lowest entries
+    bounded = compute_masks(scores, 0.5, max_layer_sparsity=0.6, min_layer_sparsity=0.4)
+    assert int((~bounded["a"]).sum()) == 6 and int((~bounded["b"]).sum()) == 4
+    with pytest.raises(ValueError, match="must not exceed the sparsity"):
+        compute_masks(scores, 0.5, min_layer_sparsity=0.6)
+    with pytest.raises(ValueError, match="global unstructured"):
+        compute_masks(scores, 0.5, scope="layer", min_layer_sparsity=0.1)

@@ -225,3 +225,16 @@ def test_running_wanda_names_a_weight_whose_module_never_runs_forward(tiny):
     with pytest.raises(RuntimeError, match="out_proj.weight' has been seen"):
         trainer(max_epochs=2, callbacks=[tracking, pruning]).fit(tiny, token_loader())
     assert not any(m._forward_pre_hooks for m in tiny.modules())
+
+
+def test_layer_spread_keeps_every_layer_near_the_global_target(tiny):
+    pruning = ScheduledPruning(AtEpochs({1: 0.8}), criterion="magnitude", layer_spread=0.05)
+    _fit(tiny, [pruning], max_epochs=2)
+    params = dict(tiny.named_parameters())
+    for f in pruning.masks:
+        n, zeros = params[f].numel(), int((params[f] == 0).sum())
+        assert round(0.75 * n) <= zeros <= round(0.85 * n), (f, zeros / n)
+    total = sum(params[f].numel() for f in pruning.masks)
+    assert sum(int((params[f] == 0).sum()) for f in pruning.masks) == round(0.8 * total)
+    with pytest.raises(ValueError, match="layer_spread must be in"):
+        ScheduledPruning({1: 0.5}, scope="layer", layer_spread=0.1)

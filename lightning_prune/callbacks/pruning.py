@@ -46,6 +46,9 @@ class ScheduledPruning(Lifecycle):
             ``"output"`` (each output row on its own, as Wanda compares).
         pattern: ``"unstructured"``, ``"N:M"`` such as ``"2:4"``, or ``"row"`` (whole output neurons).
         max_layer_sparsity: with global scope, no single weight is pruned beyond this fraction.
+        layer_spread: with global scope and unstructured pattern, every weight ends within ``target ± layer_spread``
+            at each event (the floor and the cap, within ``max_layer_sparsity``), the rest of the budget spread by
+            the global ranking: a bound on how uneven global pruning may get at high sparsity.
         parameters: fqn glob patterns of the weights to prune (default: the Linear weights inside the blocks).
         exclude: fqn glob patterns to leave out.
         log_histograms: add score histograms at each pruning event when a logger is TensorBoard.
@@ -68,6 +71,7 @@ class ScheduledPruning(Lifecycle):
         scope: str = "global",
         pattern: str = "unstructured",
         max_layer_sparsity: float | None = None,
+        layer_spread: float | None = None,
         parameters: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         log_histograms: bool = True,
@@ -89,7 +93,14 @@ class ScheduledPruning(Lifecycle):
                 raise ValueError(
                     f"max_layer_sparsity={max_layer_sparsity} is below the schedule's final sparsity {end}."
                 )
+        global_unstructured = scope == "global" and self.kind == "unstructured"
+        if layer_spread is not None and not (0.0 <= layer_spread < 1.0 and global_unstructured):
+            raise ValueError(
+                f"layer_spread must be in [0, 1) with scope='global' and pattern='unstructured', got {layer_spread!r} "
+                f"with scope={scope!r}, pattern={pattern!r}."
+            )
         self.scope, self.pattern, self.max_layer_sparsity = scope, pattern, max_layer_sparsity
+        self.layer_spread = layer_spread
         self.patterns, self.exclude = (list(parameters) if parameters is not None else None), list(exclude)
         self.log_histograms, self.name = log_histograms, name
         self.sparsity = 0.0  # target reached so far
@@ -171,8 +182,12 @@ class ScheduledPruning(Lifecycle):
         stats = self._tracking.stats if self._tracking is not None else None
         scores = self.scores(stats)
         layouts = {f: self.registry.layout(f) for f in self._params}
+        cap, floor = self.max_layer_sparsity, None
+        if self.layer_spread is not None:
+            floor = max(0.0, target - self.layer_spread)
+            cap = min(cap if cap is not None else 1.0, target + self.layer_spread)
         masks = compute_masks(
-            scores, target, self.scope, self.pattern, self.max_layer_sparsity, self._in_dims, layouts=layouts
+            scores, target, self.scope, self.pattern, cap, self._in_dims, layouts=layouts, min_layer_sparsity=floor
         )
         if trainer.world_size > 1 and not any(lay.sharded for lay in layouts.values()):
             packed = trainer.strategy.broadcast({f: pack_mask(m.cpu()) for f, m in masks.items()}, src=0)
