@@ -509,7 +509,6 @@ def plot(summary: dict[str, Any], cfg: Config, path: Path) -> bool:
         xlabel="target sparsity of the block Linear weights",
         ylabel="val perplexity / dense fine-tuning (mean, min–max over seeds)",
         title=f"pretrained on {cfg.pretrain_source}, fine-tuned on {cfg.finetune_source}",
-        yscale="log",
     )
     ax.legend(fontsize=7)
     fig.tight_layout()
