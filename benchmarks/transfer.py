@@ -121,7 +121,8 @@ class Config:
     seeds: tuple[int, ...] = (0, 1, 2)  # fine-tuning data order and pruning randomness
     targets: tuple[float, ...] = TARGETS  # final sparsities
     criteria: tuple[str, ...] = CRITERIA  # our running criteria
-    methods: tuple[str, ...] = ("dense", "lth", "nolth", "oneshot", "wanda", "ours", "distill")  # families run
+    methods: tuple[str, ...] = ("dense", "lth", "nolth", "oneshot", "wanda", "ours", "spread", "distill")  # run
+    spreads: tuple[float, ...] = (0.05, 0.1)  # "spread": platon with every layer within target ± this
     distill_teachers: tuple[str, ...] = ("finetuned",)  # "finetuned" (dense fine-tuned, same seed), "pretrained"
     threads: int = 1  # torch.set_num_threads in every run
     workers: int = 1  # runs side by side, each in its own process with `threads` threads
@@ -338,10 +339,11 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
             masks=masks, model=lm.model, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps
         )
     elif method.startswith("ours"):
-        criterion = method.rpartition(": ")[2]
+        criterion, _, bound = method.rpartition(": ")[2].partition(", layer spread ")
         scope = "output" if criterion == "wanda" else "global"
-        schedule = AtEpochs(points)
-        callbacks += [ImportanceTracking(), ScheduledPruning(schedule, criterion, scope=scope, log_histograms=False)]
+        bound_ = float(bound) if bound else None
+        pruning = ScheduledPruning(AtEpochs(points), criterion, scope=scope, log_histograms=False, layer_spread=bound_)
+        callbacks += [ImportanceTracking(), pruning]
     fqns = list(select_parameters(lm))
     fit = trainer(cfg, callbacks)
     fit.fit(lm, datamodule=dm)
@@ -570,6 +572,8 @@ def plan(cfg: Config) -> list[tuple[str, float]]:
             out.append((ONESHOT_WANDA, t))
         if "ours" in cfg.methods:
             out += [(f"ours: {c}", t) for c in cfg.criteria]
+        if "spread" in cfg.methods:
+            out += [(f"ours: platon, layer spread {s:g}", t) for s in cfg.spreads]
     return out
 
 
