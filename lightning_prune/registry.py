@@ -57,6 +57,7 @@ class MaskRegistry:
         self.keep: dict[str, Tensor] = {}  # fqn -> union over writers: True only if every writer keeps it
         self._optimizers: list[Optimizer] = []
         self._handles: list[Any] = []
+        self._grads_masked: tuple[int, int] | None = None  # (id, version) of the gradient last masked
 
     # ---- parameters ----------------------------------------------------------------------------------------
 
@@ -149,10 +150,22 @@ class MaskRegistry:
         self._optimizers = []
 
     @torch.no_grad()
-    def _mask_grads(self, *_: Any) -> None:
+    def mask_grads_(self) -> None:
+        """Multiply the gradients by the masks, once per step: the callbacks call it in
+        ``on_before_optimizer_step`` so that gradient clipping sees masked gradients; the step pre-hook calls it
+        again for loops that have no such hook, and it does nothing when the gradients have not changed since."""
         fqns = [f for f in self.keep if self.params[f].grad is not None]
-        if fqns:
-            torch._foreach_mul_([local(self.params[f].grad) for f in fqns], [self.keep[f] for f in fqns])
+        if not fqns:
+            return
+        grads = [local(self.params[f].grad) for f in fqns]
+        seen = (id(grads[0]), grads[0]._version)  # a new backward writes a new tensor or bumps the version
+        if seen == self._grads_masked:
+            return
+        torch._foreach_mul_(grads, [self.keep[f] for f in fqns])
+        self._grads_masked = (id(grads[0]), grads[0]._version)
+
+    def _mask_grads(self, *_: Any) -> None:
+        self.mask_grads_()
 
     @torch.no_grad()
     def _mask_weights(self, *_: Any) -> None:

@@ -63,3 +63,21 @@ def test_held_through_momentum_and_weight_decay_and_enforced_exactly_over_nan():
     assert torch.all(w[~keep] == 0) and shadow["0.weight"][~keep].tolist() == [0.0, 0.0]
     registry.detach()
     assert not registry._handles and not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+
+
+def test_gradients_are_masked_once_per_backward():
+    model = _model()
+    registry = MaskRegistry()
+    registry.resolve(model)
+    keep = torch.tensor([[T, F], [F, T]])
+    registry.write("a", {"0.weight": keep})
+    model(torch.randn(4, 2)).sum().backward()
+    grad = model[0].weight.grad
+    registry.mask_grads_()  # as the callbacks do before clipping
+    version = grad._version
+    registry.mask_grads_()  # as the step pre-hook does: nothing left to do
+    assert grad._version == version and torch.all(grad[~keep] == 0)
+    model(torch.randn(4, 2)).sum().backward()  # accumulates into the same tensor
+    assert torch.any(grad[~keep] != 0)
+    registry.mask_grads_()
+    assert torch.all(grad[~keep] == 0)

@@ -168,6 +168,13 @@ class Lifecycle(Callback):
             self.registry.enforce_(trainer.optimizers, shadows(trainer, self.registry))
 
     @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self.registry is not None and self.registry.keep:
+            self.registry.mask_grads_()  # before Lightning clips them: clipping sees masked gradients
+
+    @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.enforce(trainer)
 

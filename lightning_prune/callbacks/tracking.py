@@ -150,6 +150,7 @@ class ImportanceTracking(Lifecycle):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
         if self.stats is not None:
             params = {f: local(p) for f, p in self._params.items()}
             grads = {f: local(p.grad) if p.grad is not None else None for f, p in self._params.items()}
