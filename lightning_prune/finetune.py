@@ -168,6 +168,10 @@ class FineTune(CausalLM):
         registry.enforce_(self.trainer.optimizers)
 
     @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        registry_of(self).mask_grads_()  # before Lightning clips them, as the callbacks do
+
+    @override
     def teardown(self, stage: str) -> None:
         registry_of(self).detach()
 
