@@ -293,8 +293,7 @@ def state_bytes(callbacks: list[Callback], module: LM) -> dict[str, int]:
             numel = sum(math.prod(s) for s in cb.stats.shapes.values())
             out["tracked_numel"], out["tracked_weights_fp32"] = numel, 4 * numel
         if isinstance(cb, ScheduledPruning):
-            held = list(cb.masks.values()) + list(cb._pruned.values()) + list(cb._factors.values())
-            out["masks"] = sum(t.numel() * t.element_size() for t in held)
+            out["masks"] = cb.registry.nbytes() if cb.registry is not None else 0  # every mask of the model
     return out
 
 
