@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_prune.callbacks.pruning import masks_in_state
 from lightning_prune.export import bare_fqn
 from lightning_prune.lm import CausalLM
-from lightning_prune.masks import unpack_mask
+from lightning_prune.masks import apply_masks_
 from lightning_prune.registry import registry_of
 
 __all__ = ["FineTune", "distillation_loss", "masks_from_checkpoint"]
@@ -56,11 +57,7 @@ def masks_from_checkpoint(path: str | Path, state_key: str = "ScheduledPruning")
     if state_key not in callbacks:
         raise KeyError(f"{path} holds no {state_key!r} state; callback states found: {sorted(callbacks)}.")
     state = callbacks[state_key]
-    if "tensors" not in state:
-        return {f: m.bool() for f, m in state["masks"].items()}
-    packed = set(state.get("packed", ()))
-    shapes = {f: tuple(s) for f, s in state["shapes"].items()}
-    return {f: unpack_mask(t, shapes[f]) if f in packed else t.bool() for f, t in state["tensors"].items()}
+    return masks_in_state(state, {f: tuple(s) for f, s in state.get("shapes", {}).items()})
 
 
 class FineTune(CausalLM):
@@ -124,9 +121,7 @@ class FineTune(CausalLM):
                 self.masks[name] = mask.bool().to(params[name].device)
         if bad:
             raise ValueError(f"the masks do not fit the model: {bad[:5]}.")
-        with torch.no_grad():
-            for f, m in self.masks.items():
-                params[f].masked_fill_(~m, 0)
+        apply_masks_(params, {f: ~m for f, m in self.masks.items()})
 
     def masked_parameters(self) -> dict[str, nn.Parameter]:
         """``{fqn: parameter}`` of the masked weights, by their names in the bare model."""
@@ -150,7 +145,7 @@ class FineTune(CausalLM):
             if f not in early or early[f].shape != p.shape:
                 raise ValueError(f"rewind weights lack {f!r} or have another shape.")
             p.copy_(early[f].to(p))
-            p.masked_fill_(~self.masks[f].to(p.device), 0)
+        apply_masks_(params, {f: ~m for f, m in self.masks.items()})
 
     @override
     def on_fit_start(self) -> None:

@@ -20,7 +20,7 @@ from lightning_prune.selection import in_dim, select_parameters
 from lightning_prune.shards import count_zeros, local
 from lightning_prune.trackers import RunningStats
 
-__all__ = ["ScheduledPruning"]
+__all__ = ["ScheduledPruning", "masks_in_state"]
 
 
 class ScheduledPruning(Lifecycle):
@@ -261,15 +261,20 @@ class ScheduledPruning(Lifecycle):
                 "the checkpoint's masks do not fit this model (another model or another parameter selection): "
                 f"missing {missing[:5]}, unexpected {extra[:5]}, shape mismatches {wrong[:5]}."
             )
-        tensors, packed = state.get("tensors", state.get("masks", {})), set(state.get("packed", ()))
-        masks = {}
-        for f, t in tensors.items():
-            shape = tuple(self.registry.local(f).shape)
-            masks[f] = unpack_mask(t, shape) if f in packed else t.bool()
+        masks = masks_in_state(state, {f: tuple(self.registry.local(f).shape) for f in self._params})
         self.registry.forget(self.state_key)
         self.registry.write(self.state_key, masks)
         self.sparsity = float(state["sparsity"])
         self.events = [dict(e) for e in state["events"]]
+
+
+def masks_in_state(state: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """``{fqn: bool keep}`` from a ``ScheduledPruning`` state (bit-packed ``tensors``, or the plain ``masks`` of
+    older checkpoints), unpacked to ``shapes`` (the local shapes, or the full ones for a single-file state)."""
+    if "tensors" not in state:
+        return {f: m.bool() for f, m in state["masks"].items()}
+    packed = set(state.get("packed", ()))
+    return {f: unpack_mask(t, shapes[f]) if f in packed else t.bool() for f, t in state["tensors"].items()}
 
 
 def _packable(mask: Tensor, layout: Any) -> bool:
