@@ -124,16 +124,16 @@ def mutual_information(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
     return renyi_entropy(a, alpha) + renyi_entropy(b, alpha) - joint_renyi_entropy(a, b, alpha)
 
 
-def _squared_gram_upper(x: Tensor) -> Tensor:
+def _squared_gram_upper(x: Tensor, kernel_width: float = 1.0) -> Tensor:
     """``(n, N)`` samples → ``(n, N(N-1)/2)`` strict upper triangle of K² (the diagonal of K is all ones)."""
     n_samples = x.shape[-1]
     iu = torch.triu_indices(n_samples, n_samples, offset=1, device=x.device)
-    return gaussian_gram(x).square()[:, iu[0], iu[1]]
+    return gaussian_gram(x, kernel_width * silverman_sigma(x)).square()[:, iu[0], iu[1]]
 
 
-def _frobenius_terms(xt: Tensor, chunk: int) -> Tensor:
+def _frobenius_terms(xt: Tensor, chunk: int, kernel_width: float = 1.0) -> Tensor:
     """``(n, N)`` → ``(n, N(N-1)/2)`` upper-triangle K² for all neurons, built ``chunk`` neurons at a time."""
-    return torch.cat([_squared_gram_upper(xt[i : i + chunk]) for i in range(0, xt.shape[0], chunk)])
+    return torch.cat([_squared_gram_upper(xt[i : i + chunk], kernel_width) for i in range(0, xt.shape[0], chunk)])
 
 
 def neuron_entropy(acts: Tensor, alpha: float = 2.0, chunk: int = 64) -> Tensor:
@@ -186,23 +186,31 @@ def pairwise_mutual_information(
     return _pairs_and_entropy(acts, pairs, alpha, chunk)[0]
 
 
-def _pairs_and_entropy(acts: Tensor, pairs: Tensor, alpha: float, chunk: int) -> tuple[Tensor, Tensor]:
-    """``(I(a; b) per pair (P,), S(a) per neuron (n,))`` in bits."""
+def _pairs_and_entropy(
+    acts: Tensor, pairs: Tensor, alpha: float, chunk: int, kernel_width: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """``(I(a; b) per pair (P,), S(a) per neuron (n,))`` in bits; Gram widths ``kernel_width`` × Silverman's."""
     xt = acts.t().float()  # (n, N)
     n_samples = xt.shape[1]
     if alpha == 2.0:
-        g = _frobenius_terms(xt, chunk)  # (n, M)
+        g = _frobenius_terms(xt, chunk, kernel_width)  # (n, M)
         fa = n_samples + 2.0 * g.sum(-1)  # (n,)
         fab = torch.cat(
             [n_samples + 2.0 * (g[p[:, 0]] * g[p[:, 1]]).sum(-1) for p in pairs.split(max(chunk, 1) * 16)]
         )  # (P,)
         mi = torch.log2(n_samples**2 * fab / (fa[pairs[:, 0]] * fa[pairs[:, 1]]))
         return mi, -torch.log2(fa / n_samples**2)
-    ent = neuron_entropy(acts, alpha, chunk)  # (n,)
+    sigma = kernel_width * silverman_sigma(xt)  # (n,)
+    ent = torch.cat(
+        [
+            renyi_entropy(gaussian_gram(xt[i : i + chunk], sigma[i : i + chunk]) / n_samples, alpha)
+            for i in range(0, xt.shape[0], chunk)
+        ]
+    )  # (n,)
     joint = []
     for p in pairs.split(chunk):
-        a = gaussian_gram(xt[p[:, 0]]) / n_samples  # (c, N, N)
-        b = gaussian_gram(xt[p[:, 1]]) / n_samples
+        a = gaussian_gram(xt[p[:, 0]], sigma[p[:, 0]]) / n_samples  # (c, N, N)
+        b = gaussian_gram(xt[p[:, 1]], sigma[p[:, 1]]) / n_samples
         joint.append(joint_renyi_entropy(a, b, alpha))
     return ent[pairs[:, 0]] + ent[pairs[:, 1]] - torch.cat(joint), ent
 
@@ -246,6 +254,7 @@ def redundant_neurons(
     max_samples: int = 256,
     importance: Tensor | None = None,
     seed: int = 0,
+    kernel_width: float = 1.0,
 ) -> Tensor:
     """Keep mask after removing ``n_remove`` neurons, one of each most-redundant pair first.
 
@@ -264,6 +273,8 @@ def redundant_neurons(
         max_samples: samples kept for the N×N Gram matrices (a fixed random subset, ``seed``).
         importance: ``(n,)`` tie-break and fill-up score, higher = keep; mean |activation| when None.
         seed: seed of the sample subset.
+        kernel_width: Gram widths as a multiple of Silverman's rule (smaller: only near-identical activations
+            count as similar; larger: the kernel tends to a quadratic one, nearer linear correlation).
 
     Returns:
         ``(n,)`` bool mask, True = keep, with exactly ``n - n_remove`` True.
@@ -284,7 +295,9 @@ def redundant_neurons(
     if n_remove == 0:
         return keep.to(acts.device)
     pairs = correlation_neighbours(acts, k)
-    mi, ent = _pairs_and_entropy(acts, pairs.to(acts.device), _check_alpha(alpha), chunk=64)  # (P,), (n,)
+    if not kernel_width > 0:
+        raise ValueError(f"kernel_width must be a positive multiple of Silverman's width, got {kernel_width!r}.")
+    mi, ent = _pairs_and_entropy(acts, pairs.to(acts.device), _check_alpha(alpha), 64, kernel_width)  # (P,), (n,)
     nmi = (mi / torch.minimum(ent[pairs[:, 0]], ent[pairs[:, 1]]).clamp_min(_EPS)).cpu()
     removed = 0
     for idx in torch.argsort(nmi, descending=True, stable=True).tolist():

@@ -21,6 +21,10 @@ Neuron criteria (:data:`NEURON_CRITERIA`, higher score = keep):
 ``mutual_information`` one of each redundant pair goes first (arXiv 2406.00030), then the lowest activation
 ==================== ==========================================================================================
 
+One-shot only (:data:`CALIBRATED_CRITERIA`, :func:`calibrated_neuron_masks`): ``redundancy``, the neuron whose
+outgoing term the kept neurons best take over (:mod:`lightning_prune.compensation`), to pair with
+:func:`~lightning_prune.compensation.refit_ffn_`.
+
 Example:
     >>> stats = NeuronStats([4], decay=0.5)
     >>> folded = stats.add_activations(0, torch.tensor([[1.0, -2.0, 0.0, 4.0]]))
@@ -37,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prune.calibration import collect_activations, collect_taylor
+from lightning_prune.compensation import conditional_redundancy
 from lightning_prune.mutual_information import mean_abs_activation, redundant_neurons, weight_norm_scores
 from lightning_prune.selection import is_conv1d
 from lightning_prune.structured import (
@@ -46,9 +51,18 @@ from lightning_prune.structured import (
     neuron_masks_from_scores,
 )
 
-__all__ = ["NEURON_CRITERIA", "NeuronStats", "calibrated_neuron_masks", "neuron_masks", "neuron_weight_masks"]
+__all__ = [
+    "CALIBRATED_CRITERIA",
+    "NEURON_CRITERIA",
+    "NeuronStats",
+    "calibrated_neuron_masks",
+    "neuron_masks",
+    "neuron_weight_masks",
+]
 
 NEURON_CRITERIA = ("activation", "taylor", "weight_norm", "mutual_information")
+# one-shot only: needs more calibration tokens than a block has neurons, and pairs with refit_ffn_
+CALIBRATED_CRITERIA = (*NEURON_CRITERIA, "redundancy")
 
 
 class NeuronStats:
@@ -252,11 +266,16 @@ def calibrated_neuron_masks(
 ) -> list[Tensor]:
     """One-shot neuron masks from calibration batches (no training): remove ``round(sparsity · n)`` per layer.
 
+    ``redundancy`` removes, one at a time, the neuron whose outgoing term the kept neurons can best take over
+    (:func:`lightning_prune.compensation.conditional_redundancy` with the outgoing weights); follow it with
+    :func:`lightning_prune.compensation.refit_ffn_`, which hands that term over. It wants more calibration
+    tokens than a block has neurons and costs ``O(n_remove · n²)`` per block.
+
     Args:
         model: a GPT-2, Llama or BERT ``transformers`` model, called as ``model(**batch)`` or ``model(batch)``.
         batches: calibration batches (a list: ``taylor`` passes over them again with gradients).
         sparsity: fraction of each layer's feed-forward neurons to remove.
-        criterion: one of :data:`NEURON_CRITERIA`.
+        criterion: one of :data:`CALIBRATED_CRITERIA`.
         loss_fn: ``batch → scalar loss`` for ``taylor`` (parameter gradients are zeroed afterwards).
         threshold: normalised mutual information of a redundant pair, for ``mutual_information``.
         max_samples: tokens sampled per layer for the Gram matrices of ``mutual_information``.
@@ -264,8 +283,8 @@ def calibrated_neuron_masks(
     Raises:
         ValueError: for an unknown criterion, ``taylor`` without ``loss_fn``, or a sparsity out of range.
     """
-    if criterion not in NEURON_CRITERIA:
-        raise ValueError(f"unknown neuron criterion {criterion!r}; choose one of {NEURON_CRITERIA}.")
+    if criterion not in CALIBRATED_CRITERIA:
+        raise ValueError(f"unknown neuron criterion {criterion!r}; choose one of {CALIBRATED_CRITERIA}.")
     if criterion == "taylor" and loss_fn is None:
         raise ValueError("criterion 'taylor' needs loss_fn: batch -> scalar loss.")
     batches = list(batches)
@@ -281,6 +300,11 @@ def calibrated_neuron_masks(
         return neuron_masks_from_scores([mean_abs_activation(a) for a in acts.values()], sparsity)
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be a fraction of neurons removed in [0, 1), got {sparsity!r}.")
+    if criterion == "redundancy":
+        return [
+            conditional_redundancy(a, round(sparsity * a.shape[1]), w_out)
+            for a, (_, w_out) in zip(acts.values(), ffn_neuron_weights(model), strict=True)
+        ]
     return [
         redundant_neurons(a, round(sparsity * a.shape[1]), threshold, max_samples=max_samples) for a in acts.values()
     ]

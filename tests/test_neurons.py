@@ -182,7 +182,7 @@ def test_llama_neurons_pruned_during_training_shrink_exactly():
         torch.testing.assert_close(small(input_ids=ids).logits, masked)
 
 
-@pytest.mark.parametrize("criterion", ["activation", "taylor", "weight_norm", "mutual_information"])
+@pytest.mark.parametrize("criterion", ["activation", "taylor", "weight_norm", "mutual_information", "redundancy"])
 def test_one_shot_masks_from_calibration_batches_shrink_exactly(criterion):
     from lightning_prune.neurons import calibrated_neuron_masks
     from lightning_prune.structured import shrink_
