@@ -141,3 +141,17 @@ def test_simple_scores_on_hand_values():
     assert weight_norm_scores(w_in, w_out).tolist() == [5.0, 2.0]
     with pytest.raises(ValueError, match="same shape"):
         activation_taylor(acts, grads[:1])
+
+
+def test_kernel_width_scales_silverman_and_rejects_non_positive():
+    from lightning_prune.mutual_information import _pairs_and_entropy, silverman_sigma
+
+    acts = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(redundant_neurons(acts, 2), redundant_neurons(acts, 2, kernel_width=1.0))
+    pairs = torch.tensor([[0, 1], [2, 3]])
+    wide = _pairs_and_entropy(acts, pairs, 2.0, 64, kernel_width=3.0)[1]
+    xt = acts.t()
+    by_hand = torch.stack([renyi_entropy(gaussian_gram(x, 3.0 * silverman_sigma(x)) / 64) for x in xt])
+    torch.testing.assert_close(wide, by_hand)
+    with pytest.raises(ValueError, match="kernel_width"):
+        redundant_neurons(acts, 2, kernel_width=0.0)
