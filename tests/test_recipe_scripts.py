@@ -1,4 +1,5 @@
-"""The experiment scripts in recipes/: their pure helpers, and each end to end in ``--quick`` mode."""
+"""The experiment scripts in recipes/: their pure helpers, and each end to end in ``--quick`` mode (the pretrained
+recipe: tests/test_recipe_pretrained.py)."""
 
 import importlib.util
 import json
@@ -7,7 +8,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 
@@ -43,21 +43,3 @@ def test_sweep_quick_resumes_one_checkpoint_per_sparsity(tmp_path):
     # sparsity 0 without recovery is the checkpoint itself: the dense run's last validation, exactly
     assert rows[0]["val_loss_no_recovery"] == pytest.approx(result["dense_val_loss_at_checkpoint"], abs=1e-5)
     assert (tmp_path / "sweep.png").stat().st_size > 0 and (tmp_path / "dense.ckpt").exists()
-
-
-def test_mean_pool_averages_real_tokens_then_normalises():
-    pretrained = load("pretrained")
-    hidden = torch.tensor([[[3.0, 4.0], [0.0, 0.0], [100.0, 100.0]]])  # (B=1, T=3, C=2)
-    mask = torch.tensor([[1, 1, 0]])  # the third token is padding
-    # mean of the real tokens (1.5, 2.0), norm 2.5
-    torch.testing.assert_close(pretrained.mean_pool(hidden, mask), torch.tensor([[0.6, 0.8]]))
-
-
-def test_pretrained_quick_reports_cosines_and_the_exact_sparsity(tmp_path):
-    load("pretrained").main(["--quick", "--out", str(tmp_path)])
-    result = json.loads((tmp_path / "pretrained.json").read_text())
-    dense, one_shot, distilled = result["rows"]
-    assert dense["sparsity"] == 0.0 and dense["cosine_mean"] == pytest.approx(1.0, abs=1e-4)
-    for row in (one_shot, distilled):
-        assert row["sparsity"] == pytest.approx(result["target_sparsity"], abs=1e-6)
-        assert 0.0 < row["cosine_mean"] <= 1.0 + 1e-6
