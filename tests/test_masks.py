@@ -1,3 +1,4 @@
+"""Mask selection: global, per layer, per output, N:M and rows; exact counts, caps, floors and shards."""
 
 import pytest
 import torch
