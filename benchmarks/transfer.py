@@ -74,6 +74,7 @@ from quality import (  # noqa: E402  (the quality benchmark's model, measurement
 
 from lightning_prune import AtEpochs, ImportanceTracking, OneShot, ScheduledPruning, select_parameters  # noqa: E402
 from lightning_prune.calibration import wanda_masks  # noqa: E402
+from lightning_prune.callbacks.report import spread  # noqa: E402
 from lightning_prune.data import TextDataModule  # noqa: E402
 from lightning_prune.finetune import FineTune  # noqa: E402
 from lightning_prune.lm import CausalLM  # noqa: E402
@@ -372,16 +373,6 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 # ---- summary ---------------------------------------------------------------------------------------------------
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "min": min(values),
-        "max": max(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
-    }
-
-
 def summarize(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
     """Per (method, target): perplexity and ratio to dense (same seed) over seeds; the goals and comparisons."""
     dense = {r["seed"]: r["val_ppl"] for r in rows if r["method"] == "dense"}
@@ -531,6 +522,8 @@ def parse_args() -> tuple[Config, argparse.Namespace]:
     parser.add_argument("--distill-teachers", nargs="+", choices=["finetuned", "pretrained"])
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--epoch-batches", type=int)
+    parser.add_argument("--prune-start-epoch", type=int, help="the ramp starts at this epoch's first step (default 2)")
+    parser.add_argument("--prune-end-epoch", type=int, help="the target is reached at this epoch's first step (14)")
     parser.add_argument("--workers", type=int, help="runs side by side, one process each (default 1)")
     parser.add_argument("--threads", type=int, help="torch threads per run (default 1)")
     parser.add_argument("--cache", type=Path, help="folder of the pretrained checkpoint (default results/cache)")
@@ -550,7 +543,7 @@ def parse_args() -> tuple[Config, argparse.Namespace]:
     for name in ("seeds", "targets", "criteria", "methods", "distill_teachers"):
         if getattr(args, name):
             setattr(cfg, name, tuple(getattr(args, name)))
-    for name in ("epochs", "epoch_batches", "workers", "threads"):
+    for name in ("epochs", "epoch_batches", "prune_start_epoch", "prune_end_epoch", "workers", "threads"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if not 0 <= cfg.prune_start_epoch < cfg.prune_end_epoch < cfg.epochs:

@@ -51,7 +51,6 @@ import copy
 import json
 import logging
 import os
-import statistics
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -68,7 +67,7 @@ from typing_extensions import override
 
 from lightning_prune import AtEpochs, ImportanceTracking, ScheduledPruning, compute_masks, get_criterion, registry_of
 from lightning_prune.calibration import wanda_masks
-from lightning_prune.callbacks.report import format_table
+from lightning_prune.callbacks.report import format_table, spread
 from lightning_prune.data import kjv_text, split_text
 from lightning_prune.lm import warmup_cosine
 from lightning_prune.masks import apply_masks_, sparsity_report
@@ -352,17 +351,6 @@ def distill(
     if left:
         raise RuntimeError(f"{method}: pruning was not made permanent: {left[:3]}")
     return student
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    """mean, min, max, sample standard deviation (0 for one value) and count."""
-    return {
-        "mean": statistics.fmean(values),
-        "min": min(values),
-        "max": max(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
-    }
 
 
 def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -57,6 +57,17 @@ def test_gradual_points_follow_the_cubic_ramp_at_epoch_boundaries():
     assert t.pruning_points(cfg, 0.9) == pytest.approx({2: 0.9 * 19 / 27, 3: 0.9 * 26 / 27, 4: 0.9})
 
 
+def test_the_ramp_bounds_come_from_the_command_line_and_must_end_before_the_run(monkeypatch):
+    t = load()
+    monkeypatch.setattr(sys, "argv", ["transfer.py", "--prune-start-epoch", "1", "--prune-end-epoch", "20"])
+    cfg, _ = t.parse_args()
+    assert (cfg.prune_start_epoch, cfg.prune_end_epoch) == (1, 20)
+    assert max(t.pruning_points(cfg, 0.5)) == 20
+    monkeypatch.setattr(sys, "argv", ["transfer.py", "--prune-end-epoch", str(t.Config().epochs)])
+    with pytest.raises(SystemExit, match="prune_end_epoch < epochs"):
+        t.parse_args()
+
+
 def test_quick_run_writes_every_run_and_the_summary(tmp_path, monkeypatch):
     t = load()
     out, cache = tmp_path / "transfer.json", tmp_path / "cache"

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from lightning_prune import AtEpochs, NeuronPruning, PruningReport, ScheduledPruning
-from lightning_prune.callbacks.report import greedy_continuation, pruned_label
+from lightning_prune.callbacks.report import greedy_continuation, pruned_label, spread
 from lightning_prune.data import TextDataModule
 from lightning_prune.lm import CausalLM
 from lightning_prune.tokenizers import ByteTokenizer
@@ -181,3 +181,12 @@ def test_pruned_label():
     assert pruned_label({"sparsity": 0.3, "neurons_removed": 0.0}) == "weights pruned"
     assert pruned_label({"sparsity": 0.0, "neurons_removed": 0.5}) == "neurons removed"
     assert pruned_label({"sparsity": 0.3, "neurons_removed": 0.5}) == "weights pruned + neurons removed"
+
+
+def test_spread_of_repeated_measurements_by_hand():
+    s = spread([1.0, 2.0, 4.0])
+    assert s["mean"] == pytest.approx(7 / 3) and (s["min"], s["max"], s["n"]) == (1.0, 4.0, 3)
+    assert s["std"] == pytest.approx((((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2) ** 0.5)
+    assert spread([5.0])["std"] == 0.0
+    with pytest.raises(ValueError, match="no values"):
+        spread([])

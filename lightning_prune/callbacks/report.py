@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,19 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, min, max, sample standard deviation (0 for one value) and count of repeated measurements."""
+    if not values:
+        raise ValueError("spread of no values.")
+    return {
+        "mean": statistics.fmean(values),
+        "min": min(values),
+        "max": max(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def pruned_label(record: dict[str, float]) -> str:
