@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from lightning_prune.calibration import collect_activations
 from lightning_prune.selection import is_conv1d
+from lightning_prune.shards import is_sharded
 from lightning_prune.structured import ffn_output_modules
 
 __all__ = ["conditional_redundancy", "outgoing_weights", "refit_ffn_", "refit_outputs"]
@@ -76,14 +77,16 @@ def conditional_redundancy(acts: Tensor, n_remove: int, w_out: Tensor | None = N
         ``O(n²)`` float64 memory.
 
     Raises:
-        ValueError: on a bad ``n_remove``, non-2-D ``acts``, non-finite activations or a ``w_out`` of another
-            neuron count.
+        ValueError: on a bad ``n_remove``, non-2-D ``acts``, non-finite activations, or a ``w_out`` of another
+            neuron count or sharded.
     """
     if acts.dim() != 2:
         raise ValueError(f"acts must be (tokens, neurons), got shape {tuple(acts.shape)}.")
     n = acts.shape[1]
     if not 0 <= n_remove < n:
         raise ValueError(f"n_remove must be in [0, {n}) for {n} neurons (at least one kept), got {n_remove}.")
+    if w_out is not None and is_sharded(w_out):
+        raise ValueError("w_out is sharded (a DTensor); pass the whole outgoing weights (e.g. w_out.full_tensor()).")
     if w_out is not None and w_out.shape[0] != n:
         raise ValueError(f"w_out needs one row per neuron ({n}), got shape {tuple(w_out.shape)}.")
     if not torch.isfinite(acts).all():
@@ -122,9 +125,15 @@ def refit_outputs(module: nn.Module, acts: Tensor, keep: Tensor, bias_only: bool
         ridge: added to the kept covariance's diagonal, as a fraction of its mean variance.
 
     Raises:
-        ValueError: if shapes disagree, nothing is kept, or ``bias_only`` is asked of a module without a bias.
+        ValueError: if shapes disagree, nothing is kept, ``bias_only`` is asked of a module without a bias, or the
+            weight is sharded (a ``DTensor``).
     """
     w = outgoing_weights(module)  # (n, d) view
+    if is_sharded(w):
+        raise ValueError(
+            "refit_outputs needs the whole output projection in one process, got a sharded (DTensor) weight: "
+            "refit before sharding the model, or on a copy loaded unsharded."
+        )
     keep = keep.to(torch.bool).cpu()
     if acts.dim() != 2 or acts.shape[1] != w.shape[0] or keep.shape != (w.shape[0],):
         raise ValueError(

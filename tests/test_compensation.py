@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
@@ -123,3 +128,35 @@ def test_refit_ffn_keeps_all_when_nothing_removed_and_lowers_block_error():
         assert (r - y).norm() < (p - y).norm()
     with pytest.raises(ValueError, match="one keep mask per"):
         refit_ffn_(model, batches, masks[:1])
+
+
+_SHARDED = """
+import os, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+from lightning_prune.compensation import conditional_redundancy, refit_outputs
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"])
+dist.init_process_group("gloo", rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+lin = torch.nn.Linear(8, 4)
+lin.weight = torch.nn.Parameter(distribute_tensor(lin.weight.detach(), mesh, [Shard(0)]))
+acts, keep = torch.randn(64, 8), torch.arange(8) < 4
+for call in (lambda: refit_outputs(lin, acts, keep), lambda: conditional_redundancy(acts, 2, lin.weight.t())):
+    try:
+        call()
+    except ValueError as e:
+        assert "sharded" in str(e), e
+    else:
+        raise SystemExit("no error on a sharded weight")
+dist.destroy_process_group()
+print("ok")
+"""
+
+
+def test_sharded_weights_are_refused_not_refitted_shard_by_shard():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "PORT": port, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
