@@ -11,10 +11,11 @@ encoder layers (Q, K, V, attention output, intermediate, output), to the same ta
   ``ModelPruning("l1_unstructured", use_global_unstructured=True)`` on the same modules, reaching the same
   cumulative sparsities at the same points as ours (at the end of the epoch before; its ``amount`` is the fraction
   of the remaining weights, converted by :func:`model_pruning_amount`), with ``use_lottery_ticket_hypothesis``
-  True (survivors reset to the pretrained weights at every pruning) and False; its masks are made permanent at the
-  end of training. ``ModelPruning best`` is the one of the two with the higher mean cosine;
+  True (survivors reset to the pretrained weights at every pruning, as documented; on CPU Lightning 2.6.6 does so only
+  at the first pruning: its saved copy then shares memory with the trained weights) and False; its masks are
+  made permanent at the end of training. ``ModelPruning best`` is the one of the two with the higher mean cosine;
 * ``one-shot Wanda + distillation``: :func:`lightning_prune.calibration.wanda_masks` (|w_ij|·‖x_j‖, half of every
-  output row) from the first training sentences of the seed's order (each sentence alone, so no padding enters the
+  output row) from training sentences in a seed-dependent order (each sentence alone, so no padding enters the
   input norms), then the same distillation with the masks held exact zeros (:class:`HoldMasks`, the model's
   :class:`~lightning_prune.MaskRegistry`: weights, gradients and AdamW's moments);
 * ``ours: <criterion>``: :class:`~lightning_prune.ImportanceTracking` + :class:`~lightning_prune.ScheduledPruning`
@@ -164,7 +165,12 @@ class SentenceDistill(pl.LightningModule):
 
     @override
     def on_fit_start(self) -> None:
+        self._teacher_device = next(self.teacher.parameters()).device
         self.teacher.to(self.device)
+
+    @override
+    def on_fit_end(self) -> None:
+        self.teacher.to(self._teacher_device)  # the dense model is shared: the next row starts from it where it was
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -284,8 +290,10 @@ def model_pruning_amount(points: Mapping[int, float]) -> Callable[[int], float]:
 def calibration_masks(
     student: nn.Module, texts: list[str], tokenizer: Any, args: argparse.Namespace, seed: int
 ) -> dict[str, Tensor]:
-    """Wanda masks of the selected weights from the first ``calibration_batches`` training batches of ``seed``'s
-    order, each sentence run alone (no padding in the input norms); keyed by fqn in :class:`SentenceDistill`."""
+    """Wanda masks of the selected weights from ``calibration_batches × batch_size`` training sentences in a
+    ``seed``-dependent random order (the training loader's sampler run once on its own, so not the sentences the
+    first training steps see), each sentence run alone (no padding in the input norms); keyed by fqn in
+    :class:`SentenceDistill`."""
     order = list(iter(loader(texts, tokenizer, args.batch_size, args.max_length, shuffle=True, seed=seed).sampler))
     chosen = [texts[i] for i in order[: args.calibration_batches * args.batch_size]]
     batches = [dict(tokenizer([s], truncation=True, max_length=args.max_length, return_tensors="pt")) for s in chosen]
