@@ -39,9 +39,10 @@ sets the training order, the calibration sentences and torch's seed) as mean, mi
 Run:
     python recipes/pretrained.py
 Default: 200 steps, 2 seeds (0, 1), 5 trained runs per seed; ``--seeds 0 1 2`` adds a third seed (5 more runs).
-Measured with ``--threads 1`` on 2 cores shared with another CPU-heavy job: 3076 s wall in all, 223–434 s per
-trained run. On such a shared machine one torch thread was about 4× faster than two (a 20-step pilot: 40 s against
-154 s); on quiet cores the default (torch's thread count) is the one to use. Writes ``<out>/pretrained.json``
+Measured on 2 quiet cores with torch's 2 threads: 1312 s wall in all, 110–155 s per trained run; with
+``--threads 1`` on 2 cores shared with another CPU-heavy job: 3076 s, 223–434 s per trained run. On such a
+shared machine one torch thread was about 4× faster than two (a 20-step pilot: 40 s against 154 s); on quiet
+cores the default (torch's thread count) is the one to use. Writes ``<out>/pretrained.json``
 (default ``runs/pretrained``; rewritten after every run, ``"complete": true`` at the end) and prints a markdown table.
 """
 
