@@ -69,7 +69,8 @@ def conditional_redundancy(acts: Tensor, n_remove: int, w_out: Tensor | None = N
         acts: ``(T, n)`` activations, T > n for a well-posed covariance (``ridge`` keeps it invertible).
         n_remove: neurons to remove, 0 <= n_remove < n.
         w_out: ``(n, d)`` outgoing weights (:func:`outgoing_weights`); when given, the score is the output error
-            ``‖w_i‖² / P_ii``, otherwise the unexplained fraction of variance ``1 / (P_ii Σ_ii)``.
+            ``‖w_i‖² / P_ii``, otherwise the unexplained fraction of variance ``1 / (P_ii Σ_ii)`` (0 for a neuron
+            whose activation does not vary: a dead neuron goes first).
         ridge: added to the covariance's diagonal, as a fraction of the mean variance.
 
     Returns:
@@ -95,10 +96,13 @@ def conditional_redundancy(acts: Tensor, n_remove: int, w_out: Tensor | None = N
     prec = torch.linalg.inv(cov)  # (n, n), the inverse over the kept set
     weight = None if w_out is None else w_out.detach().double().to(cov.device).square().sum(1)  # (n,)
     variance = cov.diagonal().clone()
+    if weight is None:  # a dead (or constant) neuron carries no variance: nothing is lost by removing it first
+        raw = acts.double().var(0).to(cov.device)  # (n,) without the ridge
+        weight_free = raw > 1e-12 * raw.mean().clamp_min(1e-300)
     keep = torch.ones(n, dtype=torch.bool, device=cov.device)
     for _ in range(n_remove):
         d = prec.diagonal()
-        score = 1.0 / (d * variance) if weight is None else weight / d
+        score = (1.0 / (d * variance)) * weight_free if weight is None else weight / d
         i = int(torch.where(keep, score, torch.inf).argmin())
         keep[i] = False
         col = prec[:, i].clone()

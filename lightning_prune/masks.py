@@ -53,6 +53,7 @@ __all__ = [
     "SCOPES",
     "all_finite",
     "apply_masks_",
+    "clear_",
     "compute_masks",
     "global_masks",
     "layer_masks",
@@ -255,8 +256,109 @@ def _prune_lowest(items: Sequence[tuple[str, Tensor, bool]], k: int, group: Any)
     return keeps, pruned
 
 
+@torch.no_grad()
+def _counts(items: Sequence[tuple[str, Tensor, bool]], threshold: float, group: Any) -> Tensor:
+    """``(2, n)`` int64 on the CPU: per item, entries of its full tensor strictly below ``threshold`` and equal to it
+    (one all-reduce for the sharded items)."""
+    dev = items[0][1].device
+    local_part, shared = (torch.zeros(2, len(items), dtype=torch.int64, device=dev) for _ in range(2))
+    for j, (_, s, sh) in enumerate(items):
+        f = _flat(s)
+        target = shared if sh else local_part
+        target[0, j], target[1, j] = torch.count_nonzero(f < threshold), torch.count_nonzero(f == threshold)
+    return _summed(local_part, shared, group, any(sh for _, _, sh in items)).cpu()
+
+
+@torch.no_grad()
+def _clamped_threshold(
+    items: Sequence[tuple[str, Tensor, bool]], k: int, lo: Sequence[int], hi: Sequence[int], group: Any
+) -> float:
+    """The lowest score τ with Σ_f clamp(#(s_f ≤ τ), lo_f, hi_f) ≥ k, over the full tensors: the global ranking's
+    threshold when every tensor is held within its bounds. Two radix passes as in :func:`_kth_lowest`, each tensor's
+    cumulative histogram clamped on its own (one histogram at a time in memory).
+
+    Raises:
+        ValueError: if any score is NaN.
+    """
+    dev = items[0][1].device
+    total = torch.zeros(_BINS, dtype=torch.int64, device=dev)
+    for (fqn, s, sh), low, high in zip(items, lo, hi):
+        top = _flat(s).view(torch.int16)[_HIGH::2].view(torch.uint16).to(torch.int32)  # (numel,)
+        hist = torch.bincount(top, minlength=_BINS).to(dev)  # (65536,) by raw top bits
+        if sh and group is not None:
+            all_reduce_(hist, group)
+        if int(hist[_NAN_BUCKETS.to(dev)].sum()):
+            raise ValueError(f"scores must not be NaN; found NaN in {fqn}.")
+        total += _ordered(hist).cumsum(0).clamp_(low, high)
+    o = int(torch.searchsorted(total, k))  # the first bucket where the clamped count reaches k
+    first, span = _bucket(o)
+    lo_v, hi_v = _value(first), _value(first + span - 1)
+    lo_v = -math.inf if math.isnan(lo_v) else lo_v
+    hi_v = math.inf if math.isnan(hi_v) else hi_v
+    total = torch.zeros(span, dtype=torch.int64, device=dev)
+    for (_, s, sh), low, high in zip(items, lo, hi):
+        f = _flat(s)
+        inside = f[(f >= lo_v) & (f <= hi_v)]  # (m,) the scores in the chosen bucket
+        hist = torch.cat([torch.count_nonzero(f < lo_v).view(1), torch.bincount(_keys(inside) - first, minlength=span)])
+        if sh and group is not None:
+            all_reduce_(hist, group)
+        total += hist.cumsum(0)[1:].clamp_(low, high)
+        del f, inside
+    return _value(first + int(torch.searchsorted(total, k)))
+
+
+def _bounded_counts(
+    items: Sequence[tuple[str, Tensor, bool]], k: int, lo: Sequence[int], hi: Sequence[int], group: Any
+) -> list[int]:
+    """Entries to prune per item so that exactly ``k`` are pruned in all, each item within ``[lo, hi]``, by one
+    global ranking: the lowest ``clamp(#(s ≤ τ), lo, hi)`` of each item at the threshold τ, ties at τ in item order.
+    Needs ``sum(lo) <= k <= sum(hi)``."""
+    if k <= sum(lo):
+        return list(lo)
+    threshold = _clamped_threshold(items, k, lo, hi, group)
+    below, equal = _counts(items, threshold, group).tolist()
+    counts = [min(max(b, low), high) for b, low, high in zip(below, lo, hi)]
+    left = k - sum(counts)
+    for j, (b, e, low, high) in enumerate(zip(below, equal, lo, hi)):
+        more = min(left, min(max(b + e, low), high) - counts[j])
+        counts[j] += more
+        left -= more
+    return counts
+
+
+def _down(x: float) -> int:
+    """⌊x⌋, forgiving float noise just below an integer (0.3 · 10 is 3, not 2)."""
+    return math.floor(x + 1e-9)
+
+
+def _up(x: float) -> int:
+    """⌈x⌉, forgiving float noise just above an integer."""
+    return math.ceil(x - 1e-9)
+
+
+def _apportion(sparsity: float, sizes: Sequence[int]) -> list[int]:
+    """Entries to prune per part: round(sparsity · total) in all, each part within one entry of sparsity · size
+    (the parts with the largest remainders take the extra entry, ties by order)."""
+    want = [sparsity * n for n in sizes]
+    counts = [min(math.floor(w), n) for w, n in zip(want, sizes)]
+    extra = round(sparsity * sum(sizes)) - sum(counts)
+    order = sorted(range(len(sizes)), key=lambda j: (counts[j] - want[j], j))  # largest remainder first
+    for j in order[:extra] if extra > 0 else order[::-1][:-extra]:  # (float rounding may ask for one less)
+        counts[j] += 1 if extra > 0 else -1
+    return counts
+
+
 def _items(scores: Mapping[str, Tensor], layouts: Mapping[str, Layout]) -> list[tuple[str, Tensor, bool]]:
     return [(f, s, layouts[f].sharded) for f, s in scores.items()]
+
+
+def _each(items: Sequence[tuple[str, Tensor, bool]], counts: Sequence[int], group: Any) -> dict[str, Tensor]:
+    """Every item's own ``counts[j]`` lowest entries pruned (ties by rank, then position)."""
+    masks = {}
+    for item, n in zip(items, counts):
+        (keep,), _ = _prune_lowest([item], n, group)
+        masks[item[0]] = keep.view(item[1].shape)
+    return masks
 
 
 # ---- unstructured -------------------------------------------------------------------------------------------
@@ -266,7 +368,8 @@ def _items(scores: Mapping[str, Tensor], layouts: Mapping[str, Layout]) -> list[
 def layer_masks(
     scores: Mapping[str, Tensor], sparsity: float, layouts: Mapping[str, Layout] | None = None
 ) -> dict[str, Tensor]:
-    """Prune round(sparsity · numel) lowest-scored entries of each (full) tensor.
+    """Prune each tensor on its own: round(sparsity · total) entries in all, each tensor within one entry of
+    sparsity · numel (the tensors with the largest remainders take the extra entry), its lowest-scored ones.
 
     Args:
         scores: ``{fqn: local scores}``.
@@ -277,13 +380,8 @@ def layer_masks(
         ValueError: if a score is NaN.
     """
     lay, group = _layouts(scores, layouts)
-    masks = {}
-    for item in _items(scores, lay):
-        fqn, s, _ = item
-        size = _full_numel(lay[fqn])
-        (keep,), _ = _prune_lowest([item], min(max(round(sparsity * size), 0), size), group)
-        masks[fqn] = keep.view(s.shape)
-    return masks
+    items = _items(scores, lay)
+    return _each(items, _apportion(sparsity, [_full_numel(lay[f]) for f, _, _ in items]), group)
 
 
 @torch.no_grad()
@@ -294,24 +392,25 @@ def global_masks(
     layouts: Mapping[str, Layout] | None = None,
     min_layer_sparsity: float | None = None,
 ) -> dict[str, Tensor]:
-    """Prune the round(sparsity · total) lowest-scored entries across all tensors.
+    """Prune exactly the round(sparsity · total) lowest-scored entries across all tensors.
 
-    With ``max_layer_sparsity``, no tensor is pruned beyond round(max_layer_sparsity · numel): a tensor that
-    would be is held at its cap (its own lowest entries) and the rest of the budget is spread over the others by
-    the same global ranking, repeatedly until no tensor exceeds its cap. With ``min_layer_sparsity`` a tensor
-    that the ranking would prune less than its floor round(min_layer_sparsity · numel) is held at its floor and
-    the rest of the budget spread the same way (caps are settled first in every round; each round fixes at
-    least one tensor, so it ends).
+    With bounds, every tensor ends within ``[⌊min_layer_sparsity · numel⌋, ⌈max_layer_sparsity · numel⌉]`` pruned
+    entries (each bound within one entry of its fraction, rounded away from the target, so any target between the
+    floor and the cap can be met exactly) and the total is still exact: the ranking's threshold is the one at which
+    the tensors' counts, each clamped to its bounds, add up to the budget (a tensor at its cap or floor takes its
+    own lowest entries; the rest follow the global ranking). Entries scored −inf (already pruned, e.g. by another
+    writer) always count: a tensor's cap is raised to them, never below.
 
     Args:
-        scores: ``{fqn: local scores}``.
+        scores: ``{fqn: local scores}``, −inf for entries already pruned.
         sparsity: fraction of all entries to prune.
         max_layer_sparsity: the most any one tensor may be pruned (None: no cap).
         layouts: ``{fqn: Layout}`` of sharded tensors (default: every tensor whole and local).
         min_layer_sparsity: the least any one tensor is pruned (None: no floor); at most ``sparsity``.
 
     Raises:
-        ValueError: if a score is NaN, or the floor exceeds ``sparsity`` or the cap.
+        ValueError: if a score is NaN, the floor exceeds ``sparsity`` or the cap, or no selection within the bounds
+            prunes exactly the budget (the message gives the range the bounds allow).
     """
     if min_layer_sparsity is not None and min_layer_sparsity > min(sparsity, max_layer_sparsity or 1.0):
         raise ValueError(
@@ -320,26 +419,23 @@ def global_masks(
         )
     lay, group = _layouts(scores, layouts)
     items = _items(scores, lay)
-    sizes = {f: _full_numel(lay[f]) for f in scores}
-    budget = round(sparsity * sum(sizes.values()))
-    caps = {f: round(max_layer_sparsity * n) for f, n in sizes.items()} if max_layer_sparsity is not None else {}
-    floors = {f: round(min_layer_sparsity * n) for f, n in sizes.items()} if min_layer_sparsity is not None else {}
-    fixed: dict[str, int] = {}  # tensors held at their cap or floor
-    while True:
-        free = [it for it in items if it[0] not in fixed]
-        k = max(0, min(budget - sum(fixed.values()), sum(sizes[f] for f, _, _ in free)))
-        keeps, pruned = _prune_lowest(free, k, group)
-        over = {f: caps[f] for (f, _, _), c in zip(free, pruned) if caps and c > caps[f]}
-        under = {f: floors[f] for (f, _, _), c in zip(free, pruned) if floors and c < floors[f]}
-        if not over and not under:
-            break
-        fixed.update(over or under)
-    masks = {f: keep.view(s.shape) for (f, s, _), keep in zip(free, keeps)}
-    for item in items:
-        if item[0] in fixed:
-            (keep,), _ = _prune_lowest([item], fixed[item[0]], group)
-            masks[item[0]] = keep.view(item[1].shape)
-    return {f: masks[f] for f in scores}
+    sizes = [_full_numel(lay[f]) for f, _, _ in items]
+    budget = round(sparsity * sum(sizes))
+    if max_layer_sparsity is None and min_layer_sparsity is None:
+        keeps, _ = _prune_lowest(items, budget, group)
+        return {f: keep.view(s.shape) for (f, s, _), keep in zip(items, keeps)}
+    already = _counts(items, -math.inf, group)[1].tolist()  # entries scored −inf: pruned whatever the cap says
+    hi = [n if max_layer_sparsity is None else max(_up(max_layer_sparsity * n), a) for n, a in zip(sizes, already)]
+    lo = [0 if min_layer_sparsity is None else min(_down(min_layer_sparsity * n), h) for n, h in zip(sizes, hi)]
+    lo = [max(low, a) for low, a in zip(lo, already)]  # what is pruned already stays pruned
+    if not sum(lo) <= max(budget, sum(already)) or budget > sum(hi):  # (already above the budget: kept, no more)
+        raise ValueError(
+            f"cannot prune exactly {budget} of {sum(sizes)} entries (sparsity {sparsity}) with every tensor within "
+            f"min_layer_sparsity={min_layer_sparsity} and max_layer_sparsity={max_layer_sparsity}: those bounds and "
+            f"the {sum(already)} entries pruned already (by another writer) allow {sum(lo)} to {sum(hi)} pruned "
+            "entries. Loosen the bounds (or layer_spread), change the target, or let the other writer prune less."
+        )
+    return _each(items, _bounded_counts(items, budget, lo, hi, group), group)
 
 
 @torch.no_grad()
@@ -349,9 +445,10 @@ def output_masks(
     in_dims: Mapping[str, int],
     layouts: Mapping[str, Layout] | None = None,
 ) -> dict[str, Tensor]:
-    """Prune round(sparsity · fan_in) lowest-scored entries of every output (each row of inputs; Wanda's
-    per-output comparison), ties by position. Tensors that are not 2-D are pruned per tensor as in
-    :func:`layer_masks`.
+    """Prune the lowest-scored inputs of every output (each row of inputs; Wanda's per-output comparison), ties by
+    position: round(sparsity · total) entries in all, every row within one entry of sparsity · fan_in (the extra
+    entries go to whole tensors by largest remainder, and within a tensor to its first rows). A tensor that is not
+    2-D counts as one row.
 
     Args:
         scores: ``{fqn: local scores}``.
@@ -363,27 +460,52 @@ def output_masks(
         ValueError: if a 2-D tensor is split along its input dim (its rows are not local), or a score is NaN.
     """
     lay, _ = _layouts(scores, layouts)
-    masks = {}
+    shapes = {}  # fqn -> (full rows, fan-in)
     for fqn, s in scores.items():
         if s.dim() != 2:
-            masks.update(layer_masks({fqn: s}, sparsity, {fqn: lay[fqn]}))
+            shapes[fqn] = (1, _full_numel(lay[fqn]))
             continue
         d = in_dims.get(fqn, 1)
         if lay[fqn].sharded and lay[fqn].dim == d:
             raise ValueError(f"{fqn}: scope 'output' needs whole output rows, but it is split along its input dim {d}.")
-        rows = (s if d == 1 else s.t()).float()  # (out, in)
+        shapes[fqn] = (lay[fqn].shape[1 - d], lay[fqn].shape[d])
+    extra = _row_extras(sparsity, shapes)
+    masks = {}
+    for fqn, s in scores.items():
+        d = in_dims.get(fqn, 1) if s.dim() == 2 else 1
+        rows = (s.reshape(1, -1) if s.dim() != 2 else s if d == 1 else s.t()).float()  # (out, in)
         if bool(rows.isnan().any()):
             raise ValueError(f"scores must not be NaN; found NaN in {fqn}.")
-        k = round(sparsity * rows.shape[1])
+        first = lay[fqn].offset[1 - d] if s.dim() == 2 and lay[fqn].dim == 1 - d else 0  # global index of row 0
+        plus = torch.arange(first, first + rows.shape[0], device=rows.device) < extra[fqn]  # (out,) one more
+        q = math.floor(sparsity * shapes[fqn][1])
+        ks = q + plus.long()  # (out,) entries to prune per row
         keep = torch.ones_like(rows, dtype=torch.bool)
-        if k and rows.numel():
-            kth = rows.kthvalue(k, dim=1, keepdim=True).values  # (out, 1)
+        if rows.numel() and bool((ks > 0).any()):
+            kth = rows.kthvalue(max(q, 1), dim=1, keepdim=True).values  # (out, 1) the k-th lowest of each row
+            if bool(plus.any()):
+                kth = torch.where(plus[:, None], rows.kthvalue(q + 1, dim=1, keepdim=True).values, kth)
             below = rows < kth
             eq = rows == kth
-            need = k - below.sum(1, keepdim=True)  # (out, 1) ties to prune in each row, first ones by position
+            need = ks[:, None] - below.sum(1, keepdim=True)  # (out, 1) ties to prune in each row, first by position
             keep = ~(below | (eq & (eq.cumsum(1, dtype=torch.int32) <= need)))
-        masks[fqn] = keep if d == 1 else keep.t().contiguous()
+            keep[ks == 0] = True
+        masks[fqn] = keep.view(s.shape) if s.dim() != 2 else keep if d == 1 else keep.t().contiguous()
     return masks
+
+
+def _row_extras(sparsity: float, shapes: Mapping[str, tuple[int, int]]) -> dict[str, int]:
+    """Per tensor, how many of its first rows prune one entry more than floor(sparsity · fan_in), so that
+    round(sparsity · total) entries are pruned in all (largest remainders first, ties by order)."""
+    base = {f: math.floor(sparsity * fan_in) * rows for f, (rows, fan_in) in shapes.items()}
+    left = round(sparsity * sum(r * n for r, n in shapes.values())) - sum(base.values())
+    order = sorted(shapes, key=lambda f: -(sparsity * shapes[f][1] - math.floor(sparsity * shapes[f][1])))
+    extra = {}
+    for f in order:
+        rows, fan_in = shapes[f]
+        extra[f] = min(max(left, 0), rows if math.floor(sparsity * fan_in) < fan_in else 0)
+        left -= extra[f]
+    return extra
 
 
 # ---- structured ---------------------------------------------------------------------------------------------
@@ -438,26 +560,31 @@ def nm_masks(
 
 def _row_sums(
     scores: Mapping[str, Tensor], dims: Mapping[str, int], lay: Mapping[str, Layout], group: Any
-) -> dict[str, Tensor]:
-    """The mean score of every output row of each full tensor (float64), the same on every process."""
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per output row of each full tensor, the mean of its scores that are not −inf (float64; −inf for a row pruned
+    whole already) and the number of those entries, the same on every process. Entries scored −inf (already
+    pruned, e.g. by another writer) neither rank a row nor count again."""
     sums, shared = {}, []
     for f, s in scores.items():
         d, layout = dims.get(f, 0), lay[f]
-        local = s.movedim(d, 0).flatten(1).double().sum(1)  # (local out,)
-        full = torch.zeros(layout.shape[d], dtype=torch.float64, device=s.device)  # (out,)
+        rows = s.movedim(d, 0).flatten(1).double()  # (local out, in)
+        live = ~torch.isneginf(rows)
+        part = torch.stack([rows.where(live, 0.0).sum(1), live.sum(1).double()])  # (2, local out) sum, count
+        full = torch.zeros(2, layout.shape[d], dtype=torch.float64, device=s.device)  # (2, out)
         if layout.sharded and layout.dim == d:
-            full[layout.offset[d] : layout.offset[d] + local.numel()] = local
+            full[:, layout.offset[d] : layout.offset[d] + part.shape[1]] = part
         else:
-            full += local  # whole rows, or partial sums of rows split along an input dim
+            full += part  # whole rows, or partial sums of rows split along an input dim
         sums[f] = full
         if layout.sharded:
             shared.append(f)
     if shared and group is not None:
-        flat = torch.cat([sums[f] for f in shared])  # one all-reduce for all sharded tensors
+        flat = torch.cat([sums[f] for f in shared], dim=1)  # one all-reduce for all sharded tensors
         all_reduce_(flat, group)
-        for f, part in zip(shared, flat.split([sums[f].numel() for f in shared])):
+        for f, part in zip(shared, flat.split([sums[f].shape[1] for f in shared], dim=1)):
             sums[f] = part
-    return {f: v.cpu() / (_full_numel(lay[f]) // max(v.numel(), 1)) for f, v in sums.items()}
+    means = {f: (v[0] / v[1]).where(v[1] > 0, -math.inf).cpu() for f, v in sums.items()}
+    return means, {f: v[1].cpu() for f, v in sums.items()}
 
 
 def _lowest_rows(means: Tensor, k: int) -> Tensor:
@@ -491,7 +618,7 @@ def row_masks(
         layouts: ``{fqn: Layout}`` of sharded tensors (default: every tensor whole and local).
     """
     lay, group = _layouts(scores, layouts)
-    means = _row_sums(scores, dims, lay, group)  # {fqn: (out,)}
+    means, live = _row_sums(scores, dims, lay, group)  # {fqn: (out,)} each
     width = {f: _full_numel(lay[f]) // max(r.numel(), 1) for f, r in means.items()}
     cap_rows = {
         f: (round(max_layer_sparsity * _full_numel(lay[f])) // width[f] if width[f] else r.numel())
@@ -499,19 +626,27 @@ def row_masks(
         else r.numel()
         for f, r in means.items()
     }
+    gone = {f: int((r == -math.inf).sum()) for f, r in means.items()}  # rows pruned whole already: always pruned
+    cap_rows = {f: max(c, gone[f]) for f, c in cap_rows.items()}
     if scope == "layer":
-        pruned_rows = {f: _lowest_rows(r, min(round(sparsity * r.numel()), cap_rows[f])) for f, r in means.items()}
+        pruned_rows = {
+            f: _lowest_rows(r, min(max(round(sparsity * r.numel()), gone[f]), cap_rows[f])) for f, r in means.items()
+        }
     else:
-        target = sparsity * sum(_full_numel(lay[f]) for f in scores)
+        # the budget in entries: what is pruned already counts; a row adds only its entries still live
+        target = sparsity * sum(_full_numel(lay[f]) for f in scores) - sum(
+            width[f] * r.numel() - float(live[f].sum()) for f, r in means.items()
+        )
         fixed: dict[str, int] = {}
         while True:
             free = [f for f in means if f not in fixed]
             flat = torch.cat([means[f] for f in free]) if free else torch.empty(0, dtype=torch.float64)
-            w = torch.cat([torch.full_like(means[f], width[f]) for f in free]) if free else flat
+            w = torch.cat([live[f] for f in free]) if free else flat
             order = _lowest_rows(flat, flat.numel())
             cum = w[order].cumsum(0)
-            left = target - sum(cap * width[f] for f, cap in fixed.items())
+            left = target - sum(float(live[f][_lowest_rows(means[f], cap)].sum()) for f, cap in fixed.items())
             k = int((cum - 0.5 * w[order] <= left).sum()) if left > 0 else 0  # rows whose midpoint fits
+            k = max(k, sum(gone[f] for f in free))  # rows pruned whole stay pruned
             chosen = torch.zeros(flat.numel(), dtype=torch.bool)
             chosen[order[:k]] = True
             pruned_rows = {
@@ -602,7 +737,7 @@ def pack_mask(mask: Tensor) -> Tensor:
     last = mask.shape[-1]
     pad = -last % 8
     bits = torch.nn.functional.pad(mask.to(torch.uint8), (0, pad))  # (..., 8·ceil(last/8))
-    bits = bits.view(*mask.shape[:-1], -1, 8) * _BIT.to(mask.device)  # (..., ceil(last/8), 8)
+    bits = bits.view(*mask.shape[:-1], (last + pad) // 8, 8) * _BIT.to(mask.device)  # (..., ceil(last/8), 8)
     return bits.sum(-1, dtype=torch.uint8)  # distinct bits: the sum is the bitwise or
 
 
@@ -618,15 +753,31 @@ def unpack_mask(packed: Tensor, shape: Sequence[int] | torch.Size) -> Tensor:
 
 # ---- holding masks ------------------------------------------------------------------------------------------
 
+_SAME_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer dtype per element size
+
+
+def _bits(t: Tensor) -> Tensor:
+    """``t`` viewed as integers of the same width (same storage), so a multiply by a bool mask clears the pruned
+    entries' bits whatever they hold: +0.0 exactly, also over NaN and infinity, and kept entries bit for bit."""
+    return t if not t.is_floating_point() else t.view(_SAME_WIDTH[t.element_size()])
+
+
+@torch.no_grad()
+def clear_(tensors: Sequence[Tensor], keeps: Sequence[Tensor]) -> None:
+    """Set every entry of each tensor whose ``keep`` is False to exactly +0.0, in place, whatever it held (NaN and
+    infinity included), leaving the kept entries bit for bit: one fused multiply of the tensors' integer views by
+    the bool masks (``torch._foreach_mul_``), which is also cheaper than a float multiply or ``masked_fill_``."""
+    if tensors:
+        torch._foreach_mul_([_bits(t) for t in tensors], list(keeps))
+
 
 @torch.no_grad()
 def apply_masks_(tensors: Mapping[str, Tensor | None], pruned: Mapping[str, Tensor]) -> None:
     """Set the pruned entries (``pruned[fqn]`` True) of each tensor to exactly zero, in place (also over NaN).
     ``None`` tensors (no gradient) are skipped. Training holds masks through
     :class:`~lightning_prune.registry.MaskRegistry`; this is for one-off use (export, recipes)."""
-    for f in pruned:
-        if tensors[f] is not None:
-            tensors[f].masked_fill_(pruned[f], 0)
+    present = [f for f in pruned if tensors[f] is not None]
+    clear_([tensors[f] for f in present], [~pruned[f].to(tensors[f].device) for f in present])
 
 
 @torch.no_grad()

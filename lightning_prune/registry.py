@@ -5,10 +5,15 @@ their own name; the registry keeps the union (an entry is pruned if any writer p
 that makes pruned entries exact zeros:
 
 - after every ``optimizer.step`` (a step post-hook per optimizer) and in the gradients before it (a pre-hook),
-  with one fused ``torch._foreach_mul_`` over all held tensors each time: 2 passes per step in all;
-- on demand (:meth:`MaskRegistry.enforce_`), exactly (``masked_fill_``): in the weights, in every optimizer state
-  tensor shaped like a weight (Adam's moments, momentum), and in *shadow* copies of the model (the averaged model
-  of a weight-averaging callback), so no copy of the weights can bring a pruned entry back.
+  with one fused pass over all held tensors each time: 2 passes per step in all;
+- on demand (:meth:`MaskRegistry.enforce_`): in the weights, in every optimizer state tensor shaped like a weight
+  (Adam's moments, momentum), and in *shadow* copies of the model (the averaged model of a weight-averaging
+  callback), so no copy of the weights can bring a pruned entry back.
+
+Every pass clears exactly (:func:`~lightning_prune.masks.clear_`: the tensors' integer views times the bool masks):
+a pruned entry becomes +0.0 whatever arrived there — a NaN or infinite gradient included (a regulariser such as
+``sqrt(sum w²)`` over a pruned row has gradient 0/0 there) — so masks never make a finite run non-finite, and kept
+entries are untouched bit for bit (a non-finite value there stays the user's).
 
 Masks are ``bool`` on the parameter's *local* tensor (the whole tensor, or this process's shard of a ``DTensor``;
 see :mod:`lightning_prune.shards`): one byte per parameter, nothing else is kept.
@@ -25,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -33,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lightning_prune.masks import clear_
 from lightning_prune.shards import Layout, layout_of, local
 
 __all__ = ["MaskRegistry", "registry_of"]
@@ -65,14 +72,22 @@ class MaskRegistry:
         """Find every parameter of ``model`` as it trains now (after ``configure_model``, sharding and precision
         conversion have replaced them), keeping the masks, which are keyed by fqn.
 
-        Raises:
-            ValueError: if a written mask no longer fits its parameter's local shape, or names a parameter the model
-                lacks.
+        Masks that no longer fit (their parameter is gone or has another shape) are dropped with a warning.
         """
         self.params = dict(model.named_parameters())
         self.layouts = {}
-        for fqn in self.keep:
-            self._check(fqn, self.keep[fqn])
+        stale = sorted(f for f, m in self.keep.items() if not self._fits(f, m))
+        if stale:  # the model was reshaped (e.g. structured removal) or replaced under the same object
+            warnings.warn(
+                f"the masks of {stale[:5]}{' …' if len(stale) > 5 else ''} no longer fit the model's parameters "
+                "(missing, or reshaped since they were written, e.g. by a structured shrink): they are dropped, and "
+                "the zeros already in those weights are no longer held. A pruning callback of this fit prunes anew.",
+                stacklevel=2,
+            )
+            for masks in self.writers.values():
+                for f in stale:
+                    masks.pop(f, None)
+            self._union(stale)
         self.keep = {f: m.to(local(self.params[f]).device) for f, m in self.keep.items()}
         for masks in self.writers.values():
             masks.update({f: m.to(local(self.params[f]).device) for f, m in masks.items()})
@@ -86,6 +101,9 @@ class MaskRegistry:
     def local(self, fqn: str) -> Tensor:
         """The local tensor of a resolved parameter (its shard under FSDP2)."""
         return local(self.params[fqn])
+
+    def _fits(self, fqn: str, mask: Tensor) -> bool:
+        return fqn in self.params and tuple(mask.shape) == tuple(local(self.params[fqn]).shape)
 
     def _check(self, fqn: str, mask: Tensor) -> None:
         if fqn not in self.params:
@@ -161,7 +179,7 @@ class MaskRegistry:
         seen = (id(grads[0]), grads[0]._version)  # a new backward writes a new tensor or bumps the version
         if seen == self._grads_masked:
             return
-        torch._foreach_mul_(grads, [self.keep[f] for f in fqns])
+        clear_(grads, [self.keep[f] for f in fqns])
         self._grads_masked = (id(grads[0]), grads[0]._version)
 
     def _mask_grads(self, *_: Any) -> None:
@@ -170,23 +188,23 @@ class MaskRegistry:
     @torch.no_grad()
     def _mask_weights(self, *_: Any) -> None:
         if self.keep:
-            torch._foreach_mul_([self.local(f) for f in self.keep], list(self.keep.values()))
+            clear_([self.local(f) for f in self.keep], list(self.keep.values()))
 
     @torch.no_grad()
     def enforce_(self, optimizers: Iterable[Optimizer] = (), shadows: Iterable[Mapping[str, Tensor]] = ()) -> None:
-        """Make every pruned entry exactly zero now (also over NaN): in the weights, in the optimizer state
-        tensors shaped like them, and in each shadow ``{fqn: tensor}`` (e.g. an averaged copy of the model)."""
+        """Make every pruned entry exactly zero now (also over NaN): in the weights, their gradients, the optimizer
+        state tensors shaped like them, and each shadow ``{fqn: tensor}`` (e.g. an averaged copy of the model)."""
+        optimizers, shadows = [getattr(o, "_optimizer", o) for o in optimizers], list(shadows)
+        tensors, keeps = [], []
         for fqn, keep in self.keep.items():
-            pruned = ~keep
-            self.local(fqn).masked_fill_(pruned, 0)
-            for optimizer in optimizers:
-                state = getattr(optimizer, "_optimizer", optimizer).state.get(self.params[fqn], {})
-                for value in state.values():
-                    if isinstance(value, Tensor) and tuple(local(value).shape) == tuple(pruned.shape):
-                        local(value).masked_fill_(pruned, 0)
-            for shadow in shadows:
-                if fqn in shadow and tuple(local(shadow[fqn]).shape) == tuple(pruned.shape):
-                    local(shadow[fqn]).masked_fill_(pruned.to(local(shadow[fqn]).device), 0)
+            param = self.params[fqn]
+            held = [param, param.grad, *(v for o in optimizers for v in o.state.get(param, {}).values())]
+            held += [shadow[fqn] for shadow in shadows if fqn in shadow]
+            for t in held:
+                if isinstance(t, Tensor) and tuple(local(t).shape) == tuple(keep.shape):
+                    tensors.append(local(t))
+                    keeps.append(keep if local(t).device == keep.device else keep.to(local(t).device))
+        clear_(tensors, keeps)
 
     def nbytes(self) -> int:
         """Bytes held by the masks (writers' and the union; a tensor shared by both counts once)."""

@@ -20,6 +20,7 @@ from typing import Literal
 
 __all__ = [
     "AtEpochs",
+    "Run",
     "AtSteps",
     "Cubic",
     "Linear",
@@ -88,17 +89,79 @@ class Schedule:
         """The sparsity reached at the end of the schedule."""
         return self(self.last())
 
-    def check_fits(self, max_epochs: int | None, max_steps: int | None) -> None:
-        """Raise ``ValueError`` if the schedule's last change lies past the end of the run."""
-        limit = max_epochs if self.unit == "epoch" else max_steps
-        if limit is None or limit < 0:
+    def first(self) -> int:
+        """The first position at which the target is above zero (the first pruning event)."""
+        t = 0
+        while self(t) <= 0.0 and t < self.last():
+            t += 1
+        return t
+
+    def check_fits(self, max_epochs: int | None, max_steps: int | None, steps_per_epoch: int | None = None) -> None:
+        """Raise ``ValueError`` if the schedule's last change lies past the end of the run.
+
+        Args:
+            max_epochs: the Trainer's ``max_epochs`` (None or -1: unbounded).
+            max_steps: the Trainer's ``max_steps`` (None or -1: unbounded).
+            steps_per_epoch: optimizer steps per epoch when known (then each limit also bounds the other unit).
+        """
+        run = Run.of(max_epochs, max_steps, steps_per_epoch)
+        limit = run.epochs if self.unit == "epoch" else run.steps
+        if limit is None or self.last() < limit:
             return
-        if self.last() >= limit:
-            name = "max_epochs" if self.unit == "epoch" else "max_steps"
-            raise ValueError(
-                f"{type(self).__name__} changes sparsity at {self.unit} {self.last()}, but the run has {name}={limit}"
-                f" ({self.unit}s 0..{limit - 1}). Move the point before {limit} or raise {name}."
-            )
+        name = type(self).__name__
+        raise ValueError(
+            f"{name} changes sparsity at {self.unit} {self.last()}, but the run has only {self.unit}s 0..{limit - 1} "
+            f"({run.why(self.unit)}). Move the point before {self.unit} {limit}, or let the run reach it: "
+            f"{run.needed(self.unit, self.last())}."
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    """How far a run goes: the epochs it starts and the optimizer steps it takes (None: unbounded or not known)."""
+
+    epochs: int | None
+    steps: int | None
+    max_epochs: int | None = None  # the Trainer's limits as given (None: unbounded)
+    max_steps: int | None = None
+    steps_per_epoch: int | None = None
+
+    @staticmethod
+    def of(max_epochs: int | None, max_steps: int | None, steps_per_epoch: int | None = None) -> Run:
+        """The run of a Trainer with these limits; with ``steps_per_epoch`` each limit bounds the other unit too."""
+        max_epochs = max_epochs if max_epochs is not None and max_epochs >= 0 else None
+        max_steps = max_steps if max_steps is not None and max_steps >= 0 else None
+        epochs, steps = max_epochs, max_steps
+        if steps_per_epoch:
+            if max_epochs is not None:
+                steps = min(steps, max_epochs * steps_per_epoch) if steps is not None else max_epochs * steps_per_epoch
+            if max_steps is not None:
+                started = -(-max_steps // steps_per_epoch)  # epochs with at least one step
+                epochs = min(epochs, started) if epochs is not None else started
+        return Run(epochs, steps, max_epochs, max_steps, steps_per_epoch)
+
+    def why(self, unit: str) -> str:
+        """Which limit ends the run in ``unit``."""
+        per = f"{self.steps_per_epoch} optimizer steps per epoch"
+        if unit == "epoch":
+            if self.max_epochs is not None and self.epochs == self.max_epochs:
+                return f"max_epochs={self.max_epochs}"
+            return f"max_steps={self.max_steps} at {per}"
+        if self.max_steps is not None and self.steps == self.max_steps:
+            return f"max_steps={self.max_steps}"
+        return f"max_epochs={self.max_epochs} at {per}"
+
+    def needed(self, unit: str, point: int) -> str:
+        """The Trainer limits that let the run reach ``point`` (in ``unit``), as arguments to pass."""
+        spe = self.steps_per_epoch
+        steps = point + 1 if unit == "step" else (point * spe + 1 if spe else None)
+        epochs = point + 1 if unit == "epoch" else (-(-(point + 1) // spe) if spe else None)
+        flags = []
+        if self.max_epochs is not None and epochs is not None and self.max_epochs < epochs:
+            flags.append(f"max_epochs={epochs} (--trainer.max_epochs {epochs})")
+        if self.max_steps is not None and steps is not None and self.max_steps < steps:
+            flags.append(f"max_steps={steps} (--trainer.max_steps {steps})")
+        return " and ".join(flags) or "a longer run"
 
 
 def _check_points(points: Mapping[int, float], unit: str) -> dict[int, float]:
@@ -127,6 +190,9 @@ class _Points(Schedule):
 
     def last(self) -> int:
         return max(self.points)
+
+    def first(self) -> int:
+        return min((t for t, s in self.points.items() if s > 0), default=self.last())
 
 
 @dataclass
@@ -167,6 +233,9 @@ class _Gradual(Schedule):
     def last(self) -> int:
         return self.end
 
+    def first(self) -> int:
+        return self.start if self.initial > 0 else min(self.start + self.every, self.end)
+
 
 @dataclass
 class Cubic(_Gradual):
@@ -203,4 +272,7 @@ class OneShot(Schedule):
         return self.sparsity if t >= self.at else 0.0
 
     def last(self) -> int:
+        return self.at
+
+    def first(self) -> int:
         return self.at

@@ -4,7 +4,17 @@ The default selects the 2-D weights of ``nn.Linear`` layers, ``transformers``' `
 ``nn.MultiheadAttention``'s ``in_proj_weight`` that sit inside numbered blocks (an fqn with a number in it,
 e.g. ``transformer.h.3.mlp.c_fc.weight``). Embeddings, norms, biases and the output head are left out: a
 layer whose name matches :data:`HEAD_PATTERNS`. A model without numbered blocks falls back to all such
-weights except those shaped like an embedding matrix (the output head).
+weights except those shaped like an embedding matrix and the last one (the output layer).
+
+Parameters as users have them:
+
+- a parameter shared by several modules (tied or reused weights) is one entry, under the name
+  ``named_parameters`` gives it (its first use);
+- frozen parameters (``requires_grad=False``) are left out of the default, since they do not train and so
+  cannot recover — except in a model with adapters (PEFT/LoRA), where the frozen base weights are exactly what
+  is pruned;
+- adapter parameters (the ``lora_A``/``lora_B``… of a PEFT tuner layer, everything of it but its
+  ``base_layer``) are never in the default selection.
 
 Example:
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
@@ -20,7 +30,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["HEAD_PATTERNS", "in_dim", "in_features", "is_conv1d", "select_parameters"]
+__all__ = ["HEAD_PATTERNS", "adapter_parameters", "in_dim", "in_features", "is_conv1d", "select_parameters"]
 
 HEAD_PATTERNS = ("*lm_head*", "*classifier*", "*score*", "*pooler*", "*qa_outputs*", "*cls.*")
 
@@ -31,15 +41,33 @@ def is_conv1d(module: nn.Module) -> bool:
 
 
 def _candidates(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Parameter]]:
-    """``{fqn: (module, weight)}`` for every prunable matrix in the model."""
+    """``{fqn: (module, weight)}`` for every prunable matrix in the model, each parameter once (by its
+    ``named_parameters`` name, however many modules use it)."""
+    names = {id(p): f for f, p in model.named_parameters()}  # a shared parameter: the name of its first use
     found: dict[str, tuple[nn.Module, nn.Parameter]] = {}
-    for name, module in model.named_modules():
-        prefix = f"{name}." if name else ""
+    for _, module in model.named_modules():
         if isinstance(module, nn.Linear) or is_conv1d(module):
-            found[prefix + "weight"] = (module, module.weight)
+            weight = module.weight
         elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
-            found[prefix + "in_proj_weight"] = (module, module.in_proj_weight)
+            weight = module.in_proj_weight
+        else:
+            continue
+        if weight is not None and id(weight) in names:
+            found.setdefault(names[id(weight)], (module, weight))
     return found
+
+
+def adapter_parameters(model: nn.Module) -> set[str]:
+    """fqns of adapter parameters: everything of a PEFT tuner layer (a module with a ``base_layer``, such as
+    LoRA's) except what lies in its ``base_layer``."""
+    adapters = set()
+    for name, module in model.named_modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, nn.Module) and base is not module:
+            prefix = f"{name}." if name else ""
+            inside = {id(p) for p in base.parameters()}
+            adapters |= {prefix + f for f, p in module.named_parameters() if id(p) not in inside}
+    return adapters
 
 
 def in_dim(module: nn.Module) -> int:
@@ -57,13 +85,19 @@ def _matches(fqn: str, patterns: Sequence[str]) -> bool:
 
 
 def _default(model: nn.Module, found: dict[str, tuple[nn.Module, nn.Parameter]]) -> list[str]:
-    ok = [f for f, (_, p) in found.items() if p.dim() == 2 and not _matches(f, HEAD_PATTERNS)]
+    adapters = adapter_parameters(model)
+    ok = [
+        f
+        for f, (_, p) in found.items()
+        if p.dim() == 2 and not _matches(f, HEAD_PATTERNS) and f not in adapters and (p.requires_grad or adapters)
+    ]
     in_blocks = [f for f in ok if re.search(r"\.\d+\.", f)]
     if in_blocks:
         return in_blocks
     embeddings = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
     shapes = {tuple(e.shape) for e in embeddings}
-    return [f for f in ok if tuple(found[f][1].shape) not in shapes]  # the output head has the embedding's shape
+    ok = [f for f in ok if tuple(found[f][1].shape) not in shapes]  # an output head shaped like the embedding
+    return ok[:-1] if len(ok) > 1 and list(found)[-1] == ok[-1] else ok  # the last layer computes the output
 
 
 def select_parameters(
@@ -93,7 +127,7 @@ def select_parameters(
         modules = dict(model.named_modules())
         for p in include:
             if not any(fnmatch.fnmatchcase(f, p) for f in params):
-                raise ValueError(f"parameter pattern {p!r} matches no parameter; fqns look like {list(params)[:4]}.")
+                raise ValueError(f"parameter pattern {p!r} matches no parameter; {_names_hint(model, p)}")
         chosen = [f for f in params if _matches(f, include)]
         for f in chosen:
             if f not in found:
@@ -104,5 +138,19 @@ def select_parameters(
             raise ValueError(f"exclude pattern {p!r} matches no selected parameter; selected: {chosen[:4]}...")
     chosen = [f for f in chosen if not _matches(f, exclude)]
     if not chosen:
-        raise ValueError("no parameter selected for pruning: give `parameters` patterns such as ['*.weight'].")
+        raise ValueError(
+            "no parameter selected for pruning (the default takes trainable 2-D Linear weights inside numbered "
+            "blocks): give `parameters` glob patterns of the weights to prune, such as ['*.mlp.*.weight', "
+            "'*.attn.*.weight']."
+        )
     return {f: found[f] for f in chosen}
+
+
+def _names_hint(model: nn.Module, pattern: str) -> str:
+    """What a pattern that matched nothing may have meant: a tied or shared parameter's other name, else examples."""
+    names = {id(p): f for f, p in model.named_parameters()}
+    aliases = {f: names[id(p)] for f, p in model.named_parameters(remove_duplicate=False) if names[id(p)] != f}
+    tied = [f"{f} is {canonical}" for f, canonical in aliases.items() if fnmatch.fnmatchcase(f, pattern)]
+    if tied:
+        return f"it names shared (tied) parameters, which are selected by their first name: {', '.join(tied[:4])}."
+    return f"fqns look like {list(names.values())[:4]}."

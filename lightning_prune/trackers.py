@@ -40,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -135,6 +136,7 @@ class RunningStats:
         self.layouts = dict(layouts or {})
         self.sections = {f: (sections or {}).get(f, 1) for f in self.in_dims}
         full = {f: self.layouts[f].shape if f in self.layouts else tuple(p.shape) for f, p in params.items()}
+        self.full_shapes = {f: tuple(full[f]) for f in params}  # of the whole tensors (a shard's may be empty)
         # forward passes folded into input_norm, per fqn, and passes left out (non-finite): tensors, so that the
         # update on every forward pass never waits for the device
         self.inputs_seen = {f: torch.zeros((), dtype=torch.long, device=params[f].device) for f in self.in_dims}
@@ -178,13 +180,12 @@ class RunningStats:
         if (self.calls - 1) % self.every:
             return False
         needs_grad = any(s in self.state for s in ("abs_grad", "movement", "taylor", "platon"))
-        weights = [params[f].detach() for f in self.fqns]
+        weights = _float32([params[f].detach() for f in self.fqns])  # float32 arithmetic in every precision
         grads_: list[Tensor] = []
         if needs_grad:
             given = grads if grads is not None else {f: params[f].grad for f in self.fqns}
-            grads_ = [
-                g.detach() if g is not None else torch.zeros_like(w) for g, w in zip(map(given.get, self.fqns), weights)
-            ]
+            found = [given.get(f) for f in self.fqns]
+            grads_ = _float32([g.detach() if g is not None else torch.zeros_like(w) for g, w in zip(found, weights)])
             if scale is not None:
                 grads_ = torch._foreach_mul(grads_, scale)
             if not all_finite(grads_):
@@ -325,9 +326,9 @@ class RunningStats:
             else:
                 torch._foreach_lerp_(targets, values, 1.0 - decay)
             return
-        for t, v in zip(targets, values):  # in float32, rounded to the state's dtype without bias
+        for f, t, v in zip(self.fqns, targets, values):  # in float32, rounded to the state's dtype without bias
             new = v.float() if first else torch.lerp(t.float(), v.float(), 1.0 - decay)
-            t.copy_(stochastic_round(new, self.dtype, self._generator(t.device)))
+            t.copy_(stochastic_round(new, self.dtype, self._generator(t.device, state, f)))
 
     def _add_(self, state: dict[str, Tensor], values: list[Tensor], alpha: float = 1.0) -> None:
         targets = [state[f] for f in self.fqns]
@@ -335,14 +336,20 @@ class RunningStats:
             values = [v.float() for v in values] if values and values[0].dtype != torch.float32 else values
             torch._foreach_add_(targets, values, alpha=alpha)
             return
-        for t, v in zip(targets, values):
-            t.copy_(stochastic_round(t.float().add_(v.float(), alpha=alpha), self.dtype, self._generator(t.device)))
+        for f, t, v in zip(self.fqns, targets, values):
+            new = t.float().add_(v.float(), alpha=alpha)
+            t.copy_(stochastic_round(new, self.dtype, self._generator(t.device, state, f)))
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        """One seeded generator per device: processes holding the same values round them the same way."""
+    def _generator(self, device: torch.device, state: dict[str, Tensor], fqn: str) -> torch.Generator:
+        """The generator that rounds ``fqn``'s entry of ``state`` now, seeded from what is being rounded (statistic,
+        fqn, and the step or snapshot count), so the random draws are a function of the run's position: a resumed
+        run rounds exactly as an uninterrupted one, and processes holding the same values round them alike."""
+        stat = next(name for name, per in self.state.items() if per is state)
+        counter = self.snapshots if stat == "time_weighted" else self.calls
         if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(0)
-        return self._generators[device]
+            self._generators[device] = torch.Generator(device=device)
+        seed = zlib.crc32(f"{stat}/{fqn}".encode()) + counter * 0x9E3779B1  # a different stream per step
+        return self._generators[device].manual_seed(seed % (1 << 63))
 
     def nbytes(self) -> int:
         """Bytes held by the state tensors."""
@@ -353,7 +360,7 @@ class RunningStats:
         """Plain tensors and numbers; restored with :meth:`load_state_dict`."""
         return {
             "stats": list(self.stats),
-            "shapes": {f: list(s) for f, s in self.shapes.items()},
+            "shapes": {f: list(s) for f, s in self.full_shapes.items()},
             "counters": {"calls": self.calls, "steps": self.steps, "skipped": self.skipped},
             "inputs_seen": {f: int(n) for f, n in self.inputs_seen.items()},
             "inputs_skipped": int(self.inputs_skipped),
@@ -376,12 +383,13 @@ class RunningStats:
         if "tensors" in state:
             state = _nested(state)
         shapes = {f: tuple(s) for f, s in state["shapes"].items()}
-        if set(shapes) != set(self.shapes):
-            missing, extra = sorted(set(self.shapes) - set(shapes)), sorted(set(shapes) - set(self.shapes))
+        mine = self.full_shapes
+        if set(shapes) != set(mine):
+            missing, extra = sorted(set(mine) - set(shapes)), sorted(set(shapes) - set(mine))
             raise ValueError(
                 f"checkpointed statistics are for other parameters (missing: {missing[:5]}, unexpected: {extra[:5]})."
             )
-        bad = [f"{f}: {shapes[f]} vs model {self.shapes[f]}" for f in self.shapes if shapes[f] != self.shapes[f]]
+        bad = [f"{f}: {shapes[f]} vs model {mine[f]}" for f in mine if shapes[f] != mine[f]]
         if bad:
             raise ValueError(f"checkpointed statistics do not fit the model's shapes: {bad[:5]}.")
         if set(state["stats"]) != set(self.stats):
@@ -414,6 +422,11 @@ def _nested(state: Mapping[str, Any]) -> dict[str, Any]:
             per.setdefault(key, {})[fqn] = t
     state.pop("where", None)
     return {**state, "state": per, "ring": [ring[i] for i in sorted(ring)]}
+
+
+def _float32(tensors: list[Tensor]) -> list[Tensor]:
+    """The tensors as float32 (copies only of those in another dtype)."""
+    return [t if t.dtype == torch.float32 else t.float() for t in tensors]
 
 
 @torch.no_grad()

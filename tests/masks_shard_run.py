@@ -17,7 +17,7 @@ from lightning_prune.masks import compute_masks
 from lightning_prune.shards import Layout
 
 WORLD = 2
-SHAPES = {"q": (24, 16), "mlp": (40, 16), "odd": (7, 16), "o": (16, 24), "whole": (8, 16)}
+SHAPES = {"q": (24, 16), "mlp": (40, 16), "odd": (7, 16), "o": (16, 24), "whole": (8, 16), "one": (1, 16)}
 
 
 def _full(kind: str) -> dict[str, torch.Tensor]:
@@ -66,20 +66,23 @@ def _check(name: str, full: dict, dims: dict, rank: int, **kwargs) -> None:
 def _run(rank: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    rows = {"q": 0, "mlp": 0, "odd": 0, "o": 0}  # Shard(0): rank order then position is the flat order
+    rows = {"q": 0, "mlp": 0, "odd": 0, "o": 0, "one": 0}  # Shard(0): rank order, then position; rank 1 holds no row
+    # of "one"
     cols = {"q": 1, "mlp": 1, "o": 0}  # Shard(1) / Shard(0) of the input dim: untied scores only
     for kind in ["random", "tied", "pruned"]:
         full = _full(kind)
-        for s in [0.0, 1.0]:
-            _check("global ends", full, rows, rank, sparsity=s, max_layer_sparsity=0.5)
+        _check("global ends", full, rows, rank, sparsity=0.0, max_layer_sparsity=0.5)
         for s in [0.3, 0.6]:
             _check("global", full, rows, rank, sparsity=s)
-            _check("global cap", full, rows, rank, sparsity=s, max_layer_sparsity=0.5)
+            _check("global cap", full, rows, rank, sparsity=s, max_layer_sparsity=s + 0.2)
+            _check(
+                "global bounds", full, rows, rank, sparsity=s, max_layer_sparsity=s + 0.1, min_layer_sparsity=s - 0.1
+            )
             _check("layer", full, rows, rank, sparsity=s, scope="layer")
             _check("output", full, rows, rank, sparsity=s, scope="output")
             _check("nm", full, rows, rank, sparsity=s, pattern="2:4")
             for scope in ["global", "layer"]:
-                _check("row", full, rows, rank, sparsity=s, pattern="row", scope=scope, max_layer_sparsity=0.5)
+                _check("row", full, rows, rank, sparsity=s, pattern="row", scope=scope, max_layer_sparsity=s + 0.2)
         if kind == "random":
             for s in [0.6]:
                 _check("row split inputs", full, cols, rank, sparsity=s, pattern="row")

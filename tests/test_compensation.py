@@ -55,6 +55,16 @@ def test_duplicate_goes_and_silent_output_goes_first():
     assert not conditional_redundancy(acts[:, [0, 2, 4]], 1, w_out[[0, 2, 4]])[2]
 
 
+@pytest.mark.parametrize("dead", [0.0, 3.0])  # never active, or a constant
+def test_a_neuron_whose_activation_never_varies_goes_first_without_outgoing_weights(dead):
+    gen = torch.Generator().manual_seed(3)
+    acts = torch.randn(400, 6, generator=gen)
+    acts[:, 2] = dead  # carries nothing a bias cannot (the live neurons are independent: none predicts another)
+    keep = conditional_redundancy(acts, 1)
+    assert keep.tolist() == [True, True, False, True, True, True]
+    assert not conditional_redundancy(acts, 2)[2]
+
+
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
 def test_refit_reproduces_output_when_removed_neuron_is_predictable(kind):
     gen = torch.Generator().manual_seed(2)

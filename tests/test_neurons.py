@@ -141,7 +141,7 @@ def test_bad_input_is_rejected_at_setup():
         NeuronPruning({1: 0.5}, "entropy")
     with pytest.raises(ValueError, match="removes every neuron"):
         trainer(max_steps=4, callbacks=[NeuronPruning(AtSteps({1: 0.99}))]).fit(CausalLM(**CFG), _loader())
-    with pytest.raises(ValueError, match="at step 9, but the run has max_steps=4"):
+    with pytest.raises(ValueError, match=r"at step 9, but the run has only steps 0\.\.3 \(max_steps=4\)"):
         trainer(max_steps=4, callbacks=[NeuronPruning(AtSteps({9: 0.5}))]).fit(CausalLM(**CFG), _loader())
     with pytest.raises(ValueError, match="at step 9"):  # an epoch-bounded run of 8 steps
         trainer(max_epochs=1, callbacks=[NeuronPruning(AtSteps({9: 0.5}))]).fit(CausalLM(**CFG), _loader())

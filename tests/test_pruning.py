@@ -58,7 +58,9 @@ def test_multihead_attention_out_proj_stays_pruned_and_names_are_unchanged(tiny)
     _fit(tiny, [pruning], max_epochs=3)
     for i in range(2):
         out = tiny.blocks[i].attn.out_proj.weight
-        assert int((out == 0).sum()) == round(0.6 * out.numel())
+        assert abs(int((out == 0).sum()) - 0.6 * out.numel()) < 1  # each layer within one entry of its target
+    zeros = sum(int((p == 0).sum()) for p in pruning._params.values())
+    assert zeros == round(0.6 * sum(p.numel() for p in pruning._params.values()))  # and the total exact
     assert list(tiny.state_dict()) == names  # no weight_orig / weight_mask
     assert not any(isinstance(m, torch.nn.Module) and hasattr(m, "weight_mask") for m in tiny.modules())
 
@@ -67,7 +69,7 @@ def test_layer_scope_prunes_each_layer_to_target_within_rounding(tiny):
     pruning = ScheduledPruning({1: 0.5}, criterion="running_magnitude", scope="layer")
     _fit(tiny, [ImportanceTracking(), pruning], max_epochs=2)
     for f, p in pruning._params.items():
-        assert int((p == 0).sum()) == round(0.5 * p.numel()), f
+        assert abs(int((p == 0).sum()) - 0.5 * p.numel()) < 1, f
 
 
 def test_two_four_pattern_holds(tiny):
@@ -159,8 +161,13 @@ def test_schedule_past_the_end_is_rejected_at_setup(tiny):
 
 
 def test_step_schedule_past_the_steps_of_an_epoch_bounded_run_is_rejected(tiny):
-    with pytest.raises(ValueError, match=r"step 100.*max_steps=16"):
-        _fit(tiny, [ScheduledPruning(AtSteps({100: 0.5}))], max_epochs=2)  # 8 batches x 2 epochs
+    with pytest.raises(ValueError, match=r"step 100.*steps 0\.\.15 \(max_epochs=2 at 8 .* max_epochs=13"):
+        _fit(tiny, [ScheduledPruning(AtSteps({100: 0.5}))], max_epochs=2)  # 8 batches x 2 epochs: names max_epochs
+
+
+def test_epoch_schedule_past_the_epochs_of_a_step_bounded_run_is_rejected(tiny):
+    with pytest.raises(ValueError, match=r"epoch 3.*epochs 0\.\.1 \(max_steps=12 at 8 .* max_steps=25"):
+        _fit(tiny, [ScheduledPruning(AtEpochs({1: 0.3, 3: 0.5}))], max_epochs=5, max_steps=12)
 
 
 def test_unknown_criterion_scope_pattern_and_sparsity_are_rejected():

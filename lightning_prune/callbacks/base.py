@@ -10,11 +10,15 @@ hook              what happens, the same for every callback
                   the ones this instance's state was made for, that state is dropped whole: masks,
                   statistics, sparsity reached, events. Otherwise (a second ``fit`` of the same model) it is
                   kept whole.
-``load_state_dict``  a checkpoint's state is kept pending, never applied half-way
-``on_train_start``  the pending state (a resume) replaces this instance's state, checked against the
-                  parameters (another model's checkpoint is a ``ValueError``); then hooks are registered and
-                  the masks enforced everywhere
-``validate`` …    nothing is resolved, reset or restored; masks stay enforced on the model
+                  The schedule is checked against the run's length in its own unit, whichever limit ends it.
+``load_state_dict``  a checkpoint's state is kept pending, never applied half-way (only when fitting: a
+                  ``validate``/``test``/``predict`` with ``ckpt_path`` loads weights, never callback state)
+``on_sanity_check_start`` / ``on_train_start``  the pending state (a resume) replaces this instance's state,
+                  checked against the parameters (another model's checkpoint is a ``ValueError``), before any
+                  validation enforces a mask; at ``on_train_start`` hooks are registered
+``on_train_epoch_start``  masks enforced everywhere (after every callback has restored its state: the order of
+                  callbacks does not matter)
+``validate`` …    nothing is resolved, reset, restored or enforced: weights and state stay as they are
 ``teardown``      hooks removed (also on an exception)
 ================  =========================================================================================
 
@@ -41,6 +45,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
@@ -55,16 +60,25 @@ SHARDED_PREFIX = "lightning_prune"  # key prefix of our per-shard tensors inside
 _DTYPES = {str(d): d for d in (torch.bool, torch.uint8, torch.float32, torch.bfloat16, torch.float16, torch.int64)}
 
 
+def steps_per_epoch(trainer: pl.Trainer) -> int | None:
+    """Optimizer steps per training epoch once the Trainer knows its data (None for an unsized loader)."""
+    try:
+        _ = trainer.estimated_stepping_batches  # sets the training data up, as configure_optimizers may
+    except Exception:  # no training data attached yet
+        return None
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches):
+        return None
+    return max(1, math.ceil(int(batches) / max(1, trainer.accumulate_grad_batches)))
+
+
 def check_schedule_fits(schedule: Schedule, trainer: pl.Trainer) -> None:
-    """A step schedule of a run bounded by epochs must end within the run's steps (known once it has data).
+    """The schedule's last change must lie inside the run, in its own unit, whichever Trainer limit ends it.
 
     Raises:
-        ValueError: if the schedule's last change lies past the run's last step.
+        ValueError: naming the position, the limit that ends the run and the Trainer arguments that reach it.
     """
-    if schedule.unit == "step" and (trainer.max_steps is None or trainer.max_steps < 0):
-        total = trainer.estimated_stepping_batches
-        if math.isfinite(total):
-            schedule.check_fits(None, int(total))
+    schedule.check_fits(trainer.max_epochs, trainer.max_steps, steps_per_epoch(trainer))
 
 
 def check_strategy(strategy: Any) -> None:
@@ -107,6 +121,7 @@ class Lifecycle(Callback):
         self._owner: weakref.ref[nn.Module] | None = None  # the model this instance's state belongs to
         self._signature: dict[str, tuple[int, ...]] | None = None  # its selected parameters: fqn -> full shape
         self._ckpt_path: str | None = None
+        self._loading_for_fit: bool | None = None  # set by on_load_checkpoint for the load_state_dict that follows
         self.registry: MaskRegistry | None = None
 
     # ---- what a subclass provides --------------------------------------------------------------------------
@@ -151,20 +166,35 @@ class Lifecycle(Callback):
                 rank_zero_info(f"{type(self).__name__}: a new model or other parameters; its earlier state is dropped.")
             self.reset()
         self._owner, self._signature = weakref.ref(pl_module), signature
+        schedule = getattr(self, "schedule", None)
+        if isinstance(schedule, Schedule):
+            check_schedule_fits(schedule, trainer)
+
+    @override
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_pending()  # before the sanity check's validation enforces any mask
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_pending()
+        self.start(trainer, pl_module)
+        self.registry.attach(trainer.optimizers)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.enforce(trainer)  # after every callback's on_train_start: a resume's masks are all restored by now
+
+    def _restore_pending(self) -> None:
+        """A resume: the checkpoint's state replaces this instance's, once, before anything enforces masks."""
         if self._pending is not None:
             state, self._pending = self._local_state(self._pending), None
             self.restore(state)
-        self.start(trainer, pl_module)
-        self.registry.attach(trainer.optimizers)
-        self.enforce(trainer)
 
     def enforce(self, trainer: pl.Trainer) -> None:
         """Make every pruned entry of the model exactly zero now, in the weights, the optimizer state and the
-        averaged copies of the model."""
-        if self.registry is not None and self.registry.params:
+        averaged copies of the model. Only while fitting: ``validate``, ``test`` and ``predict`` change nothing."""
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if fitting and self.registry is not None and self.registry.params:
             self.registry.enforce_(trainer.optimizers, shadows(trainer, self.registry))
 
     @override
@@ -211,13 +241,18 @@ class Lifecycle(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        fitting, self._loading_for_fit = self._loading_for_fit, None
+        if fitting is False:  # validate/test/predict(ckpt_path=...): the checkpoint's weights only, no state change
+            return
         self._pending = dict(state_dict) if state_dict else None
 
     @override
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        self._ckpt_path = str(trainer.ckpt_path) if trainer.ckpt_path else None
+        self._loading_for_fit = trainer.state.fn == TrainerFn.FITTING  # Lightning calls load_state_dict next
+        if self._loading_for_fit:
+            self._ckpt_path = str(trainer.ckpt_path) if trainer.ckpt_path else None
 
     @override
     def on_save_checkpoint(

@@ -12,26 +12,61 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torch import nn
 from typing_extensions import override
 
+from lightning_prune.adapters import is_peft_model, merge_adapters
 from lightning_prune.callbacks.neurons import NeuronPruning
-from lightning_prune.callbacks.pruning import ScheduledPruning
 from lightning_prune.export import export_pretrained, make_permanent_, nonzero_report
+from lightning_prune.registry import registry_of
 from lightning_prune.tokenizers import build_tokenizer, encode_corpus
 
-__all__ = ["ExportPretrained"]
+__all__ = ["ExportPretrained", "find_pretrained", "relative_masks"]
+
+
+def find_pretrained(module: nn.Module, attr: str | None = None) -> tuple[str, nn.Module]:
+    """``(fqn, model)`` of the ``transformers`` (or PEFT) model inside a LightningModule: the submodule ``attr`` names,
+    else the first submodule (or ``module`` itself) with ``save_pretrained`` and a ``config``, wherever it lives.
+
+    Raises:
+        ValueError: if there is none (or ``attr`` names no submodule).
+    """
+    if attr is not None:
+        try:
+            return attr, module.get_submodule(attr)
+        except AttributeError as err:
+            raise ValueError(f"attr={attr!r} names no submodule of {type(module).__name__}.") from err
+    for name, sub in module.named_modules():
+        if callable(getattr(sub, "save_pretrained", None)) and hasattr(sub, "config"):
+            return name, sub
+    raise ValueError(
+        f"{type(module).__name__} holds no transformers model (a submodule with save_pretrained and a config) to "
+        "export; pass attr='<its attribute>' or export it yourself with lightning_prune.export.export_pretrained."
+    )
+
+
+def relative_masks(masks: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The masks of the parameters under ``prefix``, named inside that submodule."""
+    if not prefix:
+        return dict(masks)
+    return {f[len(prefix) + 1 :]: m for f, m in masks.items() if f.startswith(prefix + ".")}
 
 
 class ExportPretrained(Callback):
-    """Make the masks permanent and ``save_pretrained`` the module's ``.model`` into ``directory``.
+    """Make the masks permanent and ``save_pretrained`` the LightningModule's ``transformers`` model into
+    ``directory``.
 
-    With a :class:`~lightning_prune.callbacks.NeuronPruning` among the callbacks, a copy of the model with its
-    removed neurons physically cut out (smaller layers, ``intermediate_size`` / ``n_inner`` updated) is saved
-    instead; the trained model itself is left as it is.
+    The model is found wherever it lives in the LightningModule (``self.model``, ``self.net``, …; ``attr`` names it
+    when there are several), and the masks are every writer's, read from the model's
+    :class:`~lightning_prune.registry.MaskRegistry`. With a :class:`~lightning_prune.callbacks.NeuronPruning` among
+    the callbacks, a copy of the model with its removed neurons physically cut out (smaller layers,
+    ``intermediate_size`` / ``n_inner`` updated) is saved instead; the trained model itself is left as it is. A PEFT
+    model (LoRA …) is merged on a copy first (:func:`~lightning_prune.adapters.merge_adapters`): the export is a plain
+    ``transformers`` model exactly as sparse as the pruned base weights.
 
     With ``verify`` the directory is reloaded with the class named in its saved config (``architectures``, e.g.
     ``GPT2LMHeadModel`` or ``BertModel``; ``AutoModel`` when the config names none) and its main output on a random
-    batch compared with the trained model's: the logits when the model has them (``max_logit_difference`` in
+    batch compared with the exported model's: the logits when the model has them (``max_logit_difference`` in
     ``export.json``), else the last hidden state of an encoder (``max_hidden_state_difference``).
 
     The tokenizer the model was trained with (``tokenizer``, else the data module's ``tokenizer``) is saved beside
@@ -44,32 +79,36 @@ class ExportPretrained(Callback):
         directory: target directory (created); default ``<trainer.default_root_dir>/pruned_model``.
         verify: reload and compare outputs (and the tokenizer's ids) after saving.
         tokenizer: the training tokenizer; default ``trainer.datamodule.tokenizer`` when there is one.
+        attr: the attribute path of the model in the LightningModule (default: found).
     """
 
-    def __init__(self, directory: str | None = None, verify: bool = True, tokenizer: Any = None) -> None:
-        self.directory, self.verify, self.tokenizer = directory, verify, tokenizer
+    def __init__(
+        self, directory: str | None = None, verify: bool = True, tokenizer: Any = None, attr: str | None = None
+    ) -> None:
+        self.directory, self.verify, self.tokenizer, self.attr = directory, verify, tokenizer, attr
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.attr is not None:
+            find_pretrained(pl_module, self.attr)  # a wrong attr is an error now, not after training
 
     @override
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        neurons = [cb for cb in trainer.callbacks if isinstance(cb, NeuronPruning)]
-        model = neurons[0].model if neurons else getattr(pl_module, "model", pl_module)
-        masks = {}
-        for cb in trainer.callbacks:
-            if isinstance(cb, ScheduledPruning):
-                masks.update(cb.masks)
-        masks.update(getattr(pl_module, "masks", {}))
+        prefix, model = find_pretrained(pl_module, self.attr)
+        masks = relative_masks(registry_of(pl_module).keep, prefix)
+        neurons = [cb for cb in trainer.callbacks if isinstance(cb, NeuronPruning) and cb.model is not None]
         directory = self.directory or str(Path(trainer.default_root_dir) / "pruned_model")
         datamodule = getattr(trainer, "datamodule", None)
         tokenizer = self.tokenizer if self.tokenizer is not None else getattr(datamodule, "tokenizer", None)
+        if is_peft_model(model):
+            model, masks = merge_adapters(copy.deepcopy(model), masks)
         if neurons:
             make_permanent_(model, masks)
-            for cb in neurons:
-                cb.rezero()
             dense = nonzero_report(model)["parameters"]
             shrunk = copy.deepcopy(model)
             for cb in neurons:
-                cb.shrink_(shrunk)
+                cb.shrink_(_same_place(shrunk, model, cb.model))
             report = {**export_pretrained(shrunk, directory, tokenizer=tokenizer), "parameters_before_shrink": dense}
             del shrunk
         else:
@@ -88,6 +127,16 @@ class ExportPretrained(Callback):
                     )
         Path(directory, "export.json").write_text(json.dumps(report, indent=2))
         rank_zero_info(f"exported to {directory}: {report}")
+
+
+def _same_place(copy_: nn.Module, original: nn.Module, part: nn.Module) -> nn.Module:
+    """The submodule of ``copy_`` that sits where ``part`` sits in ``original`` (``copy_`` itself if it is it)."""
+    if part is original:
+        return copy_
+    for name, module in original.named_modules():
+        if module is part:
+            return copy_.get_submodule(name)
+    return copy_
 
 
 _TOKENIZER_CHECK_CHARS = 20_000  # characters of validation text encoded by both tokenizers

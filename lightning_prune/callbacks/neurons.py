@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import Lifecycle, check_schedule_fits
+from lightning_prune.callbacks.base import Lifecycle
 from lightning_prune.callbacks.tracking import ImportanceTracking
 from lightning_prune.neurons import NEURON_CRITERIA, NeuronStats, neuron_masks, neuron_weight_masks
 from lightning_prune.schedules import AtEpochs, Schedule
@@ -112,7 +112,6 @@ class NeuronPruning(Lifecycle):
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.stats.to(pl_module.device)
-        check_schedule_fits(self.schedule, trainer)
         self._write()
         if self.criterion != "weight_norm":  # weight norms read no activations
             for i, lay in enumerate(block_layouts(self.model)):
@@ -233,3 +232,4 @@ class NeuronPruning(Lifecycle):
         if state["stats"] is not None:
             self.stats.load_state_dict(state["stats"])
         self.registry.forget(self.state_key)
+        self._write()  # the checkpoint's neurons, held from now on (a resume's sanity check included)

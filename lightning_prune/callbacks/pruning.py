@@ -8,10 +8,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import Lifecycle, check_schedule_fits
+from lightning_prune.callbacks.base import Lifecycle
 from lightning_prune.callbacks.tracking import ImportanceTracking
 from lightning_prune.importance import get_criterion
 from lightning_prune.masks import SCOPES, compute_masks, pack_mask, parse_pattern, unpack_mask
@@ -20,7 +21,7 @@ from lightning_prune.selection import in_dim, select_parameters
 from lightning_prune.shards import count_zeros, local
 from lightning_prune.trackers import RunningStats
 
-__all__ = ["ScheduledPruning", "masks_in_state"]
+__all__ = ["GRADIENT_STATS", "ScheduledPruning", "check_selection", "masks_in_state"]
 
 
 class ScheduledPruning(Lifecycle):
@@ -124,19 +125,21 @@ class ScheduledPruning(Lifecycle):
                     "ImportanceTracking() to the Trainer's callbacks."
                 )
             self._tracking = trackers[0]
+            first, unit = self.schedule.first(), self.schedule.unit
+            if first == 0:
+                raise ValueError(
+                    f"criterion {self.criterion.name!r} judges weights by running statistics {self.criterion.stats}, "
+                    f"which have seen no training at {unit} 0, where the schedule first prunes: start pruning at "
+                    f"{unit} 1 or later (e.g. OneShot({self.schedule.end_sparsity()}, at=1, unit={unit!r})), or use a "
+                    "criterion that needs no statistics ('magnitude')."
+                )
 
     @override
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:
         selected = select_parameters(pl_module, self.patterns, self.exclude)
         self._params = {f: p for f, (_, p) in selected.items()}
         self._in_dims = {f: in_dim(module) if p.dim() == 2 else p.dim() - 1 for f, (module, p) in selected.items()}
-        if self.kind == "nm":
-            for f, p in self._params.items():
-                d = self._in_dims[f]
-                if p.shape[d] % self.m:
-                    raise ValueError(
-                        f"{f}: input dim of size {p.shape[d]} is not divisible by M={self.m} ({self.pattern})."
-                    )
+        check_selection(self._params, self._in_dims, self.criterion, self.kind, self.scope, self.pattern, self.m)
         return {f: tuple(p.shape) for f, p in self._params.items()}
 
     @override
@@ -147,7 +150,6 @@ class ScheduledPruning(Lifecycle):
 
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        check_schedule_fits(self.schedule, trainer)
         if self._tracking is not None:
             missing = sorted(set(self._params) - set(self._tracking.fqns))
             if missing:
@@ -197,6 +199,12 @@ class ScheduledPruning(Lifecycle):
         self.sparsity = target
         self.enforce(trainer)
         measured = self._log(trainer, scores)
+        total = sum(p.numel() for p in self._params.values())
+        if round(measured * total) > round(target * total):
+            rank_zero_warn(
+                f"{self.state_key}: {measured:.4f} of the selected weights are zero, above the target {target}: "
+                "other writers (NeuronPruning, FineTune) pruned more of them than this target asks for."
+            )
         self.events.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "target": target, "sparsity": measured}
         )
@@ -266,6 +274,48 @@ class ScheduledPruning(Lifecycle):
         self.registry.write(self.state_key, masks)
         self.sparsity = float(state["sparsity"])
         self.events = [dict(e) for e in state["events"]]
+
+
+GRADIENT_STATS = ("abs_grad", "movement", "taylor", "platon")  # statistics read from gradients
+
+
+def check_selection(
+    params: Mapping[str, torch.nn.Parameter],
+    in_dims: Mapping[str, int],
+    criterion: Any,
+    kind: str,
+    scope: str,
+    pattern: str,
+    m: int,
+) -> None:
+    """Refuse, before training, a selection the criterion or pattern cannot prune.
+
+    Raises:
+        ValueError: for frozen parameters with a criterion that reads gradients (they have none), parameters that
+            are not 2-D with a row or N:M pattern or the output scope, and N:M on an input dim not divisible by M.
+    """
+    frozen = [f for f, p in params.items() if not p.requires_grad]
+    reads = [s for s in criterion.stats if s in GRADIENT_STATS]
+    if frozen and reads:
+        raise ValueError(
+            f"criterion {criterion.name!r} judges weights by their gradients ({reads}), but {frozen[:5]}"
+            f"{' …' if len(frozen) > 5 else ''} are frozen (requires_grad=False) and have none (under LoRA/PEFT the "
+            "base weights are frozen): exclude them (exclude=[...]), or use a criterion that reads weights or inputs "
+            "only ('magnitude', 'running_magnitude', 'time_weighted', 'wanda')."
+        )
+    if kind != "unstructured" or scope == "output":
+        flat = [f for f, p in params.items() if p.dim() != 2]
+        if flat:
+            raise ValueError(
+                f"pattern {pattern!r} with scope {scope!r} prunes rows or groups of 2-D weights, but {flat[:5]} "
+                f"{'is' if len(flat) == 1 else 'are'} not 2-D (biases, norms): exclude them (e.g. exclude=['*.bias', "
+                "'*norm*']) or leave `parameters` at its default."
+            )
+    if kind == "nm":
+        for f, p in params.items():
+            d = in_dims[f]
+            if p.shape[d] % m:
+                raise ValueError(f"{f}: input dim of size {p.shape[d]} is not divisible by M={m} ({pattern}).")
 
 
 def masks_in_state(state: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:
