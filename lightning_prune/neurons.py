@@ -43,13 +43,12 @@ from torch import Tensor, nn
 from lightning_prune.calibration import collect_activations, collect_taylor
 from lightning_prune.compensation import conditional_redundancy
 from lightning_prune.mutual_information import mean_abs_activation, redundant_neurons, weight_norm_scores
-from lightning_prune.selection import is_conv1d
 from lightning_prune.structured import (
-    block_layouts,
     ffn_neuron_weights,
     ffn_output_modules,
     neuron_masks_from_scores,
 )
+from lightning_prune.structured import neuron_weight_masks as _owned_entries
 
 __all__ = [
     "CALIBRATED_CRITERIA",
@@ -236,23 +235,9 @@ def neuron_weight_masks(model: nn.Module, masks: Sequence[Tensor]) -> dict[str, 
 
     Producers (``c_fc``; ``gate_proj``/``up_proj``; ``intermediate.dense``) lose the neuron's output row and bias,
     the consumer (``c_proj``; ``down_proj``; ``output.dense``) the neuron's input column. Holding these entries at
-    zero is exactly removing the neuron.
+    zero is exactly removing the neuron. See :func:`lightning_prune.structured.neuron_weight_masks`.
     """
-    out = {}
-    for lay, keep in zip(block_layouts(model), masks, strict=True):
-        gone = ~keep.bool()
-        for name in lay.ffn_in:
-            module = model.get_submodule(name)
-            w = module.weight
-            rows = gone[None, :] if is_conv1d(module) else gone[:, None]
-            out[f"{name}.weight"] = rows.expand(tuple(w.shape)).to(w.device)  # the full shape, also of a DTensor
-            if module.bias is not None:
-                out[f"{name}.bias"] = gone.to(module.bias.device)
-        module = model.get_submodule(lay.ffn_out)
-        w = module.weight
-        cols = gone[:, None] if is_conv1d(module) else gone[None, :]
-        out[f"{lay.ffn_out}.weight"] = cols.expand(tuple(w.shape)).to(w.device)
-    return {f: m.contiguous() for f, m in out.items()}
+    return _owned_entries(model, masks)
 
 
 def calibrated_neuron_masks(

@@ -11,11 +11,14 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
 )
 
 from lightning_prune.structured import (
     block_layouts,
     check_head_masks,
+    expert_weight_masks,
     ffn_neuron_weights,
     ffn_output_modules,
     head_masks_from_scores,
@@ -257,3 +260,77 @@ def test_a_config_transformers_refuses_is_reported_before_any_change(monkeypatch
     with pytest.raises(ValueError, match=r"'intermediate_size': 33.*refused by LlamaConfig.*must be even"):
         shrink_(model, neuron_masks=odd)
     assert_unchanged(model, before)
+
+
+def mixtral():
+    config = MixtralConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=16,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(0)
+    return MixtralForCausalLM(config).eval()
+
+
+def test_expert_removal_keeps_slices_and_caps_experts_per_token(tmp_path):
+    model = mixtral()
+    keep = [torch.tensor([False, True, False, False])] * 2
+    owned = expert_weight_masks(model, keep)
+    assert owned["model.layers.0.mlp.gate.weight"].any(1).tolist() == [True, False, True, True]
+    assert owned["model.layers.0.mlp.experts.down_proj"].flatten(1).all(1).tolist() == [True, False, True, True]
+    down = model.model.layers[1].mlp.experts.down_proj.detach().clone()
+    shrink_(model, expert_masks=keep)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert (reloaded.config.num_local_experts, reloaded.config.num_experts_per_tok) == (1, 1)
+    assert torch.equal(reloaded.model.layers[1].mlp.experts.down_proj, down[1:2])
+    assert reloaded.model.layers[1].mlp.gate.top_k == model.model.layers[1].mlp.gate.top_k == 1
+
+
+def test_expert_neurons_need_one_width_for_every_expert():
+    model = mixtral()
+    uneven = [torch.ones(4, 16, dtype=torch.bool), torch.ones(4, 16, dtype=torch.bool)]
+    uneven[1][0, :4] = False  # expert 0 of layer 1 keeps 12, every other expert 16
+    with pytest.raises(ValueError, match="same count in every layer"):
+        shrink_(model, neuron_masks=uneven)
+    with pytest.raises(ValueError, match=r"neuron mask must be bool of shape \(4, 16\)"):
+        shrink_(model, neuron_masks=[torch.ones(16, dtype=torch.bool)] * 2)
+
+
+def test_shrink_checks_every_dimension_before_changing_any():
+    model = mixtral()
+    before = snapshot(model)
+    neurons = neuron_masks_from_scores([torch.rand(4, 16)] * 2, 0.25)
+    heads = [torch.tensor([True, True, False, False])] * 2
+    no_experts = [torch.zeros(4, dtype=torch.bool)] * 2
+    with pytest.raises(ValueError, match="removes all 4 experts"):
+        shrink_(
+            model,
+            neurons,
+            heads,
+            layer_mask=torch.tensor([True, False]),
+            hidden_mask=torch.arange(32) >= 8,
+            expert_masks=no_experts,
+        )
+    assert_unchanged(model, before)
+
+
+def test_depth_refused_where_blocks_depend_on_their_index():
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, scale_attn_by_inverse_layer_idx=True)
+    model = GPT2LMHeadModel(config)
+    with pytest.raises(ValueError, match=r"scale_attn_by_inverse_layer_idx.*depends on its index"):
+        shrink_(model, layer_mask=torch.tensor([True, False]))
+    assert model.config.n_layer == 2
+
+
+def test_fused_experts_have_no_per_neuron_modules():
+    model = mixtral()
+    for call in (ffn_output_modules, ffn_neuron_weights):
+        with pytest.raises(ValueError, match=r"layers \[0, 1\] keep their feed-forward neurons in fused experts"):
+            call(model)
