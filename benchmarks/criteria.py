@@ -21,7 +21,7 @@ recovery fine-tune (same steps for every criterion):
 * ``random``: uniform at random (seeded).
 
 Activations come from the input of each block's ``mlp.c_proj`` on calibration batches drawn from the
-training split. Run: ``python benchmarks/criteria.py`` (about 15-20 minutes on 2 cores); writes
+training split. Run: ``python -m benchmarks.criteria`` (about 15-20 minutes on 2 cores); writes
 ``benchmarks/results/criteria.json`` and prints a markdown table.
 """
 
@@ -31,44 +31,24 @@ import argparse
 import copy
 import json
 import math
-import os
 import time
 from pathlib import Path
-from pydoc_data.topics import topics
 
 import torch
 from torch import Tensor, nn
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
+from benchmarks.harness import RESULTS, batches, byte_corpus, facts, gpt2, markdown_table, val_loss, write_json
 from lightning_prune.calibration import collect_activations, collect_taylor
-from lightning_prune.data import kjv_text
 from lightning_prune.mutual_information import mean_abs_activation, redundant_neurons, weight_norm_scores
 from lightning_prune.structured import ffn_neuron_weights, ffn_output_modules, neuron_masks_from_scores, shrink_
 
-RESULTS = Path(__file__).resolve().parent / "results"
+__all__ = ["SIZES", "dense_model", "main", "train_"]
+
 SIZES = {  # name → (config kwargs, training steps, learning rate)
     "small": (dict(n_layer=2, n_embd=128, n_head=4), 1500, 2e-3),
     "large": (dict(n_layer=4, n_embd=288, n_head=6), 1500, 1e-3),
 }
-
-
-def byte_corpus(source: str = "kjv") -> tuple[Tensor, Tensor]:
-    """(train, val) uint8-valued long tensors of the KJV Bible (or the pydoc topics text), split 90/10."""
-    text = kjv_text() if source == "kjv" else "\n\n".join(topics[k] for k in sorted(topics))
-    data = torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
-    cut = int(0.9 * len(data))
-    return data[:cut], data[cut:]
-
-
-def batches(data: Tensor, n: int, batch: int, seq: int, gen: torch.Generator) -> list[Tensor]:
-    """``n`` random ``(batch, seq)`` windows."""
-    starts = torch.randint(0, len(data) - seq, (n, batch), generator=gen)
-    return [torch.stack([data[s : s + seq] for s in row]) for row in starts]
-
-
-def make_model(kwargs: dict, seq: int) -> GPT2LMHeadModel:
-    config = GPT2Config(vocab_size=256, n_positions=seq, bos_token_id=0, eos_token_id=0, **kwargs)
-    return GPT2LMHeadModel(config)
 
 
 def train_(model: nn.Module, data: Tensor, steps: int, lr: float, args: argparse.Namespace, seed: int) -> None:
@@ -89,10 +69,20 @@ def train_(model: nn.Module, data: Tensor, steps: int, lr: float, args: argparse
     model.eval()
 
 
-@torch.no_grad()
-def val_loss(model: nn.Module, val: list[Tensor]) -> float:
-    model.eval()
-    return sum(model(ids, labels=ids).loss.item() for ids in val) / len(val)
+def dense_model(name: str, train: Tensor, args: argparse.Namespace) -> tuple[GPT2LMHeadModel, bool]:
+    """(the dense model of size ``name``, whether it was loaded): from ``args.cache`` when saved there, else trained
+    from scratch (initialised with seed 0, batches drawn with seed 1) and saved there."""
+    kwargs, steps, lr = SIZES[name]
+    steps = args.steps or steps
+    cached = args.cache / f"{name}-steps{steps}-b{args.batch}-t{args.seq}" if args.cache else None
+    if cached is not None and cached.exists():
+        return GPT2LMHeadModel.from_pretrained(cached).eval(), True
+    torch.manual_seed(0)
+    dense = gpt2(n_positions=args.seq, **kwargs)
+    train_(dense, train, steps, lr, args, seed=1)
+    if cached is not None:
+        dense.save_pretrained(cached)
+    return dense, False
 
 
 def criterion_masks(model: nn.Module, calib: list[Tensor], sparsity: float) -> dict[str, list[Tensor]]:
@@ -119,20 +109,11 @@ def criterion_masks(model: nn.Module, calib: list[Tensor], sparsity: float) -> d
 
 
 def run_size(name: str, data: tuple[Tensor, Tensor], args: argparse.Namespace) -> list[dict]:
-    kwargs, steps, lr = SIZES[name]
-    steps = args.steps or steps
+    lr = SIZES[name][2]
+    steps = args.steps or SIZES[name][1]
     train, val_data = data
-    cached = args.cache / f"{name}-steps{steps}-b{args.batch}-t{args.seq}" if args.cache else None
     t0 = time.perf_counter()
-    loaded = cached is not None and cached.exists()
-    if loaded:
-        dense = GPT2LMHeadModel.from_pretrained(cached).eval()
-    else:
-        torch.manual_seed(0)
-        dense = make_model(kwargs, args.seq)
-        train_(dense, train, steps, lr, args, seed=1)
-        if cached is not None:
-            dense.save_pretrained(cached)
+    dense, loaded = dense_model(name, train, args)
     train_s = time.perf_counter() - t0
     val = batches(val_data, args.val_batches, args.batch, args.seq, torch.Generator().manual_seed(2))
     calib = batches(train, args.calib_batches, args.batch, args.seq, torch.Generator().manual_seed(3))
@@ -165,20 +146,16 @@ def run_size(name: str, data: tuple[Tensor, Tensor], args: argparse.Namespace) -
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| size (params) | criterion | dense val loss | after removal | after recovery |",
-        "|---|---|---|---|---|",
-    ]
+    header = ("size (params)", "criterion", "dense val loss", "after removal", "after recovery")
+    cells = []
     for r in sorted(rows, key=lambda r: (r["params_dense"], r["val_loss_after_removal"])):
         rec = "—" if r["val_loss_after_recovery"] is None else f"{r['val_loss_after_recovery']:.3f}"
-        lines.append(
-            f"| {r['size']} ({r['params_dense'] / 1e6:.2f}M → {r['params_pruned'] / 1e6:.2f}M) | {r['criterion']} | "
-            f"{r['dense_val_loss']:.3f} | {r['val_loss_after_removal']:.3f} | {rec} |"
-        )
-    return "\n".join(lines)
+        size = f"{r['size']} ({r['params_dense'] / 1e6:.2f}M → {r['params_pruned'] / 1e6:.2f}M)"
+        cells.append((size, r["criterion"], f"{r['dense_val_loss']:.3f}", f"{r['val_loss_after_removal']:.3f}", rec))
+    return markdown_table(header, cells)
 
 
-def spread(rows: list[dict]) -> dict[str, dict[str, float]]:
+def criterion_spread(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per size: how much the choice of criterion matters, as the relative gap of the worst non-random criterion
     to the best (validation loss after removal and after recovery), and the best criterion's name."""
     out = {}
@@ -222,17 +199,13 @@ def main() -> None:
             "sparsity": args.sparsity,
             "calib_tokens": args.calib_batches * args.batch * args.seq,
             "val_tokens": args.val_batches * args.batch * args.seq,
-            "torch_num_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "load_average_1_5_15min_at_end": os.getloadavg(),
-            "cpu_count": os.cpu_count(),
+            **facts("torch_num_threads", "torch", "load_average_1_5_15min_at_end", "cpu_count"),
         },
         "rows": rows,
-        "spread": spread(rows),
+        "spread": criterion_spread(rows),
         "seconds": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(table(rows))
     for size, entry in result["spread"].items():
         print(f"{size}: criterion spread (worst/best - 1, random excluded) {json.dumps(entry)}")

@@ -4,16 +4,16 @@ Sections (each runs even if an earlier one failed; its error is recorded):
 
 - ``event``: exact global selection (``compute_masks``) on CUDA scores of 10 M, 100 M and 300 M entries, beside one
   ``torch.kthvalue`` over the same scores concatenated (the floor), time and peak extra GPU memory;
-- ``precision``: a GPT-2 config trained with ``ImportanceTracking`` + ``ScheduledPruning`` under ``bf16-mixed`` and
+- ``precision``: a tiny GPT-2 config trained with ``ImportanceTracking`` + ``ScheduledPruning`` under ``bf16-mixed`` and
   ``16-mixed`` with a fused AdamW: measured sparsity equals the target, pruned entries exactly zero; and the tracker's
   |g| under ``16-mixed`` + fused AdamW against ``32-true`` (it must read unscaled gradients);
 - ``step``: step-time ratio of tracking + pruning against plain training on GPT-2 small in bf16 autocast
-  (``benchmarks/scale_step.py`` on the GPU);
+  (``benchmarks.scale_step`` on the GPU);
 - ``fsdp``: GPT-2 medium (355 M) under ``ModelParallelStrategy`` (FSDP2) at world size 1: the pruned DTensor
   parameters reach the target and stay zero; time per step and of the pruning event.
 
-On the device machine (its image has torch, lightning and transformers):
-``PYTHONPATH=. python3 benchmarks/gpu_check.py --out $OUT/gpu_check.json``. Writes the JSON (default
+On the device machine (its image has torch, lightning and transformers), from the repository root:
+``python3 -m benchmarks.gpu_check --out $OUT/gpu_check.json``. Writes the JSON (default
 ``benchmarks/results/gpu_check.json``) and prints it.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -30,8 +29,9 @@ from typing import Any
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+from benchmarks.harness import RESULTS, write_json
+
+__all__ = ["main"]
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -43,8 +43,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def event() -> dict[str, Any]:
-    from scale import make_scores
-
+    from benchmarks.scale import make_scores
     from lightning_prune.masks import compute_masks
 
     rows = {}
@@ -75,11 +74,11 @@ def event() -> dict[str, Any]:
 
 def precision() -> dict[str, Any]:
     import lightning.pytorch as pl
-    from helpers import TinyLM, token_loader
 
+    from benchmarks.harness import GPT2Module, gpt2, random_ids_loader
     from lightning_prune import AtSteps, ImportanceTracking, ScheduledPruning
 
-    class Fused(TinyLM):
+    class Fused(GPT2Module):
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=1e-2, weight_decay=0.1, fused=True)
 
@@ -92,8 +91,8 @@ def precision() -> dict[str, Any]:
             accelerator="gpu", devices=1, precision=prec, max_steps=8, callbacks=[tracking, pruning], logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         )  # fmt: skip
-        model = Fused()
-        trainer.fit(model, token_loader())
+        model = Fused(gpt2(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16))
+        trainer.fit(model, random_ids_loader(64, steps=8, batch=8, seq=16, seed=0))
         params = dict(model.named_parameters())
         total = sum(m.numel() for m in pruning.masks.values())
         zeros = sum(int((params[f] == 0).sum()) for f in pruning.masks)
@@ -105,7 +104,7 @@ def precision() -> dict[str, Any]:
 
 
 def step() -> dict[str, Any]:
-    from scale_step import run
+    from benchmarks.scale_step import run
 
     args = argparse.Namespace(
         quick=False, layers=12, width=768, device="cuda", bf16=True, batch=16, seq=512, rounds=6, steps=5,
@@ -116,7 +115,6 @@ def step() -> dict[str, Any]:
 
 def fsdp() -> dict[str, Any]:
     import lightning.pytorch as pl
-    from fsdp_run import ShardedGPT2, full
     from lightning.pytorch.strategies import ModelParallelStrategy
     from torch.utils.data import DataLoader, TensorDataset
     from transformers import GPT2Config
@@ -126,7 +124,13 @@ def fsdp() -> dict[str, Any]:
     config = GPT2Config(n_layer=24, n_embd=1024, n_head=16, vocab_size=50257, n_positions=1024)
     seconds: dict[str, float] = {}
 
-    class Medium(ShardedGPT2):
+    class Medium(pl.LightningModule):
+        """GPT-2 medium built in ``configure_model`` and sharded block by block with ``fully_shard``."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = None
+
         def configure_model(self) -> None:
             if self.model is not None:
                 return
@@ -138,6 +142,17 @@ def fsdp() -> dict[str, Any]:
             for block in self.model.transformer.h:
                 fully_shard(block, mesh=mesh)
             fully_shard(self.model, mesh=mesh)
+
+        def training_step(self, batch, batch_idx):
+            (x,) = batch
+            return self.model(input_ids=x, labels=x).loss
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-2, weight_decay=0.1)
+
+    def full(registry, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The full (gathered) tensors of sharded ones."""
+        return {f: registry.layout(f).wrap(t).full_tensor().cpu() for f, t in tensors.items()}
 
     class Timed(ScheduledPruning):
         def prune(self, trainer, target):
@@ -175,7 +190,7 @@ def fsdp() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "gpu_check.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "gpu_check.json")
     parser.add_argument("--sections", type=str, default="event,precision,step,fsdp")
     args = parser.parse_args()
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
@@ -186,8 +201,7 @@ def main() -> None:
         except Exception:  # one failing section must not hide the others
             result[name] = {"error": traceback.format_exc()[-3000:]}
         result[name]["wall_seconds"] = time.perf_counter() - start
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str))
+        write_json(args.out, result, default=str)
     print(json.dumps(result, indent=2, default=str))
 
 

@@ -1,9 +1,9 @@
 """Why does mutual-information redundancy remove worse neurons than random? Measured ablations.
 
-Same models, data, calibration and validation batches as ``benchmarks/criteria.py`` (GPT-2 configs of 2×128 and
+Same models, data, calibration and validation batches as ``benchmarks.criteria`` (GPT-2 configs of 2×128 and
 4×288 trained dense on KJV bytes; reuse its ``--cache``). Each variant removes 50 % of every block's feed-forward
 neurons one-shot (physically, :func:`lightning_prune.structured.shrink_`) and is measured right after removal and
-after the same 25-step recovery as ``criteria.py`` (``none`` and ``refit`` only).
+after the same 25-step recovery as ``benchmarks.criteria`` (``none`` and ``refit`` only).
 
 Variants of :func:`lightning_prune.mutual_information.redundant_neurons` (default: threshold 0, 8 correlation
 neighbours, 256 samples, Silverman width, the lower mean |a| of a pair goes), one knob at a time:
@@ -28,7 +28,7 @@ Diagnostics per selection: the mean percentile (in the layer) of the removed neu
 output error ‖ΔY‖/‖Y − Ȳ‖ on held-out tokens, per compensation; and the joint matrix-Rényi entropy of the first
 k neurons of a layer, which shows why the kernel estimator cannot condition on a large kept set.
 
-Run: ``python benchmarks/mi_ablation.py --cache runs/criteria-cache`` (after ``criteria.py --cache`` the models
+Run: ``python -m benchmarks.mi_ablation --cache runs/criteria-cache`` (after ``criteria --cache`` the models
 load; about 15 minutes on 2 cores). Writes ``benchmarks/results/mi_ablation.json`` and prints markdown tables.
 """
 
@@ -37,36 +37,26 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import GPT2LMHeadModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from criteria import SIZES, batches, byte_corpus, make_model, train_, val_loss  # noqa: E402
-
-from lightning_prune.calibration import collect_activations, collect_taylor  # noqa: E402
-from lightning_prune.compensation import conditional_redundancy, refit_outputs  # noqa: E402
-from lightning_prune.mutual_information import (  # noqa: E402
+from benchmarks.criteria import SIZES, dense_model, train_
+from benchmarks.harness import RESULTS, batches, byte_corpus, facts, markdown_table, val_loss, write_json
+from lightning_prune.calibration import collect_activations, collect_taylor
+from lightning_prune.compensation import conditional_redundancy, refit_outputs
+from lightning_prune.mutual_information import (
     gaussian_gram,
     mean_abs_activation,
     redundant_neurons,
     renyi_entropy,
     weight_norm_scores,
 )
-from lightning_prune.structured import (  # noqa: E402
-    ffn_neuron_weights,
-    ffn_output_modules,
-    neuron_masks_from_scores,
-    shrink_,
-)
+from lightning_prune.structured import ffn_neuron_weights, ffn_output_modules, neuron_masks_from_scores, shrink_
 
-RESULTS = Path(__file__).resolve().parent / "results"
 COMPENSATIONS = ("none", "bias", "refit")
 
 
@@ -176,24 +166,10 @@ def joint_entropy_curve(acts: Tensor, ks: tuple[int, ...] = (1, 2, 4, 8, 16, 64)
     return {"bits": out, "ceiling_bits": float(torch.log2(torch.tensor(float(a.shape[1]))))}
 
 
-def load_dense(name: str, data: tuple[Tensor, Tensor], args: argparse.Namespace) -> nn.Module:
-    kwargs, steps, lr = SIZES[name]
-    steps = args.steps or steps
-    cached = args.cache / f"{name}-steps{steps}-b{args.batch}-t{args.seq}" if args.cache else None
-    if cached is not None and cached.exists():
-        return GPT2LMHeadModel.from_pretrained(cached).eval()
-    torch.manual_seed(0)
-    dense = make_model(kwargs, args.seq)
-    train_(dense, data[0], steps, lr, args, seed=1)
-    if cached is not None:
-        dense.save_pretrained(cached)
-    return dense
-
-
 def run_size(name: str, data: tuple[Tensor, Tensor], args: argparse.Namespace) -> dict:
     lr = SIZES[name][2]
     train, val_data = data
-    dense = load_dense(name, data, args)
+    dense, _ = dense_model(name, train, args)
     val = batches(val_data, args.val_batches, args.batch, args.seq, torch.Generator().manual_seed(2))
     calib = batches(train, args.calib_batches, args.batch, args.seq, torch.Generator().manual_seed(3))
     modules = ffn_output_modules(dense)
@@ -243,19 +219,17 @@ def table(name: str, result: dict, recovery: bool) -> str:
     cols = [f"{h}/after_removal" for h in COMPENSATIONS] + (
         [f"{h}/after_recovery" for h in COMPENSATIONS if h != "bias"] if recovery else []
     )
-    head = " | ".join(c.replace("/after_", ", ") for c in cols)
-    lines = [
-        f"{name} (dense {result['dense_val_loss']:.3f})",
-        f"| variant | removed |a| pct | {head} | block err none / refit |",
-        "|---" * (len(cols) + 3) + "|",
+    header = ["variant", "removed |a| pct", *(c.replace("/after_", ", ") for c in cols), "block err none / refit"]
+    rows = [
+        [
+            r["variant"],
+            f"{r['removed_activation_percentile']:.0f}",
+            *(f"{r[c]:.3f}" for c in cols),
+            f"{r['none/block_error']:.2f} / {r['refit/block_error']:.2f}",
+        ]
+        for r in result["rows"]
     ]
-    for r in result["rows"]:
-        vals = " | ".join(f"{r[c]:.3f}" for c in cols)
-        lines.append(
-            f"| {r['variant']} | {r['removed_activation_percentile']:.0f} | {vals} | "
-            f"{r['none/block_error']:.2f} / {r['refit/block_error']:.2f} |"
-        )
-    return "\n".join(lines)
+    return f"{name} (dense {result['dense_val_loss']:.3f})\n" + markdown_table(header, rows)
 
 
 def main() -> None:
@@ -286,15 +260,12 @@ def main() -> None:
             "calib_tokens": args.calib_batches * args.batch * args.seq,
             "val_tokens": args.val_batches * args.batch * args.seq,
             "recovery_steps": args.recovery_steps,
-            "torch_num_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "load_average_1_5_15min_at_end": os.getloadavg(),
+            **facts("torch_num_threads", "torch", "load_average_1_5_15min_at_end"),
         },
         "sizes": results,
         "seconds": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    write_json(args.out, out)
     for size, result in results.items():
         print(table(size, result, bool(args.recovery_steps)))
         print(f"{size} joint entropy of the first k neurons: {json.dumps(result['joint_entropy'])}")

@@ -27,8 +27,8 @@ Validation perplexity: exp of the mean next-byte negative log-likelihood over th
 module's deterministic last 5%), computed after training (for ModelPruning after its masks are made permanent).
 Sparsity is measured from the weights: the fraction of exactly-zero entries of the pruned matrices.
 
-Run: ``python benchmarks/quality.py`` (about an hour on 2 shared cores, one thread),
-``python benchmarks/quality.py --quick`` (about a minute, smoke test). Writes ``benchmarks/results/quality.json``
+Run: ``python -m benchmarks.quality`` (about an hour on 2 shared cores, one thread),
+``python -m benchmarks.quality --quick`` (about a minute, smoke test). Writes ``benchmarks/results/quality.json``
 (and ``quality.png`` when matplotlib is installed) and prints a markdown table.
 """
 
@@ -36,38 +36,45 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
-import os
-import platform
 import tempfile
 import time
-import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, ModelPruning
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
+from benchmarks.harness import (
+    MP_BEST,
+    MP_LTH,
+    RESULTS,
+    Distilled,
+    TinyGPT,
+    epoch_trainer,
+    facts,
+    measured_sparsity,
+    model_pruning,
+    perplexity,
+    quiet,
+    reusable,
+    seed_all,
+    text_module,
+    write_json,
+)
+from benchmarks.quality_summary import add_ratios, goals, plot, table
 from lightning_prune import AtEpochs, Cubic, ImportanceTracking, Schedule, ScheduledPruning, select_parameters
 from lightning_prune.data import TextDataModule
-from lightning_prune.finetune import distillation_loss
 from lightning_prune.lm import CausalLM
 
-RESULTS = Path(__file__).resolve().parent / "results"
+__all__ = ["Config", "main", "run", "schedule_points"]
+
 CRITERIA = ("running_magnitude", "magnitude", "taylor", "movement", "time_weighted")
 TARGETS = (0.5, 0.7, 0.9)
-MP_LTH, MP_BEST = "ModelPruning (LTH, default)", "ModelPruning (no LTH)"
-# targets to compare against: ratio of val perplexity to dense at each sparsity; at 90% the gap to dense must be
-# at least 20% smaller than ModelPruning-best's
-GOAL_RATIO = {0.5: 1.00, 0.7: 1.05}
-GOAL_GAP_REDUCTION = 0.2
 # other settings of ours, outside the same-schedule comparison (``--variants``): candidates to close a gap
 VARIANTS = {
     "cubic-steps": "Cubic(unit='step', every=10) over the same window: from the first pruning epoch's first step to "
@@ -76,7 +83,6 @@ VARIANTS = {
     "distill": "the same schedule, and the loss mixed 50/50 with distillation (KL at temperature 2) from the dense "
     "model trained with the same budget; not the same budget: the teacher's training and forward passes come on top",
 }
-DISTILL_WEIGHT, DISTILL_TEMPERATURE = 0.5, 2.0
 
 
 @dataclass
@@ -125,62 +131,7 @@ QUICK = dict(
 )
 
 
-# ---- the model -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LMOutput:
-    loss: Tensor | None  # mean next-token cross-entropy, or None without labels
-    logits: Tensor  # (B, T, V)
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm transformer block: causal self-attention and a 4× GELU MLP, all plain ``nn.Linear``."""
-
-    def __init__(self, n_embd: int, n_head: int) -> None:
-        super().__init__()
-        self.n_head = n_head
-        self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
-        self.qkv = nn.Linear(n_embd, 3 * n_embd)
-        self.proj = nn.Linear(n_embd, n_embd)
-        self.fc = nn.Linear(n_embd, 4 * n_embd)
-        self.out = nn.Linear(4 * n_embd, n_embd)
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(self.ln_1(x)).split(C, dim=2)  # (B, T, C) each
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
-        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
-        return x + self.out(F.gelu(self.fc(self.ln_2(x))))
-
-
-class TinyGPT(nn.Module):
-    """A small causal LM with the ``transformers`` calling convention (``input_ids``, ``labels`` shifted inside)."""
-
-    def __init__(self, vocab_size: int, n_layer: int, n_embd: int, n_head: int, n_positions: int) -> None:
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(n_positions, n_embd)
-        self.blocks = nn.ModuleList(Block(n_embd, n_head) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(n_embd)
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-        for name, p in self.named_parameters():
-            if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("proj.weight", "out.weight")) else 0.02
-                nn.init.normal_(p, 0.0, std)  # GPT-2 initialisation
-            elif name.endswith("bias"):
-                nn.init.zeros_(p)
-
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> LMOutput:
-        T = input_ids.shape[1]
-        x = self.wte(input_ids) + self.wpe(torch.arange(T, device=input_ids.device))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
-        return LMOutput(loss, logits)
+# ---- one run ---------------------------------------------------------------------------------------------------
 
 
 def make_lm(cfg: Config, vocab_size: int) -> CausalLM:
@@ -188,22 +139,6 @@ def make_lm(cfg: Config, vocab_size: int) -> CausalLM:
     torch.manual_seed(cfg.seed)
     model = TinyGPT(vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size)
     return CausalLM(model=model, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
-
-
-class Distilled(CausalLM):
-    """``CausalLM`` whose loss is mixed with distillation from a frozen teacher (kept outside the module tree)."""
-
-    def __init__(self, teacher: nn.Module, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, not optimized or pruned
-
-    @override
-    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        loss, logits = super().loss(batch)
-        with torch.no_grad():
-            teacher_logits = self._teacher[0](input_ids=batch["input_ids"]).logits
-        kd = distillation_loss(logits, teacher_logits, DISTILL_TEMPERATURE)
-        return (1 - DISTILL_WEIGHT) * loss + DISTILL_WEIGHT * kd, logits
 
 
 _TEACHERS: dict[str, nn.Module] = {}
@@ -214,59 +149,16 @@ def dense_teacher(cfg: Config, dm: TextDataModule) -> nn.Module:
     key = json.dumps([asdict(cfg).get(f) for f in RUN_FIELDS])
     if key not in _TEACHERS:
         lm = make_lm(cfg, dm.vocab_size)
-        pl.seed_everything(cfg.seed, verbose=False)
-        trainer(cfg, []).fit(lm, datamodule=dm)
+        seed_all(cfg.seed)
+        epoch_trainer(cfg.epochs, cfg.epoch_batches, []).fit(lm, datamodule=dm)
         _TEACHERS[key] = lm.model
     return _TEACHERS[key]
-
-
-# ---- schedules -------------------------------------------------------------------------------------------------
 
 
 def schedule_points(final: float, prune_epochs: tuple[int, ...]) -> dict[int, float]:
     """{epoch: target sparsity}: Zhu & Gupta's cubic ramp s_f·(1 − (1 − k/n)³) at the k-th of n pruning epochs."""
     n = len(prune_epochs)
     return {e: round(final * (1.0 - (1.0 - (k + 1) / n) ** 3), 6) for k, e in enumerate(prune_epochs)}
-
-
-def model_pruning_amount(points: dict[int, float]) -> Callable[[int], float]:
-    """ModelPruning's ``amount(epoch)``: at the end of epoch p−1, the fraction of what remains that takes the
-    sparsity from the previous point a to b = points[p], (b − a)/(1 − a); 0 at every other epoch."""
-    amounts, before = {}, 0.0
-    for p, s in sorted(points.items()):
-        amounts[p - 1] = (s - before) / (1.0 - before)
-        before = s
-    return lambda epoch: amounts.get(epoch, 0.0)
-
-
-# ---- measuring -------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def perplexity(model: nn.Module, blocks: Tensor, batch: int = 64) -> float:
-    """exp(mean next-token NLL) over ``blocks`` (N, T), every block scored on its tokens 2..T."""
-    was_training = model.training
-    model.eval()
-    nll, count = 0.0, 0
-    for i in range(0, blocks.shape[0], batch):
-        ids = blocks[i : i + batch]  # (b, T)
-        logits = model(input_ids=ids).logits[:, :-1]  # (b, T-1, V)
-        nll += F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum").item()
-        count += ids[:, 1:].numel()
-    model.train(was_training)
-    return math.exp(nll / count)
-
-
-@torch.no_grad()
-def measured_sparsity(lm: CausalLM, fqns: list[str]) -> tuple[float, dict[str, float]]:
-    """Fraction of exactly-zero entries of the pruned matrices, over all and per matrix (read from the weights)."""
-    params = dict(lm.named_parameters())
-    missing = [f for f in fqns if f not in params]
-    if missing:
-        raise RuntimeError(f"pruned weights are not plain parameters (masks not made permanent?): {missing[:3]}")
-    zeros = {f: int((params[f] == 0).sum()) for f in fqns}
-    total = sum(params[f].numel() for f in fqns)
-    return sum(zeros.values()) / total, {f: zeros[f] / params[f].numel() for f in fqns}
 
 
 class Curve(Callback):
@@ -281,25 +173,13 @@ class Curve(Callback):
         self.ppl.append(perplexity(pl_module.model, self.blocks))
 
 
-# ---- one run ---------------------------------------------------------------------------------------------------
-
-
 def pruning_callbacks(method: str, target: float, cfg: Config, lm: CausalLM) -> list[Callback]:
     """The callbacks of one method at one target sparsity (dense: none)."""
     if method == "dense":
         return []
     points = schedule_points(target, cfg.prune_epochs)
     if method in (MP_LTH, MP_BEST):
-        modules = [(module, "weight") for module, _ in select_parameters(lm).values()]
-        return [
-            ModelPruning(
-                "l1_unstructured",
-                parameters_to_prune=modules,
-                amount=model_pruning_amount(points),
-                use_global_unstructured=True,
-                use_lottery_ticket_hypothesis=method == MP_LTH,
-            )
-        ]
+        return [model_pruning(lm, points, lottery_ticket=method == MP_LTH)]
     variant, criterion = parse_ours(method)
     schedule: Schedule = AtEpochs(points)
     if variant == "cubic-steps":
@@ -314,25 +194,6 @@ def parse_ours(method: str) -> tuple[str | None, str]:
     head, _, criterion = method.partition(": ")
     variant = head[len("ours [") : -1] if head.startswith("ours [") else None
     return variant, criterion
-
-
-def trainer(cfg: Config, callbacks: list[Callback]) -> pl.Trainer:
-    """The one Trainer setting of every run: float32 on the CPU, clipping at 1.0, no validation loop."""
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
-        max_epochs=cfg.epochs,
-        limit_train_batches=cfg.epoch_batches,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        gradient_clip_val=1.0,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
 
 
 def run(method: str, target: float, cfg: Config, dm: TextDataModule) -> dict[str, Any]:
@@ -352,8 +213,8 @@ def run(method: str, target: float, cfg: Config, dm: TextDataModule) -> dict[str
     fqns = list(select_parameters(lm))
     curve = Curve(dm.val_dataset.blocks[: max(1, cfg.curve_tokens // cfg.block_size)])
     callbacks = [*pruning_callbacks(method, target, cfg, lm), curve]
-    pl.seed_everything(cfg.seed, verbose=False)
-    fit = trainer(cfg, callbacks)
+    seed_all(cfg.seed)
+    fit = epoch_trainer(cfg.epochs, cfg.epoch_batches, callbacks)
     fit.fit(lm, datamodule=dm)
     if fit.global_step != cfg.steps:
         raise RuntimeError(f"{method}: ran {fit.global_step} steps, expected {cfg.steps} (too few batches?).")
@@ -382,7 +243,7 @@ def run(method: str, target: float, cfg: Config, dm: TextDataModule) -> dict[str
     return row
 
 
-# ---- report ----------------------------------------------------------------------------------------------------
+# ---- main ------------------------------------------------------------------------------------------------------
 
 
 def method_names(cfg: Config) -> list[str]:
@@ -395,110 +256,6 @@ def method_names(cfg: Config) -> list[str]:
         names += [f"ours: {c}" for c in cfg.criteria]
     names += [f"ours [{v}]: {c}" for v in cfg.variants for c in cfg.variant_criteria]
     return names
-
-
-def add_ratios(rows: list[dict[str, Any]]) -> float | None:
-    dense = next((r["val_ppl"] for r in rows if r["method"] == "dense"), None)
-    for r in rows:
-        r["ratio_to_dense"] = r["val_ppl"] / dense if dense else None
-    return dense
-
-
-def goals(rows: list[dict[str, Any]], dense: float | None, targets: tuple[float, ...]) -> dict[str, Any]:
-    """Which of the targets to compare against are met, per criterion of ours (and by the best of ours)."""
-    if dense is None:
-        return {}
-    by = {(r["method"], r["target"]): r for r in rows}
-    ours = list(dict.fromkeys(r["method"] for r in rows if r["method"].startswith("ours")))
-    out: dict[str, Any] = {}
-    for t in targets:
-        mp = [by[(m, t)]["val_ppl"] for m in (MP_LTH, MP_BEST) if (m, t) in by]
-        best_mp = min(mp) if mp else None
-        mp_best_gap = by[(MP_BEST, t)]["val_ppl"] / dense - 1 if (MP_BEST, t) in by else None
-        per = {}
-        for m in ours:
-            if (m, t) not in by:
-                continue
-            ppl = by[(m, t)]["val_ppl"]
-            g: dict[str, Any] = {"ratio": ppl / dense, "below_model_pruning": best_mp is None or ppl < best_mp}
-            if t in GOAL_RATIO:
-                g["ratio_goal"] = GOAL_RATIO[t]
-                g["ratio_goal_met"] = ppl / dense <= GOAL_RATIO[t]
-            if math.isclose(t, 0.9) and mp_best_gap is not None:
-                gap = ppl / dense - 1
-                g["gap"], g["model_pruning_best_gap"] = gap, mp_best_gap
-                g["gap_reduction"] = 1 - gap / mp_best_gap if mp_best_gap > 0 else None
-                g["gap_goal_met"] = gap <= (1 - GOAL_GAP_REDUCTION) * mp_best_gap
-            g["variant"] = by[(m, t)].get("variant")
-            per[m] = g
-        main = [m for m in per if per[m]["variant"] is None]
-        best = min(main, key=lambda m: per[m]["ratio"]) if main else None
-        out[f"{t:g}"] = {"model_pruning_best_gap": mp_best_gap, "best_of_ours_same_settings": best, "ours": per}
-    return out
-
-
-def table(rows: list[dict[str, Any]], dense: float | None, targets: tuple[float, ...]) -> str:
-    head = "| method | " + " | ".join(f"ppl @{t:.0%} | ×dense @{t:.0%}" for t in targets) + " |"
-    lines = [head, "|---" * (1 + 2 * len(targets)) + "|"]
-    if dense is not None:
-        lines.append("| dense | " + " | ".join(f"{dense:.4f} | 1.000" for _ in targets) + " |")
-    by = {(r["method"], r["target"]): r for r in rows}
-    for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"):
-        cells = []
-        for t in targets:
-            r = by.get((m, t))
-            if r is None:
-                cells.append("— | —")
-            else:
-                ratio = f"{r['ratio_to_dense']:.3f}" if r.get("ratio_to_dense") else "—"
-                cells.append(f"{r['val_ppl']:.4f} | {ratio}")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot(rows: list[dict[str, Any]], dense: float | None, cfg: Config, path: Path) -> bool:
-    """Perplexity vs sparsity per method, and the per-epoch validation curves at the highest target."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"))
-    for m in methods:
-        pts = sorted((r["sparsity"], r["val_ppl"]) for r in rows if r["method"] == m)
-        style = "--" if m.startswith("ModelPruning") else "-"
-        ax1.plot(*zip(*pts), style, marker="o", label=m)
-    if dense is not None:
-        ax1.axhline(dense, color="k", lw=1, label="dense")
-    ax1.set(xlabel="measured sparsity of the pruned matrices", ylabel="validation perplexity (bytes)")
-    ax1.legend(fontsize=7)
-    top = max(cfg.targets)
-    for r in rows:
-        if r["method"] == "dense" or math.isclose(r["target"], top):
-            ax2.plot(
-                range(1, len(r["curve_ppl"]) + 1),
-                r["curve_ppl"],
-                label=r["method"],
-                color="k" if r["method"] == "dense" else None,
-            )
-    for p in cfg.prune_epochs:
-        ax2.axvline(p, color="grey", lw=0.5, ls=":")
-    ax2.set(
-        xlabel="epoch",
-        ylabel=f"val perplexity (first {cfg.curve_tokens} tokens)",
-        yscale="log",
-        title=f"target {top:.0%}; dotted: pruning points",
-    )
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return True
-
-
-# ---- main ------------------------------------------------------------------------------------------------------
 
 
 def parse_args() -> tuple[Config, argparse.Namespace]:
@@ -548,13 +305,6 @@ def parse_args() -> tuple[Config, argparse.Namespace]:
     return cfg, args
 
 
-def quiet() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*GPU available but not used.*")
-
-
 def report(
     rows: list[dict[str, Any]],
     cfg: Config,
@@ -586,12 +336,9 @@ def report(
             "optimizer": f"AdamW lr={cfg.lr} betas=(0.9, 0.95) weight_decay={cfg.weight_decay} (matrices), "
             f"warm-up {cfg.warmup_steps} steps then cosine to 10%, gradient clipping 1.0, float32",
             "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
-            "torch_num_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "lightning": pl.__version__,
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "load_average_1_5_15min_at_end": os.getloadavg(),
+            **facts(
+                "torch_num_threads", "torch", "lightning", "platform", "cpu_count", "load_average_1_5_15min_at_end"
+            ),
             "wall_seconds": seconds,
             "run_seconds_total": sum(r["seconds"] for r in rows),
             "complete": complete,
@@ -625,24 +372,12 @@ RUN_FIELDS = (
 )
 
 
-def reusable_rows(path: Path, cfg: Config) -> list[dict[str, Any]]:
-    """Rows of an earlier result at ``path`` measured under the same run settings (else none)."""
-    if not path.exists():
-        return []
-    old = json.loads(path.read_text())
-    old_cfg, new_cfg = old["conditions"]["config"], asdict(cfg)
-    differ = [f for f in RUN_FIELDS if json.dumps(old_cfg.get(f)) != json.dumps(new_cfg[f])]
-    if differ:
-        raise SystemExit(f"--reuse: {path} was measured with other settings ({differ}); drop --reuse or change --out.")
-    return old["rows"]
-
-
 def main() -> None:
     cfg, args = parse_args()
     quiet()
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
-    dm = TextDataModule(
+    dm = text_module(
         source=cfg.source,
         block_size=cfg.block_size,
         batch_size=cfg.batch_size,
@@ -650,7 +385,6 @@ def main() -> None:
         max_tokens=cfg.max_tokens,
         max_val_tokens=cfg.val_tokens,
     )
-    dm.setup("fit")
     if cfg.epoch_batches * cfg.batch_size > dm.train_dataset.blocks.shape[0]:
         raise SystemExit("an epoch needs more batches than the training split has; lower --steps or raise epochs.")
     first = report([], cfg, args, dm, 0.0, complete=False)["conditions"]
@@ -662,7 +396,7 @@ def main() -> None:
     )
     plan = [("dense", 0.0)] if "dense" in cfg.methods else []
     plan += [(method, target) for target in cfg.targets for method in method_names(cfg)]
-    rows = reusable_rows(args.out, cfg) if args.reuse else []
+    rows = reusable(args.out, asdict(cfg), RUN_FIELDS, "rows") if args.reuse else []
     done = {(r["method"], r["target"]) for r in rows}
     plan = [(m, t) for m, t in plan if (m, t) not in done]
     print(f"{len(rows)} rows reused from {args.out}, {len(plan)} to run", flush=True)
@@ -670,10 +404,8 @@ def main() -> None:
     for method, target in plan:
         rows.append(run(method, target, cfg, dm))
         result = report(rows, cfg, args, dm, time.perf_counter() - started, complete=(method, target) == plan[-1])
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))  # after every run, so a partial result survives a kill
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)  # after every run, so a partial result survives a kill
+    write_json(args.out, result)
     dense = result["dense_val_ppl"]
     if not args.no_plot and plot(rows, dense, cfg, args.out.with_suffix(".png")):
         print(f"wrote {args.out.with_suffix('.png')}")

@@ -27,8 +27,8 @@ Section ``bytes``: bytes per entry of the masks of the smallest model in memory 
 Threads: ``torch.set_num_threads(1)`` by default (``--threads``), in every process: ``kthvalue`` runs on one thread
 anyway, and the machine is shared with other jobs, so timings are noisy; each figure is one process's own run.
 
-Run: ``python benchmarks/scale.py`` (10 M, 100 M and 300 M scores; a few minutes and ~3 GB at most),
-``python benchmarks/scale.py --sizes 10M`` (quick). Writes ``benchmarks/results/scale.json`` and prints markdown
+Run: ``python -m benchmarks.scale`` (10 M, 100 M and 300 M scores; a few minutes and ~3 GB at most),
+``python -m benchmarks.scale --sizes 10M`` (quick). Writes ``benchmarks/results/scale.json`` and prints markdown
 tables.
 """
 
@@ -38,7 +38,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -48,9 +47,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from benchmarks.harness import RESULTS, ROOT, facts, markdown_table, write_json
 from lightning_prune.masks import compute_masks, pack_mask, unpack_mask
 
-RESULTS = Path(__file__).resolve().parent / "results"
+__all__ = ["main", "make_scores", "shapes", "sort_reference"]
+
 LAYERS = 12  # transformer blocks: 84 tensors
 SPARSITY = 0.6
 CAP = 0.7
@@ -161,9 +162,9 @@ def child(method: str, size: int, repeats: int) -> dict[str, Any]:
 
 
 def run_child(method: str, size: int, repeats: int, threads: int) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", method, "--sizes", str(size), "--repeats", str(repeats)]
-    cmd += ["--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    cmd = [sys.executable, "-m", "benchmarks.scale", "--child", method, "--sizes", str(size)]
+    cmd += ["--repeats", str(repeats), "--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -195,22 +196,26 @@ def mask_bytes(size: int) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     floor = {r["scores"]: r["seconds"] for r in rows if r["method"] == "kthvalue floor"}
-    lines = [
-        "| scores | tensors | method | time (s) | time / kthvalue | extra memory (MB) | extra / score bytes |",
-        "|---:|---:|---|---:|---:|---:|---:|",
-    ]
+    header = ["scores", "tensors", "method", "time (s)", "time / kthvalue", "extra memory (MB)", "extra / score bytes"]
+    cells = []
     for r in rows:
         ratio = r["seconds"] / floor[r["scores"]] if r["scores"] in floor else float("nan")
-        lines.append(
-            f"| {r['scores'] / 1e6:.1f} M | {r['tensors']} | {r['method']} | {r['seconds']:.2f} | {ratio:.2f} | "
-            f"{r['extra_bytes'] / 2**20:.0f} | {r['extra_bytes'] / r['score_bytes']:.2f} |"
+        size = [f"{r['scores'] / 1e6:.1f} M", str(r["tensors"])]
+        cells.append(
+            [
+                *size,
+                r["method"],
+                f"{r['seconds']:.2f}",
+                f"{ratio:.2f}",
+                f"{r['extra_bytes'] / 2**20:.0f}",
+                f"{r['extra_bytes'] / r['score_bytes']:.2f}",
+            ]
         )
         if "concat_extra_bytes" in r:
-            lines.append(
-                f"| {r['scores'] / 1e6:.1f} M | {r['tensors']} | concat (before kthvalue) | | | "
-                f"{r['concat_extra_bytes'] / 2**20:.0f} | {r['concat_extra_bytes'] / r['score_bytes']:.2f} |"
-            )
-    return "\n".join(lines)
+            extra = r["concat_extra_bytes"]
+            mib, share = f"{extra / 2**20:.0f}", f"{extra / r['score_bytes']:.2f}"
+            cells.append([*size, "concat (before kthvalue)", "", "", mib, share])
+    return markdown_table(header, cells, align=["---:", "---:", "---", "---:", "---:", "---:", "---:"])
 
 
 def parse_args() -> argparse.Namespace:
@@ -262,10 +267,7 @@ def main() -> None:
         "conditions": {
             "device": "cpu",
             "torch_num_threads": args.threads,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
+            **facts("torch", "python", "platform", "cpu_count"),
             "load_average_1_5_15min_start_end": [load_start, os.getloadavg()],
             "sparsity": SPARSITY,
             "cap": CAP,
@@ -281,8 +283,7 @@ def main() -> None:
         "bytes": bytes_row,
         "seconds": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(f"\ntorch {torch.__version__}, torch.set_num_threads({args.threads}), sparsity {SPARSITY}, cap {CAP}\n")
     print(table(rows))
     print(

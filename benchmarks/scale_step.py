@@ -7,7 +7,7 @@ over the block weights and the registry's two fused mask passes around ``optimiz
 (scores, exact global selection, registry write, exact enforcement in weights and AdamW state) is timed once.
 Bytes per parameter of masks (in memory and bit-packed) and of the statistic are measured from the tensors held.
 
-``python benchmarks/scale_step.py`` (≈ 5 minutes on 2 cores); ``--quick`` for a 2-layer model. Writes
+``python -m benchmarks.scale_step`` (≈ 5 minutes on 2 cores); ``--quick`` for a 2-layer model. Writes
 ``benchmarks/results/scale_step.json`` and prints a markdown table.
 """
 
@@ -15,21 +15,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
+from benchmarks.harness import RESULTS, gpt2, markdown_table, write_json
 from lightning_prune.masks import compute_masks, pack_mask
 from lightning_prune.registry import registry_of
 from lightning_prune.selection import select_parameters
 from lightning_prune.trackers import RunningStats
 
-RESULTS = Path(__file__).resolve().parent / "results"
+__all__ = ["main", "run"]
+
 TARGET_RATIO = 1.05  # step time of tracking + pruning relative to plain training
 
 
@@ -50,8 +51,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     n_layer = 2 if args.quick else args.layers
-    config = GPT2Config(n_layer=n_layer, n_embd=args.width, n_head=args.width // 64, n_positions=1024, vocab_size=50257)
-    plain = GPT2LMHeadModel(config).to(args.device)
+    plain = gpt2(n_layer=n_layer, n_embd=args.width, n_head=args.width // 64, n_positions=1024, vocab_size=50257)
+    plain = plain.to(args.device)
+    config = plain.config
     pruned = copy.deepcopy(plain)
     opts = {
         name: torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.1)
@@ -123,20 +125,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    b = result["bytes_per_parameter"]
+    b, ratios = result["bytes_per_parameter"], result["ratio_per_round"]
     rows = [
-        "| figure | measured |",
-        "|---|---|",
-        f"| step time, tracking + pruning / plain (median of {len(result['ratio_per_round'])} rounds) "
-        f"| {result['ratio_median']:.3f} (rounds {min(result['ratio_per_round']):.3f}–"
-        f"{max(result['ratio_per_round']):.3f}; target ≤ {result['target_ratio']}) |",
-        f"| plain step | {statistics.median(result['step_seconds']['plain']):.2f} s |",
-        f"| pruning event | {result['event_seconds']:.2f} s = {result['event_in_plain_steps']:.2f} plain steps |",
-        f"| masks in memory | {b['masks_in_memory']:.3f} B/param |",
-        f"| masks in a checkpoint (bit-packed) | {b['masks_packed_in_checkpoint']:.3f} B/param |",
-        f"| Taylor statistic (float32) | {b['statistic_taylor_float32']:.3f} B/param |",
+        [
+            f"step time, tracking + pruning / plain (median of {len(ratios)} rounds)",
+            f"{result['ratio_median']:.3f} (rounds {min(ratios):.3f}–{max(ratios):.3f}; "
+            f"target ≤ {result['target_ratio']})",
+        ],
+        ["plain step", f"{statistics.median(result['step_seconds']['plain']):.2f} s"],
+        ["pruning event", f"{result['event_seconds']:.2f} s = {result['event_in_plain_steps']:.2f} plain steps"],
+        ["masks in memory", f"{b['masks_in_memory']:.3f} B/param"],
+        ["masks in a checkpoint (bit-packed)", f"{b['masks_packed_in_checkpoint']:.3f} B/param"],
+        ["Taylor statistic (float32)", f"{b['statistic_taylor_float32']:.3f} B/param"],
     ]
-    return "\n".join(rows)
+    return markdown_table(["figure", "measured"], rows)
 
 
 def main() -> None:
@@ -155,8 +157,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "scale_step.json")
     args = parser.parse_args()
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(table(result))
 
 

@@ -14,15 +14,12 @@ per layer for the attention products QKᵀ and AV over the full T×T square. Eff
 If CUDA is available, 2:4 semi-structured sparsity (``torch.sparse.to_sparse_semi_structured``) is also timed
 on one fp16 Linear layer at several batch sizes; on the CPU that part is skipped and the JSON says so.
 
-Run: ``python benchmarks/speed.py`` (about 2-3 minutes on 2 cores); writes ``benchmarks/results/speed.json``.
+Run: ``python -m benchmarks.speed`` (about 2-3 minutes on 2 cores); writes ``benchmarks/results/speed.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -30,40 +27,30 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from benchmarks.harness import RESULTS, facts, gpt2, llama, markdown_table, write_json
 from lightning_prune.mutual_information import weight_norm_scores
 from lightning_prune.structured import block_layouts, ffn_neuron_weights, neuron_masks_from_scores, shrink_
 
-RESULTS = Path(__file__).resolve().parent / "results"
+__all__ = ["forward_flops", "main"]
+
 VOCAB = 256  # byte-level vocabulary: keeps the LM head small, as in the criteria benchmark
 
 
 def configs() -> dict[str, Callable[[], nn.Module]]:
     """Feed-forward-dominated shapes: GPT-2 with n_inner = 8·n_embd, Llama with intermediate = 8·hidden."""
     return {
-        "gpt2 (E=512, n_inner=4096, 4 layers)": lambda: GPT2LMHeadModel(
-            GPT2Config(
-                n_layer=4,
-                n_embd=512,
-                n_head=8,
-                n_inner=4096,
-                vocab_size=VOCAB,
-                n_positions=256,
-                bos_token_id=0,
-                eos_token_id=0,
-            )
+        "gpt2 (E=512, n_inner=4096, 4 layers)": lambda: gpt2(
+            n_layer=4, n_embd=512, n_head=8, n_inner=4096, vocab_size=VOCAB, n_positions=256
         ),
-        "llama (E=512, intermediate=4096, 4 layers, GQA 8/4)": lambda: LlamaForCausalLM(
-            LlamaConfig(
-                num_hidden_layers=4,
-                hidden_size=512,
-                intermediate_size=4096,
-                num_attention_heads=8,
-                num_key_value_heads=4,
-                vocab_size=VOCAB,
-                max_position_embeddings=256,
-            )
+        "llama (E=512, intermediate=4096, 4 layers, GQA 8/4)": lambda: llama(
+            num_hidden_layers=4,
+            hidden_size=512,
+            intermediate_size=4096,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            vocab_size=VOCAB,
+            max_position_embeddings=256,
         ),
     }
 
@@ -184,22 +171,37 @@ def bench_semi_structured(args: argparse.Namespace) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| config | FFN removed | batch × seq | dense | shrunk | speed-up | FLOP bound | efficiency | params |",
-        "|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "config",
+        "FFN removed",
+        "batch × seq",
+        "dense",
+        "shrunk",
+        "speed-up",
+        "FLOP bound",
+        "efficiency",
+        "params",
     ]
+    cells = []
     for r in rows:
         unit = (
             (f"{r['dense_ms']:.1f} ms", f"{r['shrunk_ms']:.1f} ms")
             if r["batch"] == 1
             else (f"{r['dense_tokens_per_s']:.0f} tok/s", f"{r['shrunk_tokens_per_s']:.0f} tok/s")
         )
-        lines.append(
-            f"| {r['config']} | {r['ffn_removed']:.0%} | {r['batch']} × {r['seq']} | {unit[0]} | {unit[1]} | "
-            f"{r['speedup']:.2f}× | {r['flop_bound']:.2f}× | {r['efficiency']:.0%} | "
-            f"{r['dense_params'] / 1e6:.1f}M → {r['shrunk_params'] / 1e6:.1f}M |"
+        cells.append(
+            [
+                r["config"],
+                f"{r['ffn_removed']:.0%}",
+                f"{r['batch']} × {r['seq']}",
+                *unit,
+                f"{r['speedup']:.2f}×",
+                f"{r['flop_bound']:.2f}×",
+                f"{r['efficiency']:.0%}",
+                f"{r['dense_params'] / 1e6:.1f}M → {r['shrunk_params'] / 1e6:.1f}M",
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(header, cells)
 
 
 def main() -> None:
@@ -220,11 +222,7 @@ def main() -> None:
             "device": "cpu",
             "torch_num_threads": torch.get_num_threads(),
             "dtype": "float32",
-            "load_average_1_5_15min_at_end": os.getloadavg(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-            "processor": platform.processor(),
+            **facts("load_average_1_5_15min_at_end", "cpu_count", "torch", "platform", "processor"),
             "timing": "interleaved dense/shrunk per repeat, median, after warm-up, torch.inference_mode",
             "flop_count": "2·in·out per token per Linear/Conv1D incl. LM head + 4·T·n_heads·head_dim per token "
             "per layer for QKᵀ and AV",
@@ -233,8 +231,7 @@ def main() -> None:
         "semi_structured_2_4": bench_semi_structured(args),
         "seconds": time.perf_counter() - started,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(f"torch.set_num_threads({torch.get_num_threads()}), float32, CPU; median of interleaved repeats\n")
     print(table(rows))
     print(f"\n2:4 semi-structured: {result['semi_structured_2_4'].get('skipped', 'see JSON')}")

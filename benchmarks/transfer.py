@@ -23,14 +23,15 @@ optimizer, learning-rate schedule and number of steps; only the pruning differs:
 
 All prune the same weights: the ``nn.Linear`` weights inside the transformer blocks (embeddings, norms, biases and
 the output head stay dense). The model, its perplexity, the ModelPruning amounts and the distillation loss are
-those of ``benchmarks/quality.py`` (imported). Every row runs with several seeds: the seed sets the fine-tuning data
-order and every random draw of pruning; the pretrained start is the same. Ratios are to the dense fine-tuning of the
-same seed; the summary gives their mean, min–max and standard deviation, and calls a difference between two rows
-real only when it exceeds the larger of their min–max spreads.
+those of ``benchmarks.quality`` (:mod:`benchmarks.harness`). Every row runs with several seeds: the seed sets the
+fine-tuning data order and every random draw of pruning; the pretrained start is the same. Ratios are to the dense
+fine-tuning of the same seed; the summary gives their mean, min–max and standard deviation, and calls a difference
+between two rows real only when it exceeds the larger of their min–max spreads. The runs are in
+:mod:`benchmarks.transfer_runs`, the summary in :mod:`benchmarks.transfer_summary`.
 
 The pretrained checkpoint is built once and cached under ``benchmarks/results/cache/`` (ignored by git), keyed by the
-settings that shape it; a cached one is reused. Run: ``python benchmarks/transfer.py`` (sized for about an hour on
-one core; ``--workers 2`` runs two single-thread runs side by side), ``python benchmarks/transfer.py --quick``
+settings that shape it; a cached one is reused. Run: ``python -m benchmarks.transfer`` (sized for about an hour on
+one core; ``--workers 2`` runs two single-thread runs side by side), ``python -m benchmarks.transfer --quick``
 (seconds, a smoke test). Writes ``benchmarks/results/transfer.json`` and ``transfer.png`` and prints a markdown table.
 """
 
@@ -42,474 +43,46 @@ import hashlib
 import json
 import math
 import multiprocessing
-import os
-import platform
-import statistics
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelPruning
-from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import (  # noqa: E402  (the quality benchmark's model, measurements and ModelPruning setup)
+from benchmarks.harness import (
     DISTILL_TEMPERATURE,
     DISTILL_WEIGHT,
     MP_BEST,
     MP_LTH,
-    Distilled,
-    TinyGPT,
-    measured_sparsity,
-    model_pruning_amount,
+    RESULTS,
+    facts,
     perplexity,
     quiet,
-    trainer,
+    reusable,
+    write_json,
 )
-
-from lightning_prune import AtEpochs, ImportanceTracking, OneShot, ScheduledPruning, select_parameters  # noqa: E402
-from lightning_prune.calibration import wanda_masks  # noqa: E402
-from lightning_prune.callbacks.report import spread  # noqa: E402
-from lightning_prune.data import TextDataModule  # noqa: E402
-from lightning_prune.finetune import FineTune  # noqa: E402
-from lightning_prune.lm import CausalLM  # noqa: E402
-from lightning_prune.schedules import cubic_sparsity  # noqa: E402
-
-__all__ = ["Config", "main", "pretrain", "run", "summarize"]
-
-RESULTS = Path(__file__).resolve().parent / "results"
-CACHE = RESULTS / "cache"
-CRITERIA = ("taylor", "movement", "running_magnitude", "wanda", "platon")
-TARGETS = (0.5, 0.7, 0.9)
-ONESHOT_MAG, ONESHOT_WANDA = "one-shot magnitude + FT", "one-shot Wanda + FT"
-MP_ROW = "ModelPruning (best of LTH / no LTH)"
-# targets to compare against: mean ratio of val perplexity to dense fine-tuning at 50 and 70 %; at 90 % the gap to
-# dense at least 50 % smaller than ModelPruning's best; ours at or below one-shot Wanda + fine-tuning everywhere
-GOAL_RATIO = {0.5: 1.00, 0.7: 1.03}
-GOAL_GAP_REDUCTION = 0.5
-
-
-@dataclass
-class Config:
-    n_layer: int = 4  # transformer blocks
-    n_embd: int = 128  # model width
-    n_head: int = 4  # attention heads
-    block_size: int = 64  # tokens (bytes) per example, also the model's context
-    pretrain_source: str = "kjv"  # corpus the model is pretrained on (lightning_prune.data)
-    finetune_source: str = "pydoc"  # the different text it is fine-tuned and pruned on
-    pretrain_batch: int = 8  # examples per pretraining step
-    pretrain_lr: float = 2e-3  # AdamW learning rate of pretraining (linear warm-up, then constant)
-    pretrain_warmup: int = 100  # pretraining warm-up steps
-    pretrain_max_steps: int = 4000  # pretraining stops here if the validation loss has not flattened before
-    pretrain_eval_every: int = 250  # steps between pretraining validations
-    pretrain_eval_blocks: int = 256  # held-out blocks of the pretraining corpus per validation
-    plateau: float = 0.01  # flattened: val loss fell by less than this fraction over the last `plateau_evals` evals
-    plateau_evals: int = 2  # validations the plateau is measured over
-    batch_size: int = 8  # examples per fine-tuning step
-    epochs: int = 24  # short fine-tuning epochs (ModelPruning acts only at epoch ends)
-    epoch_batches: int = 10  # optimizer steps per epoch
-    prune_start_epoch: int = 2  # the cubic ramp starts at this epoch's first step (sparsity 0 there)
-    prune_end_epoch: int = 14  # ... and reaches the target at this epoch's first step; masks held after
-    lr: float = 1e-3  # fine-tuning AdamW peak learning rate (linear warm-up, cosine to 10 %)
-    warmup_steps: int = 20  # fine-tuning warm-up steps
-    weight_decay: float = 0.1  # AdamW decoupled weight decay on matrices (also in pretraining)
-    calibration_batches: int = 32  # fine-tuning batches Wanda's one-shot masks are calibrated on
-    seeds: tuple[int, ...] = (0, 1, 2)  # fine-tuning data order and pruning randomness
-    targets: tuple[float, ...] = TARGETS  # final sparsities
-    criteria: tuple[str, ...] = CRITERIA  # our running criteria
-    methods: tuple[str, ...] = ("dense", "lth", "nolth", "oneshot", "wanda", "ours", "spread", "distill")  # run
-    spreads: tuple[float, ...] = (0.05, 0.1)  # "spread": platon with every layer within target ± this
-    distill_teachers: tuple[str, ...] = ("finetuned",)  # "finetuned" (dense fine-tuned, same seed), "pretrained"
-    threads: int = 1  # torch.set_num_threads in every run
-    workers: int = 1  # runs side by side, each in its own process with `threads` threads
-    extra: dict[str, Any] = field(default_factory=dict)  # notes written to the JSON
-
-    @property
-    def steps(self) -> int:
-        return self.epochs * self.epoch_batches
-
-
-QUICK = dict(
-    n_layer=1,
-    n_embd=32,
-    n_head=2,
-    block_size=32,
-    pretrain_batch=8,
-    pretrain_max_steps=40,
-    pretrain_eval_every=20,
-    pretrain_eval_blocks=16,
-    pretrain_warmup=5,
-    batch_size=4,
-    epochs=4,
-    epoch_batches=3,
-    prune_start_epoch=0,
-    prune_end_epoch=2,
-    warmup_steps=2,
-    calibration_batches=2,
-    seeds=(0,),
-    targets=(0.7,),
+from benchmarks.methods import ONESHOT_MAG, ONESHOT_WANDA
+from benchmarks.transfer_runs import (
+    QUICK,
+    RUN_FIELDS,
+    Config,
+    data,
+    new_model,
+    pretrain,
+    pretrain_key,
+    pruning_points,
+    run,
 )
+from benchmarks.transfer_summary import plot, summarize, table_md
+from lightning_prune import select_parameters
+from lightning_prune.data import TextDataModule
+from lightning_prune.lm import CausalLM
 
-# the Config fields that shape the pretrained checkpoint: a cached one is reused only where all of them match
-PRETRAIN_FIELDS = (
-    "n_layer",
-    "n_embd",
-    "n_head",
-    "block_size",
-    "pretrain_source",
-    "pretrain_batch",
-    "pretrain_lr",
-    "pretrain_warmup",
-    "pretrain_max_steps",
-    "pretrain_eval_every",
-    "pretrain_eval_blocks",
-    "plateau",
-    "plateau_evals",
-    "weight_decay",
-)
+__all__ = ["main", "parse_args", "plan"]
 
-
-# the Config fields that change what a fine-tuning run measures: runs are reused only where all of them match
-RUN_FIELDS = (
-    *PRETRAIN_FIELDS,
-    "finetune_source",
-    "batch_size",
-    "epochs",
-    "epoch_batches",
-    "prune_start_epoch",
-    "prune_end_epoch",
-    "lr",
-    "warmup_steps",
-    "calibration_batches",
-    "threads",
-)
-
-
-# ---- data and model --------------------------------------------------------------------------------------------
-
-_DATA: dict[tuple[str, int, int, int], TextDataModule] = {}
-
-
-def data(source: str, cfg: Config, batch_size: int, seed: int) -> TextDataModule:
-    """A set-up byte-level data module (one per corpus, batch size and seed in each process)."""
-    key = (source, cfg.block_size, batch_size, seed)
-    if key not in _DATA:
-        dm = TextDataModule(source=source, block_size=cfg.block_size, batch_size=batch_size, seed=seed)
-        dm.setup("fit")
-        _DATA[key] = dm
-    return _DATA[key]
-
-
-def new_model(cfg: Config, vocab_size: int) -> TinyGPT:
-    return TinyGPT(vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size)
-
-
-def pruning_points(cfg: Config, target: float) -> dict[int, float]:
-    """{epoch: sparsity}: the cubic ramp (Zhu & Gupta) from ``prune_start_epoch`` to ``prune_end_epoch`` sampled at
-    every epoch boundary, zero points dropped; ours prunes at the epoch's start, ModelPruning at the end of the one
-    before."""
-    eb, start, end = (
-        cfg.epoch_batches,
-        cfg.prune_start_epoch * cfg.epoch_batches,
-        cfg.prune_end_epoch * cfg.epoch_batches,
-    )
-    points = {e: round(cubic_sparsity(e * eb, target, start, end, every=eb), 6) for e in range(1, cfg.epochs)}
-    return {e: s for e, s in points.items() if s > 0 and e <= cfg.prune_end_epoch}
-
-
-# ---- pretraining -----------------------------------------------------------------------------------------------
-
-
-def pretrain_key(cfg: Config) -> str:
-    blob = json.dumps({f: getattr(cfg, f) for f in PRETRAIN_FIELDS}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-@torch.no_grad()
-def mean_loss(model: nn.Module, blocks: torch.Tensor) -> float:
-    return math.log(perplexity(model, blocks))
-
-
-def pretrain(cfg: Config, cache: Path) -> tuple[Path, dict[str, Any]]:
-    """The pretrained checkpoint: from ``cache`` when one with these settings exists, else trained (plain AdamW loop,
-    linear warm-up then a constant learning rate) until the held-out loss flattens, and cached."""
-    path = cache / f"pretrained-{pretrain_key(cfg)}.pt"
-    if path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        return path, {**saved["info"], "from_cache": True}
-    cache.mkdir(parents=True, exist_ok=True)
-    (cache / ".gitignore").write_text("*\n")  # the checkpoints are rebuilt, never committed
-    t0 = time.perf_counter()
-    dm = data(cfg.pretrain_source, cfg, cfg.pretrain_batch, 0)
-    torch.manual_seed(0)
-    model = new_model(cfg, dm.vocab_size)
-    groups = [
-        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=cfg.pretrain_lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.pretrain_warmup))
-    val = dm.val_dataset.blocks[: cfg.pretrain_eval_blocks]
-    curve: list[tuple[int, float]] = [(0, mean_loss(model, val))]
-    step, epoch, flat = 0, 0, False
-    loader = dm.train_dataloader()
-    while step < cfg.pretrain_max_steps and not flat:
-        loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            if step % cfg.pretrain_eval_every == 0:
-                curve.append((step, mean_loss(model, val)))
-                if len(curve) > cfg.plateau_evals:
-                    before, now = curve[-1 - cfg.plateau_evals][1], curve[-1][1]
-                    flat = (before - now) / before < cfg.plateau
-            if flat or step >= cfg.pretrain_max_steps:
-                break
-        epoch += 1
-    info = {
-        "steps": step,
-        "flattened": flat,
-        "val_loss_curve": curve,
-        "tokens": step * cfg.pretrain_batch * cfg.block_size,
-        "seconds": time.perf_counter() - t0,
-        "rule": f"stop when the held-out loss ({cfg.pretrain_eval_blocks} blocks) fell by less than {cfg.plateau:.0%} "
-        f"over the last {cfg.plateau_evals} validations, every {cfg.pretrain_eval_every} steps",
-    }
-    torch.save({"state_dict": model.state_dict(), "info": info}, path)
-    return path, {**info, "from_cache": False}
-
-
-# ---- one fine-tuning run ---------------------------------------------------------------------------------------
-
-
-def lm_for(method: str, cfg: Config, state: dict[str, torch.Tensor], vocab: int, teacher: nn.Module | None) -> Any:
-    model = new_model(cfg, vocab)
-    model.load_state_dict(state)
-    kwargs = dict(model=model, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
-    if teacher is not None:
-        return Distilled(teacher, **kwargs)
-    return CausalLM(**kwargs)
-
-
-def run(job: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tune the pretrained model under one method, target and seed; return its figures."""
-    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["cfg"].items()})
-    method, target, seed = job["method"], job["target"], job["seed"]
-    torch.set_num_threads(cfg.threads)
-    quiet()
-    t0, c0 = time.perf_counter(), time.process_time()
-    dm = data(cfg.finetune_source, cfg, cfg.batch_size, seed)
-    state = torch.load(job["pretrained"], map_location="cpu", weights_only=False)["state_dict"]
-    teacher = None
-    if job.get("teacher"):
-        teacher = new_model(cfg, dm.vocab_size)
-        teacher.load_state_dict(torch.load(job["teacher"], map_location="cpu", weights_only=True))
-    pl.seed_everything(seed, verbose=False)
-    lm = lm_for(method, cfg, state, dm.vocab_size, teacher)
-    points = pruning_points(cfg, target)
-    callbacks: list[Callback] = []
-    if method in (MP_LTH, MP_BEST):
-        modules = [(module, "weight") for module, _ in select_parameters(lm).values()]
-        callbacks.append(
-            ModelPruning(
-                "l1_unstructured",
-                parameters_to_prune=modules,
-                amount=model_pruning_amount(points),
-                use_global_unstructured=True,
-                use_lottery_ticket_hypothesis=method == MP_LTH,
-                verbose=0,
-            )
-        )
-    elif method == ONESHOT_MAG:
-        callbacks.append(ScheduledPruning(OneShot(target, at=0, unit="step"), "magnitude", log_histograms=False))
-    elif method == ONESHOT_WANDA:
-        loader = dm.train_dataloader()
-        calib = [b for _, b in zip(range(cfg.calibration_batches), loader)]
-        masks = wanda_masks(lm.model, [{"input_ids": b["input_ids"]} for b in calib], target)
-        lm = FineTune(
-            masks=masks, model=lm.model, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps
-        )
-    elif method.startswith("ours"):
-        criterion, _, bound = method.rpartition(": ")[2].partition(", layer spread ")
-        scope = "output" if criterion == "wanda" else "global"
-        bound_ = float(bound) if bound else None
-        pruning = ScheduledPruning(AtEpochs(points), criterion, scope=scope, log_histograms=False, layer_spread=bound_)
-        callbacks += [ImportanceTracking(), pruning]
-    fqns = list(select_parameters(lm))
-    fit = trainer(cfg, callbacks)
-    fit.fit(lm, datamodule=dm)
-    if fit.global_step != cfg.steps:
-        raise RuntimeError(f"{method}: ran {fit.global_step} steps, expected {cfg.steps}.")
-    sparsity, _ = measured_sparsity(lm, fqns)
-    row = {
-        "method": method,
-        "target": target,
-        "seed": seed,
-        "val_ppl": perplexity(lm.model, dm.val_dataset.blocks),
-        "sparsity": sparsity,
-        "steps": fit.global_step,
-        "seconds": time.perf_counter() - t0,
-        "cpu_seconds": time.process_time() - c0,  # this process's CPU time: the run's cost on one core
-        "teacher": job.get("teacher_kind"),
-    }
-    events = [cb.events for cb in callbacks if isinstance(cb, ScheduledPruning)]
-    if events:
-        row["pruning_events"] = len(events[0])
-    if job.get("save_to"):
-        torch.save(lm.model.state_dict(), job["save_to"])
-    return row
-
-
-# ---- summary ---------------------------------------------------------------------------------------------------
-
-
-def summarize(rows: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
-    """Per (method, target): perplexity and ratio to dense (same seed) over seeds; the goals and comparisons."""
-    dense = {r["seed"]: r["val_ppl"] for r in rows if r["method"] == "dense"}
-    for r in rows:
-        r["ratio_to_dense"] = r["val_ppl"] / dense[r["seed"]] if r["seed"] in dense else None
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for r in rows:
-        if r["ratio_to_dense"] is not None and r["method"] != "dense":
-            groups.setdefault((r["method"], r["target"]), []).append(r)
-    table: dict[str, dict[str, Any]] = {}
-    for (m, t), rs in groups.items():
-        table.setdefault(m, {})[f"{t:g}"] = {
-            "ratio": spread([r["ratio_to_dense"] for r in rs]),
-            "val_ppl": spread([r["val_ppl"] for r in rs]),
-            "sparsity": spread([r["sparsity"] for r in rs]),
-            "seeds": [r["seed"] for r in rs],
-        }
-    for t in cfg.targets:  # ModelPruning's best configuration per target
-        key = f"{t:g}"
-        options = [m for m in (MP_LTH, MP_BEST) if key in table.get(m, {})]
-        if options:
-            best = min(options, key=lambda m: table[m][key]["ratio"]["mean"])
-            table.setdefault(MP_ROW, {})[key] = {**table[best][key], "configuration": best}
-    ours = [m for m in table if m.startswith("ours: ")]
-    complete = [m for m in ours if all(f"{t:g}" in table[m] for t in cfg.targets)]
-    best_criterion = (
-        min(complete, key=lambda m: statistics.fmean(table[m][f"{t:g}"]["ratio"]["mean"] for t in cfg.targets))
-        if complete
-        else None
-    )
-    return {
-        "dense_val_ppl": spread(list(dense.values())) if dense else None,
-        "rows": table,
-        "best_criterion": best_criterion.rpartition(": ")[2] if best_criterion else None,
-        "goals": goals(table, cfg),
-    }
-
-
-def real(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """A difference of mean ratios counts only when larger than the larger min–max spread of the two rows."""
-    width = max(a["max"] - a["min"], b["max"] - b["min"])
-    return abs(a["mean"] - b["mean"]) > width
-
-
-def goals(table: dict[str, dict[str, Any]], cfg: Config) -> dict[str, Any]:
-    """Per target and per row of ours: the targets to compare against, met or missed, and by how much."""
-    out: dict[str, Any] = {}
-    for t in cfg.targets:
-        key = f"{t:g}"
-        mp = table.get(MP_ROW, {}).get(key)
-        wanda = table.get(ONESHOT_WANDA, {}).get(key)
-        per: dict[str, Any] = {}
-        for m, by in table.items():
-            if not m.startswith("ours") or key not in by:
-                continue
-            r = by[key]["ratio"]
-            g: dict[str, Any] = {"ratio_mean": r["mean"], "ratio_min": r["min"], "ratio_max": r["max"]}
-            if t in GOAL_RATIO:
-                g["ratio_goal"] = GOAL_RATIO[t]
-                g["ratio_goal_met"] = r["mean"] <= GOAL_RATIO[t]
-                g["ratio_goal_margin"] = GOAL_RATIO[t] - r["mean"]
-            if math.isclose(t, 0.9) and mp is not None:
-                gap, mp_gap = r["mean"] - 1, mp["ratio"]["mean"] - 1
-                g["gap"], g["model_pruning_best_gap"] = gap, mp_gap
-                g["gap_reduction"] = 1 - gap / mp_gap if mp_gap > 0 else None
-                g["gap_goal_met"] = mp_gap > 0 and gap <= (1 - GOAL_GAP_REDUCTION) * mp_gap
-            if wanda is not None:
-                g["vs_oneshot_wanda"] = r["mean"] - wanda["ratio"]["mean"]
-                g["at_or_below_oneshot_wanda"] = r["mean"] <= wanda["ratio"]["mean"]
-                g["difference_to_wanda_real"] = real(r, wanda["ratio"])
-            if mp is not None:
-                g["vs_model_pruning_best"] = r["mean"] - mp["ratio"]["mean"]
-                g["difference_to_model_pruning_real"] = real(r, mp["ratio"])
-            per[m] = g
-        out[key] = per
-    return out
-
-
-def ordered(rows: dict[str, Any]) -> list[tuple[str, Any]]:
-    """Rows in reading order: ModelPruning, one-shot, ours, ours with distillation (each kept in run order)."""
-    rank = {MP_LTH: 0, MP_BEST: 1, MP_ROW: 2, ONESHOT_MAG: 3, ONESHOT_WANDA: 4}
-    return sorted(rows.items(), key=lambda kv: rank.get(kv[0], 6 if "distillation" in kv[0] else 5))
-
-
-def table_md(summary: dict[str, Any], cfg: Config) -> str:
-    head = "| method | " + " | ".join(f"ppl @ {t:.0%} | × dense @ {t:.0%} (min–max)" for t in cfg.targets) + " |"
-    lines = [head, "|---" * (1 + 2 * len(cfg.targets)) + "|"]
-    dense = summary["dense_val_ppl"]
-    if dense:
-        cell = f"{dense['mean']:.4f} | 1.000"
-        lines.append("| dense fine-tuning | " + " | ".join(cell for _ in cfg.targets) + " |")
-    for m, by in ordered(summary["rows"]):
-        cells = []
-        for t in cfg.targets:
-            c = by.get(f"{t:g}")
-            if c is None:
-                cells.append("— | —")
-                continue
-            r, p = c["ratio"], c["val_ppl"]
-            note = " " + c["configuration"].removeprefix("ModelPruning ") if "configuration" in c else ""
-            cells.append(f"{p['mean']:.4f} | {r['mean']:.3f} ({r['min']:.3f}–{r['max']:.3f}){note}")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot(summary: dict[str, Any], cfg: Config, path: Path) -> bool:
-    """Mean ratio to dense against the target, with min–max bars, one line per row."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (m, by) in enumerate(ordered(summary["rows"])):
-        if m in (MP_LTH, MP_BEST):
-            continue
-        ts = [t for t in cfg.targets if f"{t:g}" in by]
-        r = [by[f"{t:g}"]["ratio"] for t in ts]
-        x = [t + (i - 5) * 0.004 for t in ts]  # spread the bars apart
-        err = [[q["mean"] - q["min"] for q in r], [q["max"] - q["mean"] for q in r]]
-        style = "--" if m.startswith(("ModelPruning", "one-shot")) else "-"
-        ax.errorbar(x, [q["mean"] for q in r], yerr=err, fmt=style, marker="o", capsize=3, label=m)
-    ax.axhline(1.0, color="k", lw=1, label="dense fine-tuning")
-    ax.set(
-        xlabel="target sparsity of the block Linear weights",
-        ylabel="val perplexity / dense fine-tuning (mean, min–max over seeds)",
-        title=f"pretrained on {cfg.pretrain_source}, fine-tuned on {cfg.finetune_source}",
-    )
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return True
-
-
-# ---- main ------------------------------------------------------------------------------------------------------
+CACHE = RESULTS / "cache"  # pretrained and dense fine-tuned checkpoints, ignored by git
 
 
 def parse_args() -> tuple[Config, argparse.Namespace]:
@@ -603,7 +176,7 @@ def resummarize(cfg: Config, args: argparse.Namespace) -> None:
     result["summary"] = summarize(rows, cfg)
     result["conditions"]["run_cpu_seconds_total"] = sum(r.get("cpu_seconds", 0.0) for r in rows)
     result["conditions"]["runs_with_cpu_seconds"] = sum("cpu_seconds" in r for r in rows)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     if not args.no_plot and plot(result["summary"], cfg, args.out.with_suffix(".png")):
         print(f"wrote {args.out.with_suffix('.png')}")
     print(table_md(result["summary"], cfg))
@@ -626,7 +199,7 @@ def main() -> None:
     start_model = new_model(cfg, dm.vocab_size)
     start_model.load_state_dict(torch.load(pretrained, map_location="cpu", weights_only=False)["state_dict"])
     before_ft = perplexity(start_model, dm.val_dataset.blocks)
-    rows: list[dict[str, Any]] = reusable_runs(args.out, cfg) if args.reuse else []
+    rows: list[dict[str, Any]] = reusable(args.out, asdict(cfg), RUN_FIELDS, "runs") if args.reuse else []
     earlier = json.loads(args.out.read_text())["conditions"]["wall_seconds"] if rows else 0.0
     started -= earlier  # wall time of the runs reused, so the total stays the benchmark's
     done = {(r["method"], r["target"], r["seed"]) for r in rows}
@@ -635,8 +208,7 @@ def main() -> None:
 
     def write() -> dict[str, Any]:
         result = report(rows, cfg, args, dm, pre_info, before_ft, time.perf_counter() - started)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
         return result
 
     jobs = []
@@ -685,18 +257,6 @@ def hash_cfg(cfg: Config) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
-def reusable_runs(path: Path, cfg: Config) -> list[dict[str, Any]]:
-    """The runs of an earlier result at ``path`` made with the same run settings (none if there is no file)."""
-    if not path.exists():
-        return []
-    old = json.loads(path.read_text())
-    old_cfg, new_cfg = old["conditions"]["config"], asdict(cfg)
-    differ = [f for f in RUN_FIELDS if json.dumps(old_cfg.get(f)) != json.dumps(new_cfg[f])]
-    if differ:
-        raise SystemExit(f"--reuse: {path} was measured with other settings ({differ}); drop --reuse or change --out.")
-    return old["runs"]
-
-
 def report(
     rows: list[dict[str, Any]],
     cfg: Config,
@@ -713,7 +273,7 @@ def report(
     summary = summarize(rows, cfg)
     return {
         "conditions": {
-            "model": f"TinyGPT (benchmarks/quality.py: pre-LN GPT, nn.Linear layers) n_layer={cfg.n_layer} "
+            "model": f"TinyGPT (benchmarks.harness: pre-LN GPT, nn.Linear layers) n_layer={cfg.n_layer} "
             f"n_embd={cfg.n_embd} n_head={cfg.n_head} context={cfg.block_size}, byte-level vocabulary {dm.vocab_size}",
             "parameters": sum(p.numel() for p in lm.parameters()),
             "pruned_parameters": sum(map(math.prod, shapes.values())),
@@ -733,11 +293,7 @@ def report(
             "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
             "torch_num_threads_per_run": cfg.threads,
             "workers": cfg.workers,
-            "torch": torch.__version__,
-            "lightning": pl.__version__,
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "load_average_1_5_15min_at_end": os.getloadavg(),
+            **facts("torch", "lightning", "platform", "cpu_count", "load_average_1_5_15min_at_end"),
             "wall_seconds": seconds,
             "run_seconds_total": sum(r["seconds"] for r in rows),
             "run_cpu_seconds_total": sum(r.get("cpu_seconds", 0.0) for r in rows),

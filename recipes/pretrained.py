@@ -316,7 +316,7 @@ def distill(
     """A copy of ``dense`` fine-tuned towards it for ``args.steps`` steps under one row's pruning; returned with its
     pruned weights exact zeros in the plain ``weight`` parameters."""
     pl.seed_everything(seed, verbose=False)
-    student = copy.deepcopy(dense)
+    student = copy.deepcopy(dense).requires_grad_(True)  # the dense copy is the frozen teacher: the student trains
     points = pruning_points(args)
     callbacks: list[Callback] = []
     if method in (MP_LTH, MP_NOLTH):

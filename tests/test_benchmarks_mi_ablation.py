@@ -1,4 +1,4 @@
-"""benchmarks/mi_ablation.py: a tiny run's JSON, compensation effects and the joint-entropy ceiling."""
+"""benchmarks.mi_ablation: a tiny run's JSON, compensation effects and the joint-entropy ceiling."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).parent.parent / "benchmarks" / "mi_ablation.py"
+ROOT = Path(__file__).parent.parent
 
 
 def test_tiny_run_writes_every_compensation_and_a_saturating_joint_entropy(tmp_path):
@@ -14,7 +14,8 @@ def test_tiny_run_writes_every_compensation_and_a_saturating_joint_entropy(tmp_p
     args = ["--sizes", "small", "--steps", "3", "--calib-batches", "2", "--val-batches", "1", "--threads", "1"]
     args += ["--recovery-steps", "1", "--only", "random (seed 0)", "conditional × output", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(SCRIPT), *args], check=True, capture_output=True, env=env, timeout=600)
+    cmd = [sys.executable, "-m", "benchmarks.mi_ablation", *args]
+    subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=ROOT, timeout=600)
     result = json.loads(out.read_text())["sizes"]["small"]
     rows = {r["variant"]: r for r in result["rows"]}
     assert set(rows) == {"random (seed 0)", "conditional × output"}

@@ -1,24 +1,15 @@
-"""benchmarks/transfer.py: its summary against figures computed by hand, and the ``--quick`` run's JSON schema."""
+"""benchmarks.transfer: its summary against figures computed by hand, and the ``--quick`` run's JSON schema."""
 
-import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).parent.parent / "benchmarks" / "transfer.py"
-
-
-def load() -> ModuleType:
-    """Import the script (a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_transfer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import transfer
+from benchmarks.methods import MP_BEST, MP_LTH, MP_ROW, ONESHOT_MAG, ONESHOT_WANDA
+from benchmarks.transfer_runs import QUICK, Config, pretrain, pruning_points
+from benchmarks.transfer_summary import summarize
 
 
 def _row(method, target, seed, ppl, sparsity=None):
@@ -26,20 +17,19 @@ def _row(method, target, seed, ppl, sparsity=None):
 
 
 def test_summary_ratios_spread_and_goals_by_hand():
-    t = load()
-    cfg = t.Config(seeds=(0, 1), targets=(0.5, 0.9))
+    cfg = Config(seeds=(0, 1), targets=(0.5, 0.9))
     rows = [_row("dense", 0.0, 0, 10.0), _row("dense", 0.0, 1, 20.0)]
     rows += [_row("ours: taylor", 0.5, 0, 11.0), _row("ours: taylor", 0.5, 1, 21.0)]  # ratios 1.1, 1.05
     rows += [_row("ours: taylor", 0.9, 0, 12.0), _row("ours: taylor", 0.9, 1, 24.0)]  # 1.2, 1.2
-    rows += [_row(t.MP_LTH, 0.9, 0, 15.0), _row(t.MP_LTH, 0.9, 1, 30.0)]  # 1.5, 1.5
-    rows += [_row(t.MP_BEST, 0.9, 0, 14.0), _row(t.MP_BEST, 0.9, 1, 28.0)]  # 1.4, 1.4: the better one
-    rows += [_row(t.ONESHOT_WANDA, 0.5, 0, 11.0), _row(t.ONESHOT_WANDA, 0.5, 1, 22.0)]  # 1.1, 1.1
-    s = t.summarize(rows, cfg)
+    rows += [_row(MP_LTH, 0.9, 0, 15.0), _row(MP_LTH, 0.9, 1, 30.0)]  # 1.5, 1.5
+    rows += [_row(MP_BEST, 0.9, 0, 14.0), _row(MP_BEST, 0.9, 1, 28.0)]  # 1.4, 1.4: the better one
+    rows += [_row(ONESHOT_WANDA, 0.5, 0, 11.0), _row(ONESHOT_WANDA, 0.5, 1, 22.0)]  # 1.1, 1.1
+    s = summarize(rows, cfg)
     assert s["dense_val_ppl"]["mean"] == 15.0
     ratio = s["rows"]["ours: taylor"]["0.5"]["ratio"]
     assert ratio["mean"] == pytest.approx(1.075) and (ratio["min"], ratio["max"]) == pytest.approx((1.05, 1.1))
     assert ratio["std"] == pytest.approx(math.sqrt(2 * 0.025**2))  # sample std of 1.1 and 1.05
-    assert s["rows"][t.MP_ROW]["0.9"]["configuration"] == t.MP_BEST
+    assert s["rows"][MP_ROW]["0.9"]["configuration"] == MP_BEST
     assert s["best_criterion"] == "taylor"
     g50, g90 = s["goals"]["0.5"]["ours: taylor"], s["goals"]["0.9"]["ours: taylor"]
     assert not g50["ratio_goal_met"] and g50["ratio_goal_margin"] == pytest.approx(1.0 - 1.075)
@@ -51,35 +41,32 @@ def test_summary_ratios_spread_and_goals_by_hand():
 
 
 def test_gradual_points_follow_the_cubic_ramp_at_epoch_boundaries():
-    t = load()
-    cfg = t.Config(epochs=6, epoch_batches=10, prune_start_epoch=1, prune_end_epoch=4)
+    cfg = Config(epochs=6, epoch_batches=10, prune_start_epoch=1, prune_end_epoch=4)
     # s(e) = 0.9·(1 − (1 − (e − 1)/3)³) at epochs 2, 3, 4: 0.9·(1 − 8/27), 0.9·(1 − 1/27), 0.9
-    assert t.pruning_points(cfg, 0.9) == pytest.approx({2: 0.9 * 19 / 27, 3: 0.9 * 26 / 27, 4: 0.9})
+    assert pruning_points(cfg, 0.9) == pytest.approx({2: 0.9 * 19 / 27, 3: 0.9 * 26 / 27, 4: 0.9})
 
 
 def test_the_ramp_bounds_come_from_the_command_line_and_must_end_before_the_run(monkeypatch):
-    t = load()
     monkeypatch.setattr(sys, "argv", ["transfer.py", "--prune-start-epoch", "1", "--prune-end-epoch", "20"])
-    cfg, _ = t.parse_args()
+    cfg, _ = transfer.parse_args()
     assert (cfg.prune_start_epoch, cfg.prune_end_epoch) == (1, 20)
-    assert max(t.pruning_points(cfg, 0.5)) == 20
-    monkeypatch.setattr(sys, "argv", ["transfer.py", "--prune-end-epoch", str(t.Config().epochs)])
+    assert max(pruning_points(cfg, 0.5)) == 20
+    monkeypatch.setattr(sys, "argv", ["transfer.py", "--prune-end-epoch", str(Config().epochs)])
     with pytest.raises(SystemExit, match="prune_end_epoch < epochs"):
-        t.parse_args()
+        transfer.parse_args()
 
 
 def test_quick_run_writes_every_run_and_the_summary(tmp_path, monkeypatch):
-    t = load()
     out, cache = tmp_path / "transfer.json", tmp_path / "cache"
     argv = ["transfer.py", "--quick", "--out", str(out), "--cache", str(cache), "--no-plot"]
     argv += ["--criteria", "taylor", "platon"]
     monkeypatch.setattr(sys, "argv", argv)
-    t.main()
+    transfer.main()
     result = json.loads(out.read_text())
     assert {"conditions", "pretraining", "pretrained_val_ppl_on_finetuning_text", "summary", "runs"} <= set(result)
     assert (cache / ".gitignore").read_text() == "*\n" and result["pretraining"]["steps"] > 0
     methods = {r["method"] for r in result["runs"]}
-    expected = {"dense", t.MP_LTH, t.MP_BEST, t.ONESHOT_MAG, t.ONESHOT_WANDA, "ours: taylor", "ours: platon"}
+    expected = {"dense", MP_LTH, MP_BEST, ONESHOT_MAG, ONESHOT_WANDA, "ours: taylor", "ours: platon"}
     assert expected <= methods
     best = result["summary"]["best_criterion"]
     assert f"ours + distillation (finetuned): {best}" in methods
@@ -90,6 +77,6 @@ def test_quick_run_writes_every_run_and_the_summary(tmp_path, monkeypatch):
             assert r["sparsity"] == pytest.approx(r["target"], abs=0.02)
     cell = result["summary"]["rows"]["ours: platon"]["0.7"]
     assert set(cell["ratio"]) == {"mean", "min", "max", "std", "n"}
-    assert "0.7" in result["summary"]["goals"] and t.MP_ROW in result["summary"]["rows"]
-    path, info = t.pretrain(t.Config(**t.QUICK), cache)  # again: the cached checkpoint, not a new pretraining
+    assert "0.7" in result["summary"]["goals"] and MP_ROW in result["summary"]["rows"]
+    path, info = pretrain(Config(**QUICK), cache)  # again: the cached checkpoint, not a new pretraining
     assert info["from_cache"] and info["steps"] == result["pretraining"]["steps"] and path.parent == cache

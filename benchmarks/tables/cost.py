@@ -1,0 +1,132 @@
+"""Tables of what pruning costs and buys in time and memory: the pruning event at scale, the callbacks' step-time
+overhead, and the speed of physically shrunk models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.markdown import bold, markdown_table, pct
+from benchmarks.tables.source import result
+
+__all__ = ["overhead", "scale", "speed"]
+
+
+def scale(root: Path) -> str:
+    """``scale.json``: one global selection at 60 % per number of scores, beside ``kthvalue`` and the sort."""
+    rows = result(root, "scale")["event"]
+    by = {(r["scores"], r["method"]): r for r in rows}
+    cells = []
+    for n in dict.fromkeys(r["scores"] for r in rows):
+        floor = by[n, "kthvalue floor"]["seconds"]
+
+        def timed(method: str, digits: int = 2, n: int = n, floor: float = floor) -> str:
+            r = by.get((n, method))
+            return "—" if r is None else f"{r['seconds']:.2f} s ({r['seconds'] / floor:.{digits}f}×)"
+
+        exact = by[n, "compute_masks"]
+        cells.append(
+            [
+                f"{n / 1e6:.1f} M",
+                timed("compute_masks"),
+                timed("compute_masks cap"),
+                f"{floor:.2f} s",
+                timed("sort reference", 1),
+                f"{exact['extra_bytes'] / exact['score_bytes']:.2f}",
+            ]
+        )
+    header = [
+        "scores",
+        "exact selection",
+        "with `max_layer_sparsity=0.7`",
+        "one `kthvalue` (floor)",
+        "sort (before)",
+        "selection's extra memory / score bytes",
+    ]
+    return markdown_table(header, cells)
+
+
+OVERHEAD_LABELS = {  # configuration in overhead.json → row label
+    "plain": "plain",
+    "tracking fp32": "tracking, float32 state",
+    "tracking bf16": "tracking, bfloat16 state",
+    "tracking + pruning": "tracking + pruning",
+}
+
+
+def _bytes_ratio(x: float) -> str:
+    return "0" if x == 0 else f"{x:.2f}"
+
+
+def overhead(root: Path) -> str:
+    """``overhead.json``: median step, ratios to plain training and state bytes per configuration."""
+    cells = []
+    for r in result(root, "overhead")["rows"]:
+        lo, hi = r["ratio_per_round_min_max"]
+        cells.append(
+            [
+                OVERHEAD_LABELS[r["config"]],
+                f"{r['median_ms']:.1f} ms",
+                f"{r['ratio_vs_plain']:.3f}",
+                f"{r['paired_ratio_median']:.3f}",
+                "—" if r["config"] == "plain" else f"{lo:.3f}–{hi:.3f}",
+                f"{r['cpu_ratio_vs_plain']:.3f}",
+                _bytes_ratio(r["tracker_over_weights"]),
+                _bytes_ratio(r["masks_over_weights"]),
+            ]
+        )
+    header = [
+        "config",
+        "median step",
+        "ratio vs plain",
+        "paired ratio (median)",
+        "ratio range over rounds",
+        "CPU-time ratio",
+        "tracker bytes / weight bytes",
+        "mask bytes / weight bytes",
+    ]
+    return markdown_table(header, cells)
+
+
+SPEED_LABELS = {  # configuration in speed.json → row label
+    "gpt2 (E=512, n_inner=4096, 4 layers)": "GPT-2 E=512, n_inner=4096, 4 layers",
+    "llama (E=512, intermediate=4096, 4 layers, GQA 8/4)": "Llama E=512, intermediate=4096, 4 layers, GQA 8/4",
+}
+
+
+def speed(root: Path) -> str:
+    """``speed.json``: dense against shrunk forward passes; the throughput at the most neurons removed in bold."""
+    rows = result(root, "speed")["rows"]
+    most = max(r["ffn_removed"] for r in rows)
+    cells = []
+    for r in rows:
+        latency = r["batch"] == 1
+        dense, shrunk = (
+            (f"{r['dense_ms']:.1f} ms", f"{r['shrunk_ms']:.1f} ms")
+            if latency
+            else (f"{r['dense_tokens_per_s']:.0f} tok/s", f"{r['shrunk_tokens_per_s']:.0f} tok/s")
+        )
+        cells.append(
+            [
+                SPEED_LABELS.get(r["config"], r["config"]),
+                pct(r["ffn_removed"]),
+                f"{r['batch']} × {r['seq']}",
+                dense,
+                shrunk,
+                bold(f"{r['speedup']:.2f}×", not latency and r["ffn_removed"] == most),
+                f"{r['flop_bound']:.2f}×",
+                pct(r["efficiency"]),
+                f"{r['dense_params'] / 1e6:.1f} M → {r['shrunk_params'] / 1e6:.1f} M",
+            ]
+        )
+    header = [
+        "config",
+        "FFN neurons removed",
+        "batch × seq",
+        "dense",
+        "shrunk",
+        "speed-up",
+        "FLOP bound",
+        "efficiency",
+        "parameters",
+    ]
+    return markdown_table(header, cells)
