@@ -142,6 +142,16 @@ class MaskRegistry:
                 keep = keep & part
             self.keep[fqn] = keep
 
+    @torch.no_grad()
+    def cut_(self, fqn: str, dim: int, keep: Tensor) -> None:
+        """Follow a physical shrink of parameter ``fqn``: every writer's mask keeps only the features ``keep`` (bool,
+        ``(size,)``) along ``dim``, as the parameter did, so the entries pruned in what remains stay held."""
+        index = keep.nonzero().flatten()
+        for masks in self.writers.values():
+            if fqn in masks:
+                masks[fqn] = masks[fqn].index_select(dim, index.to(masks[fqn].device)).contiguous()
+        self._union([fqn])
+
     def pruned_count(self, fqns: Iterable[str]) -> int:
         """Entries of these parameters' local tensors pruned by any writer."""
         return sum(int((~self.keep[f]).sum()) for f in fqns if f in self.keep)

@@ -81,3 +81,23 @@ def test_gradients_are_masked_once_per_backward():
     assert torch.any(grad[~keep] != 0)
     registry.mask_grads_()
     assert torch.all(grad[~keep] == 0)
+
+
+def test_masks_of_a_reshaped_parameter_are_dropped_with_a_warning_not_an_error():
+    model = _model()
+    registry = MaskRegistry()
+    registry.resolve(model)
+    registry.write("a", {"0.weight": torch.tensor([[T, F], [T, T]]), "1.weight": torch.tensor([[F, T]])})
+    model[0] = nn.Linear(2, 3)  # replaced with another shape (as a structured shrink would without the registry)
+    with pytest.warns(UserWarning, match=r"\['0\.weight'\] no longer fit"):
+        registry.resolve(model)
+    assert set(registry.keep) == {"1.weight"} and "0.weight" not in registry.writers["a"]
+
+
+def test_a_cut_follows_the_shrink_of_a_parameter():
+    model = _model()
+    registry = MaskRegistry()
+    registry.resolve(model)
+    registry.write("a", {"0.weight": torch.tensor([[T, F], [F, T]])})
+    registry.cut_("0.weight", 0, torch.tensor([False, True]))  # row 0 removed
+    assert registry.keep["0.weight"].tolist() == [[F, T]] and registry.writers["a"]["0.weight"].shape == (1, 2)

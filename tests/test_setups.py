@@ -220,17 +220,23 @@ def test_a_shared_parameter_is_one_entry():
     assert torch.all(model.blocks[1].fc1.weight[~pruning.masks["blocks.0.fc1.weight"]] == 0)
 
 
-def test_a_new_fit_after_a_physical_shrink_prunes_the_smaller_model():
+def test_a_new_fit_after_a_physical_shrink_keeps_what_was_pruned_and_prunes_the_smaller_model():
     pl.seed_everything(0, verbose=False)
     neurons, model = NeuronPruning(AtSteps({1: 0.5}), "activation"), CausalLM(**CFG)
-    trainer(max_steps=2, callbacks=[neurons]).fit(model, _loader())
+    first = ScheduledPruning(AtSteps({2: 0.4}))
+    trainer(max_steps=3, callbacks=[neurons, first]).fit(model, _loader())
     neurons.shrink_()
     assert model.model.config.n_inner == 16
-    pruning = ScheduledPruning(AtSteps({1: 0.5}))
-    with pytest.warns(UserWarning, match="no longer fit"):
-        trainer(max_steps=2, callbacks=[pruning]).fit(model, _loader())
+    registry = registry_of(model)
     params = dict(model.named_parameters())
-    assert _zeros(params, pruning.masks) >= round(0.5 * sum(params[f].numel() for f in pruning.masks))
+    for f, keep in registry.keep.items():  # the weight masks were cut as the weights were: still on their zeros
+        assert keep.shape == params[f].shape and torch.all(params[f][~keep] == 0), f
+    held = registry.pruned_count(registry.keep)
+    assert held > 0
+    second = ScheduledPruning(AtSteps({1: 0.6}), name="second")  # another writer: the first's zeros count once
+    trainer(max_steps=2, callbacks=[second]).fit(model, _loader())
+    params = dict(model.named_parameters())
+    assert _zeros(params, second.masks) == round(0.6 * sum(params[f].numel() for f in second.masks))
     assert tuple(params["model.transformer.h.0.mlp.c_fc.weight"].shape) == (16, 16)
 
 

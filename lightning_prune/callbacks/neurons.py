@@ -14,21 +14,26 @@ from lightning_prune.callbacks.base import Lifecycle
 from lightning_prune.callbacks.tracking import ImportanceTracking
 from lightning_prune.neurons import NEURON_CRITERIA, NeuronStats, neuron_masks, neuron_weight_masks
 from lightning_prune.schedules import AtEpochs, Schedule
-from lightning_prune.structured import FAMILIES, block_layouts, shrink_
+from lightning_prune.structured import FAMILIES, block_layouts, ffn_output_modules, is_supported, shrink_
+from lightning_prune.structured.cuts import neuron_cuts
 
 __all__ = ["NeuronPruning", "find_transformer"]
 
 
 def find_transformer(module: nn.Module) -> tuple[str, nn.Module]:
-    """``(fqn, model)`` of the first submodule (or ``module`` itself) that is a GPT-2, Llama or BERT model.
+    """``(fqn, model)`` of the first submodule (or ``module`` itself) that is a ``transformers`` model whose blocks
+    the library can describe (:func:`~lightning_prune.structured.is_supported`), wherever it lives.
 
     Raises:
         ValueError: if there is none.
     """
     for name, sub in module.named_modules():
-        if getattr(getattr(sub, "config", None), "model_type", None) in FAMILIES and hasattr(sub, "base_model"):
+        if hasattr(sub, "config") and hasattr(sub, "base_model") and is_supported(sub):
             return name, sub
-    raise ValueError(f"NeuronPruning needs a transformers model of type {FAMILIES} inside the LightningModule.")
+    raise ValueError(
+        f"NeuronPruning needs a transformers model whose blocks it can describe inside {type(module).__name__}: "
+        f"{', '.join(FAMILIES)}, or any model with Llama's module names."
+    )
 
 
 class NeuronPruning(Lifecycle):
@@ -54,7 +59,8 @@ class NeuronPruning(Lifecycle):
 
     Raises:
         ValueError: for an unknown criterion, a schedule past the run's end or removing every neuron, a model
-            that is not GPT-2/Llama/BERT, or a checkpoint of another model.
+            whose blocks the library cannot describe (see :mod:`lightning_prune.structured`) or whose feed-forward
+            neurons sit in fused experts, or a checkpoint of another model.
 
     Example:
         >>> trainer = pl.Trainer(max_epochs=6, callbacks=[NeuronPruning({2: 0.25, 4: 0.5}, "taylor")])
@@ -92,6 +98,7 @@ class NeuronPruning(Lifecycle):
     @override
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:
         self._prefix, self.model = find_transformer(pl_module)
+        ffn_output_modules(self.model)  # refuses blocks whose neurons it cannot hook (fused experts), with the reason
         self._sizes = [lay.n_neurons for lay in block_layouts(self.model)]
         end = self.schedule.end_sparsity()
         if any(round(end * n) >= n for n in self._sizes):
@@ -205,8 +212,19 @@ class NeuronPruning(Lifecycle):
 
     @torch.no_grad()
     def shrink_(self, model: nn.Module | None = None) -> nn.Module:
-        """Physically remove the neurons from ``model`` (default: the trained one) and update its config."""
-        return shrink_(self.model if model is None else model, neuron_masks=self.masks)
+        """Physically remove the neurons from ``model`` (default: the trained one) and update its config.
+
+        Shrinking the trained model also cuts every writer's masks of the shrunk weights in the model's registry the
+        same way, so the entries pruned in what remains (by ``ScheduledPruning``, say) stay pruned in a later fit."""
+        if model is not None and model is not self.model:
+            return shrink_(model, neuron_masks=self.masks)
+        cuts = neuron_cuts(self.model, self.masks)
+        shrink_(self.model, neuron_masks=self.masks)
+        if self.registry is not None:
+            prefix = f"{self._prefix}." if self._prefix else ""
+            for cut in cuts:
+                self.registry.cut_(prefix + cut.fqn, cut.dim, cut.keep)
+        return self.model
 
     # ---- checkpoint ----------------------------------------------------------------------------------------
 
