@@ -30,6 +30,7 @@ Example:
     64
 """
 
+from lightning_prune.structured.allocate import allocate
 from lightning_prune.structured.config import config_updates
 from lightning_prune.structured.cuts import (
     Cut,
@@ -44,6 +45,7 @@ from lightning_prune.structured.cuts import (
     mask_neurons_,
     neuron_weight_masks,
 )
+from lightning_prune.structured.dims import shrinkable
 from lightning_prune.structured.families import (
     FAMILIES,
     FAMILY_DESCRIPTIONS,
@@ -75,14 +77,25 @@ from lightning_prune.structured.shrink import (
     shrink_layers_,
     shrink_neurons_,
 )
+from lightning_prune.structured.size import Counts, SizeModel
+from lightning_prune.structured.target import SizeTarget
+from lightning_prune.structured.units import DIMENSIONS, Units, combine_units, match_masked_norms_, shrink_units_
 
 __all__ = [
+    "DIMENSIONS",
     "FAMILIES",
     "FAMILY_DESCRIPTIONS",
     "LLAMA_LIKE",
     "BlockLayout",
+    "Counts",
     "Cut",
     "Family",
+    "SizeModel",
+    "SizeTarget",
+    "Units",
+    "allocate",
+    "combine_units",
+    "shrinkable",
     "block_layouts",
     "check_expert_masks",
     "check_head_masks",
@@ -108,6 +121,7 @@ __all__ = [
     "mask_hidden_",
     "mask_layers_",
     "mask_neurons_",
+    "match_masked_norms_",
     "model_family",
     "neuron_masks_from_scores",
     "neuron_weight_masks",
@@ -117,4 +131,5 @@ __all__ = [
     "shrink_hidden_",
     "shrink_layers_",
     "shrink_neurons_",
+    "shrink_units_",
 ]

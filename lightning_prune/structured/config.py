@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,9 +30,10 @@ from lightning_prune.structured.masks import (
     check_hidden_mask,
     check_layer_mask,
     check_neuron_masks,
+    hidden_size,
 )
 
-__all__ = ["config_updates"]
+__all__ = ["config_accepts", "config_updates"]
 
 
 def _derived_head_dim(kind: str, what: str, fix: str) -> ValueError:
@@ -249,3 +250,45 @@ def config_updates(
         cuts += hidden_cuts(model, hidden_mask) if hidden_mask is not None else []
         _check_expressible(model, trial, _shapes_after(model, cuts, layer_mask))
     return updates
+
+
+def config_accepts(model: nn.Module) -> Callable[[Any], bool]:
+    """A test of whether ``model``'s config (``transformers``' own checks) accepts the sizes of a
+    :class:`~lightning_prune.structured.size.Counts`: neurons, key/value groups, hidden size, blocks and experts
+    kept. Answers are cached by the sizes."""
+    family, layouts = family_of(model), block_layouts(model)
+    lay = layouts[0]
+    group = lay.n_heads // lay.n_kv_heads
+    top_k = getattr(model.config, family.top_k_key, None)
+    width = hidden_size(model)
+    cache: dict[tuple[int, ...], bool] = {}
+
+    def updates(counts: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"num_hidden_layers": sum(counts.layers)}
+        if counts.neurons != lay.n_neurons and not lay.n_experts:
+            out[family.ffn_key] = counts.neurons
+        if counts.groups != lay.n_kv_heads:
+            out["num_attention_heads"] = counts.groups * group
+            out.update({family.kv_key: counts.groups} if family.kv_key else {})
+        if counts.hidden != width:
+            out["hidden_size"] = counts.hidden
+        if family.head_dim_key and ("num_attention_heads" in out or "hidden_size" in out):
+            out[family.head_dim_key] = lay.head_dim
+        experts = max((x.n_experts for x in layouts), default=0)
+        if experts and counts.experts != experts and family.experts_key:
+            out[family.experts_key] = counts.experts
+            if isinstance(top_k, int) and top_k > counts.experts:
+                out[family.top_k_key] = counts.experts
+        return out
+
+    def accepts(counts: Any) -> bool:
+        key = (counts.neurons, counts.groups, sum(counts.layers), counts.hidden, counts.experts)
+        if key not in cache:
+            try:
+                _validate(model, updates(counts))
+                cache[key] = True
+            except ValueError:
+                cache[key] = False
+        return cache[key]
+
+    return accepts
