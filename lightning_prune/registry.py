@@ -18,6 +18,13 @@ entries are untouched bit for bit (a non-finite value there stays the user's).
 Masks are ``bool`` on the parameter's *local* tensor (the whole tensor, or this process's shard of a ``DTensor``;
 see :mod:`lightning_prune.shards`): one byte per parameter, nothing else is kept.
 
+Structure travels beside the masks: a writer that removes whole units (neurons, heads, layers, hidden features,
+experts) *publishes* them in :attr:`MaskRegistry.units` (:meth:`MaskRegistry.publish`), so that an export can cut
+them out physically without knowing which callback removed them. ``units[writer]`` is
+``{"prefix": fqn of the transformers model, "neurons": [...], "heads": [...], "layers": ..., "hidden": ...,
+"experts": [...]}`` with bool keep masks in the shapes of :mod:`lightning_prune.structured` (absent or None: that
+dimension untouched).
+
 Example:
     >>> model = torch.nn.Linear(2, 2)
     >>> registry = registry_of(model)
@@ -62,6 +69,9 @@ class MaskRegistry:
         self.layouts: dict[str, Layout] = {}  # fqn -> where its local tensor sits
         self.writers: dict[str, dict[str, Tensor]] = {}  # writer -> fqn -> local bool keep mask
         self.keep: dict[str, Tensor] = {}  # fqn -> union over writers: True only if every writer keeps it
+        self.units: dict[str, dict[str, Any]] = {}  # writer -> {"prefix": ..., dimension: unit keep masks}
+        self.trackers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # Trainer -> its tracker
+        self.wanted: dict[str, set[str]] = {}  # fqn -> running statistics a pruning callback reads of it
         self._optimizers: list[Optimizer] = []
         self._handles: list[Any] = []
         self._grads_masked: tuple[int, int] | None = None  # (id, version) of the gradient last masked
@@ -127,9 +137,25 @@ class MaskRegistry:
         self._union(masks)
 
     def forget(self, writer: str) -> None:
-        """Drop every mask of ``writer`` (entries it alone pruned are free to train again)."""
+        """Drop every mask of ``writer`` (entries it alone pruned are free to train again) and its published units."""
         fqns = list(self.writers.pop(writer, {}))
+        self.units.pop(writer, None)
         self._union(fqns)
+
+    def publish(self, writer: str, units: Mapping[str, Any]) -> None:
+        """Publish the whole units ``writer`` removes: ``{"prefix": fqn of the transformers model, "neurons": [...],
+        "heads": [...], "layers": ..., "hidden": ..., "experts": [...]}`` (bool keep masks, on the CPU), replacing
+        what it published before. An export reads them to cut the units out physically.
+
+        Raises:
+            ValueError: without a ``prefix`` or with a dimension the structured package does not know.
+        """
+        known = {"prefix", "neurons", "heads", "layers", "hidden", "experts"}
+        if "prefix" not in units or set(units) - known:
+            raise ValueError(
+                f"units need a 'prefix' and only the dimensions {sorted(known - {'prefix'})}, got {sorted(units)}."
+            )
+        self.units[writer] = {k: _cpu(v) for k, v in units.items()}
 
     def _union(self, fqns: Iterable[str]) -> None:
         for fqn in fqns:
@@ -216,8 +242,29 @@ class MaskRegistry:
                     keeps.append(keep if local(t).device == keep.device else keep.to(local(t).device))
         clear_(tensors, keeps)
 
+    def tracking(self, trainer: Any) -> Any:
+        """The ``ImportanceTracking`` that keeps this model's running statistics in ``trainer`` (it registers itself
+        at setup), or None."""
+        return self.trackers.get(trainer)
+
+    def want(self, fqns: Iterable[str], stats: Iterable[str]) -> None:
+        """Ask for running statistics of these parameters (a pruning callback at ``on_fit_start``); the tracker keeps
+        them from ``on_train_start`` on, whatever its own selection."""
+        stats = set(stats)
+        for fqn in fqns:
+            self.wanted.setdefault(fqn, set()).update(stats)
+
     def nbytes(self) -> int:
         """Bytes held by the masks (writers' and the union; a tensor shared by both counts once)."""
         held = [*self.keep.values(), *(m for masks in self.writers.values() for m in masks.values())]
         unique = {t.data_ptr(): t for t in held}
         return sum(t.numel() * t.element_size() for t in unique.values())
+
+
+def _cpu(value: Any) -> Any:
+    """Tensors (also inside lists) as bool tensors on the CPU; everything else as it is."""
+    if isinstance(value, Tensor):
+        return value.detach().bool().cpu().clone()
+    if isinstance(value, (list, tuple)):
+        return [_cpu(v) for v in value]
+    return value

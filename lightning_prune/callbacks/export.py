@@ -16,12 +16,12 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_prune.adapters import is_peft_model, merge_adapters
-from lightning_prune.callbacks.neurons import NeuronPruning
 from lightning_prune.export import export_pretrained, make_permanent_, nonzero_report
 from lightning_prune.registry import registry_of
+from lightning_prune.structured.units import Units, combine_units, shrink_units_
 from lightning_prune.tokenizers import build_tokenizer, encode_corpus
 
-__all__ = ["ExportPretrained", "find_pretrained", "relative_masks"]
+__all__ = ["ExportPretrained", "find_pretrained", "published_units", "relative_masks"]
 
 
 def find_pretrained(module: nn.Module, attr: str | None = None) -> tuple[str, nn.Module]:
@@ -52,15 +52,33 @@ def relative_masks(masks: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
     return {f[len(prefix) + 1 :]: m for f, m in masks.items() if f.startswith(prefix + ".")}
 
 
+def published_units(units: dict[str, dict[str, Any]], prefix: str) -> dict[str, Units]:
+    """``{path inside the model at prefix: the units every writer keeps there}`` of the units published in a registry
+    (``registry.units``) for models at or under ``prefix``; units of models elsewhere are left out."""
+    out = {}
+    for where in sorted({u.get("prefix", "") for u in units.values()}):
+        if where == prefix or not prefix:
+            path = where if not prefix else ""
+        elif where.startswith(prefix + "."):
+            path = where[len(prefix) + 1 :]
+        else:
+            continue
+        out[path] = combine_units(units, where)
+    return out
+
+
 class ExportPretrained(Callback):
     """Make the masks permanent and ``save_pretrained`` the LightningModule's ``transformers`` model into
     ``directory``.
 
     The model is found wherever it lives in the LightningModule (``self.model``, ``self.net``, …; ``attr`` names it
     when there are several), and the masks are every writer's, read from the model's
-    :class:`~lightning_prune.registry.MaskRegistry`. With a :class:`~lightning_prune.callbacks.NeuronPruning` among
-    the callbacks, a copy of the model with its removed neurons physically cut out (smaller layers,
-    ``intermediate_size`` / ``n_inner`` updated) is saved instead; the trained model itself is left as it is. A PEFT
+    :class:`~lightning_prune.registry.MaskRegistry`. Where writers (:class:`~lightning_prune.callbacks.NeuronPruning`,
+    :class:`~lightning_prune.callbacks.StructuredPruning`) published removed units in the registry
+    (``registry.units``), a copy of the model with the units every writer removed physically cut out (smaller layers,
+    fewer heads, blocks, features or experts; the config updated) is saved instead, and ``export.json`` says what was
+    removed where (``removed``) and the parameter count before and after; the trained model itself keeps its shapes.
+    A PEFT
     model (LoRA …) is merged on a copy first (:func:`~lightning_prune.adapters.merge_adapters`): the export is a plain
     ``transformers`` model exactly as sparse as the pruned base weights.
 
@@ -96,20 +114,22 @@ class ExportPretrained(Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         prefix, model = find_pretrained(pl_module, self.attr)
-        masks = relative_masks(registry_of(pl_module).keep, prefix)
-        neurons = [cb for cb in trainer.callbacks if isinstance(cb, NeuronPruning) and cb.model is not None]
+        registry = registry_of(pl_module)
+        masks = relative_masks(registry.keep, prefix)
+        units = published_units(registry.units, prefix)
         directory = self.directory or str(Path(trainer.default_root_dir) / "pruned_model")
         datamodule = getattr(trainer, "datamodule", None)
         tokenizer = self.tokenizer if self.tokenizer is not None else getattr(datamodule, "tokenizer", None)
         if is_peft_model(model):
             model, masks = merge_adapters(copy.deepcopy(model), masks)
-        if neurons:
+        if units:
             make_permanent_(model, masks)
             dense = nonzero_report(model)["parameters"]
             shrunk = copy.deepcopy(model)
-            for cb in neurons:
-                cb.shrink_(_same_place(shrunk, model, cb.model))
+            for path, kept in units.items():
+                shrink_units_(_inside(shrunk, path), kept)
             report = {**export_pretrained(shrunk, directory, tokenizer=tokenizer), "parameters_before_shrink": dense}
+            report["removed"] = {path or "model": kept.report() for path, kept in units.items()}
             del shrunk
         else:
             report = export_pretrained(model, directory, masks, tokenizer=tokenizer)
@@ -129,14 +149,12 @@ class ExportPretrained(Callback):
         rank_zero_info(f"exported to {directory}: {report}")
 
 
-def _same_place(copy_: nn.Module, original: nn.Module, part: nn.Module) -> nn.Module:
-    """The submodule of ``copy_`` that sits where ``part`` sits in ``original`` (``copy_`` itself if it is it)."""
-    if part is original:
-        return copy_
-    for name, module in original.named_modules():
-        if module is part:
-            return copy_.get_submodule(name)
-    return copy_
+def _inside(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at ``path`` (``model`` itself for ``""``, or where a merged copy no longer has that path)."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return model
 
 
 _TOKENIZER_CHECK_CHARS = 20_000  # characters of validation text encoded by both tokenizers

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_prune.callbacks.base import Lifecycle
-from lightning_prune.callbacks.tracking import ImportanceTracking
 from lightning_prune.neurons import NEURON_CRITERIA, NeuronStats, neuron_masks, neuron_weight_masks
 from lightning_prune.schedules import AtEpochs, Schedule
 from lightning_prune.structured import FAMILIES, block_layouts, ffn_output_modules, is_supported, shrink_
@@ -44,7 +43,8 @@ class NeuronPruning(Lifecycle):
     their gradients). When the schedule's target exceeds the fraction removed so far, each layer loses its
     lowest-scored neurons down to ``round(target · n)`` removed (from statistics averaged over the processes,
     decided on process 0 and broadcast); a removed neuron's weight rows and columns and biases are written into the
-    model's :class:`~lightning_prune.registry.MaskRegistry` and held at zero like every other mask. The masked
+    model's :class:`~lightning_prune.registry.MaskRegistry` and held at zero like every other mask, and the neuron
+    masks are published in ``registry.units`` for an export to cut them out. The masked
     model computes exactly what the physically smaller model computes: :meth:`shrink_` (or
     :class:`~lightning_prune.callbacks.ExportPretrained`) removes the neurons for real after training.
 
@@ -172,9 +172,10 @@ class NeuronPruning(Lifecycle):
         """The running |w| of the feed-forward weights from an ImportanceTracking that keeps it, else None."""
         if self.criterion != "weight_norm":
             return None
-        for cb in trainer.callbacks:
-            stats = getattr(cb, "stats", None)
-            if isinstance(cb, ImportanceTracking) and stats is not None and stats.steps and "abs_weight" in stats.stats:
+        tracking = self.registry.tracking(trainer)
+        for cb in [tracking] if tracking is not None else []:
+            stats = cb.stats
+            if stats is not None and stats.steps and "abs_weight" in stats.stats:
                 prefix = f"{self._prefix}." if self._prefix else ""
                 found = {f[len(prefix) :]: stats.value("abs_weight", f) for f in stats.fqns if f.startswith(prefix)}
                 needed = {f"{n}.weight" for lay in block_layouts(self.model) for n in (*lay.ffn_in, lay.ffn_out)}
@@ -204,6 +205,7 @@ class NeuronPruning(Lifecycle):
         self.registry.write(
             self.state_key, {prefix + f: ~self.registry.layout(prefix + f).slice(m) for f, m in owned.items()}
         )
+        self.registry.publish(self.state_key, {"prefix": self._prefix, "neurons": self.masks})
 
     def rezero(self) -> None:
         """Set every pruned entry of the model to exact zero now (weights only)."""
@@ -221,6 +223,7 @@ class NeuronPruning(Lifecycle):
         cuts = neuron_cuts(self.model, self.masks)
         shrink_(self.model, neuron_masks=self.masks)
         if self.registry is not None:
+            self.registry.units.pop(self.state_key, None)  # the neurons are gone: nothing left to cut on export
             prefix = f"{self._prefix}." if self._prefix else ""
             for cut in cuts:
                 self.registry.cut_(prefix + cut.fqn, cut.dim, cut.keep)
