@@ -1,0 +1,210 @@
+"""``Distillation``: add a distillation loss from a frozen teacher to any LightningModule's training step."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_prune.callbacks.export import find_pretrained
+from lightning_prune.finetune import distillation_loss
+from lightning_prune.structured.layout import blocks_of
+
+__all__ = ["Distillation"]
+
+
+def _first(value: Any) -> Tensor:
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def _logits(output: Any) -> Tensor:
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Tensor):
+        logits = output
+    if logits is None:
+        raise TypeError(
+            f"Distillation needs the model's logits: its output {type(output).__name__} has no .logits and is no "
+            "tensor; pass attr= naming the language model inside the LightningModule."
+        )
+    return logits
+
+
+class Distillation(Callback):
+    """Mix a distillation loss into the training loss of any LightningModule whose training step calls a language
+    model (a ``transformers`` model or any module returning logits).
+
+    A forward hook on the model captures the student's inputs and logits of each training pass (and, for the
+    hidden-state loss, the outputs of the chosen blocks). For the fit, the module's ``training_step`` is wrapped
+    (an attribute of the instance, removed again at teardown): it runs the original step, runs the frozen teacher on
+    the same inputs without gradients, and returns
+
+        loss = (1 − α)·loss + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + β·mean_l MSE(h_s,l, h_t,l)
+
+    with :func:`lightning_prune.finetune.distillation_loss`, α = ``weight``, T = ``temperature`` and β =
+    ``hidden_weight`` over the outputs of blocks ``hidden_layers``. The teacher lives on this callback, outside the
+    module tree: it is never optimized, selected for pruning, or saved in a checkpoint (this callback's state holds
+    only its settings). It is moved to the module's device at the start of every fit.
+
+    Args:
+        teacher: the frozen teacher (a module called like the student), or ``"copy"``: a copy of the student as it is
+            when fit is set up (before a checkpoint is restored: on a resume, the model the run was built from).
+        weight: α in [0, 1], the weight of the logit distillation.
+        temperature: T > 0 of the softened distributions.
+        hidden_weight: β >= 0, the weight of the hidden-state loss (needs ``hidden_layers``).
+        hidden_layers: blocks whose outputs are compared (student and teacher of the same width).
+        attr: the attribute path of the student model in the LightningModule (default: the ``transformers`` model
+            found in it).
+
+    Raises:
+        ValueError: for α, T or β out of range, a hidden weight without layers (or the reverse), a teacher that is
+            neither a module nor ``"copy"``, a module with manual optimization, or a model it cannot find.
+
+    Example:
+        >>> trainer = pl.Trainer(callbacks=[Distillation("copy", weight=0.5), StructuredPruning(0.5, schedule)])
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module | str = "copy",
+        weight: float = 0.5,
+        temperature: float = 2.0,
+        hidden_weight: float = 0.0,
+        hidden_layers: Sequence[int] = (),
+        attr: str | None = None,
+    ) -> None:
+        if not (isinstance(teacher, nn.Module) or teacher == "copy"):
+            raise ValueError(f"teacher must be an nn.Module or 'copy', got {teacher!r}.")
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"weight must be in [0, 1], got {weight!r}.")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+        if hidden_weight < 0 or bool(hidden_weight) != bool(hidden_layers):
+            raise ValueError(
+                f"hidden_weight (>= 0) and hidden_layers go together: got hidden_weight={hidden_weight!r} and "
+                f"hidden_layers={tuple(hidden_layers)!r}; give both (e.g. 1.0 and (-1,)) or neither."
+            )
+        self.weight, self.temperature = weight, temperature
+        self.hidden_weight, self.hidden_layers, self.attr = hidden_weight, tuple(hidden_layers), attr
+        self._teacher = [teacher] if isinstance(teacher, nn.Module) else []  # a list: never a submodule
+        self._copy = teacher == "copy"
+        self._handles: list[Any] = []
+        self._seen: dict[str, Any] = {}
+        self._wrapped: pl.LightningModule | None = None
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen teacher (None before a ``"copy"`` is made)."""
+        return self._teacher[0] if self._teacher else None
+
+    def _student(self, pl_module: pl.LightningModule) -> nn.Module:
+        return find_pretrained(pl_module, self.attr)[1]
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not pl_module.automatic_optimization:
+            raise ValueError(
+                "Distillation wraps training_step under automatic optimization; with manual optimization add "
+                "lightning_prune.finetune.distillation_loss to your loss yourself."
+            )
+        if self._copy and not self._teacher:
+            self._teacher = [copy.deepcopy(self._student(pl_module))]
+        self.teacher.requires_grad_(False).eval()
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.teacher.to(pl_module.device)
+        student = self._student(pl_module)
+        self._handles.append(student.register_forward_hook(self._capture(), with_kwargs=True))
+        if self.hidden_layers:
+            for name, model in (("student", student), ("teacher", self.teacher)):
+                blocks = blocks_of(model)
+                for i in self.hidden_layers:
+                    self._handles.append(blocks[i].register_forward_hook(self._block(name, i % len(blocks))))
+        self._wrap(pl_module)
+
+    def _capture(self) -> Any:
+        seen = self._seen  # hooks are closures, not bound methods: a deepcopy of the model never copies this callback
+
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            if torch.is_grad_enabled():  # a training pass: validation and the teacher run without gradients
+                inputs = {k: v for k, v in kwargs.items() if k != "labels" and (isinstance(v, Tensor) or v is None)}
+                if args:
+                    inputs["input_ids"] = args[0]
+                seen["inputs"], seen["logits"] = inputs, _logits(output)
+
+        return hook
+
+    def _block(self, who: str, index: int) -> Any:
+        seen = self._seen
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if who == "teacher" or torch.is_grad_enabled():
+                seen.setdefault(who, {})[index] = _first(output)
+
+        return hook
+
+    def _wrap(self, pl_module: pl.LightningModule) -> None:
+        original = pl_module.training_step
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            self._seen.clear()
+            out = original(*args, **kwargs)
+            loss = out["loss"] if isinstance(out, dict) else out
+            if loss is None or "logits" not in self._seen:
+                return out
+            mixed = self.loss(pl_module, loss)
+            self._seen.clear()  # no activations kept past the step
+            return {**out, "loss": mixed} if isinstance(out, dict) else mixed
+
+        pl_module.training_step = training_step  # an instance attribute, shadowing the method for this fit
+        self._wrapped = pl_module
+
+    def loss(self, pl_module: pl.LightningModule, loss: Tensor) -> Tensor:
+        """The training loss mixed with the distillation terms of the pass just captured."""
+        inputs, student_logits = self._seen["inputs"], self._seen["logits"]
+        self._seen.pop("teacher", None)
+        with torch.no_grad():
+            teacher_logits = _logits(self.teacher(**inputs))
+        kd = distillation_loss(student_logits, teacher_logits, self.temperature)
+        total = (1 - self.weight) * loss + self.weight * kd
+        pl_module.log("distill/kd", kd.detach(), on_step=True, on_epoch=False)
+        if self.hidden_layers:
+            student, teacher = self._seen.get("student", {}), self._seen.get("teacher", {})
+            mse = torch.stack([F.mse_loss(student[i].float(), teacher[i].float()) for i in sorted(student)]).mean()
+            total = total + self.hidden_weight * mse
+            pl_module.log("distill/hidden_mse", mse.detach(), on_step=True, on_epoch=False)
+        return total
+
+    def _unwrap(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._seen.clear()
+        if self._wrapped is not None:
+            self._wrapped.__dict__.pop("training_step", None)
+            self._wrapped = None
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._unwrap()  # before on_fit_end, where an export may copy the model
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._unwrap()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._unwrap()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight, "temperature": self.temperature, "hidden_weight": self.hidden_weight}

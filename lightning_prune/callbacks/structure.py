@@ -1,0 +1,322 @@
+"""``StructuredPruning``: shrink a ``transformers`` model to a chosen size while it trains, across dimensions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from lightning_prune.callbacks.base import Lifecycle
+from lightning_prune.callbacks.neurons import find_transformer
+from lightning_prune.schedules import AtEpochs, Schedule
+from lightning_prune.structured.allocate import allocate, fewest_units
+from lightning_prune.structured.config import config_accepts
+from lightning_prune.structured.cuts import expert_cuts, head_cuts, hidden_cuts, neuron_cuts
+from lightning_prune.structured.dims import check_dims, shrinkable
+from lightning_prune.structured.observe import observe, stat_sizes
+from lightning_prune.structured.size import SizeModel
+from lightning_prune.structured.stats import STRUCTURE_CRITERIA, UnitStats
+from lightning_prune.structured.target import SizeTarget
+from lightning_prune.structured.units import DIMENSIONS, Units, shrink_units_
+
+__all__ = ["StructuredPruning"]
+
+
+class StructuredPruning(Lifecycle):
+    """Remove neurons, attention heads (whole key/value groups), blocks, hidden features and experts while training,
+    until the model has the size of ``target``, progressively on a schedule.
+
+    Hooks gather running statistics of every unit while training (:mod:`lightning_prune.structured.stats`). At each
+    point of the schedule the way to the target done so far is ``schedule(t) / schedule(end)``; when it grows, the
+    units with the least importance per parameter removed (per FLOP for a FLOPs target) go, across ``dims``, in the
+    units the exported config can express (the same count in every block; sizes ``transformers`` accepts), until the
+    model's size is at the goal of that point (:func:`~lightning_prune.structured.allocate.allocate`). Statistics are
+    averaged over the processes, the decision is taken on process 0 and broadcast. The entries the removed units own
+    are written into the model's :class:`~lightning_prune.registry.MaskRegistry` and held at exactly zero through
+    every step; the units are published in ``registry.units``, from which
+    :class:`~lightning_prune.callbacks.ExportPretrained` cuts them out of a copy (:meth:`shrink_` does it here).
+    The masked model computes what the shrunk one does for neurons, heads and layers (pre-norm blocks); for hidden
+    features the RMS norms are rescaled on the cut (exact up to their epsilon); experts are approximate (the router
+    still routes to a zeroed expert while training).
+
+    Args:
+        target: the exported size: a :class:`~lightning_prune.structured.SizeTarget`, a float (fraction of the
+            parameters kept) or an int (parameter count).
+        schedule: when to get there: a :class:`~lightning_prune.schedules.Schedule` (its values are read as the
+            fraction of the way, relative to its last value) or ``{epoch: value}``. The first point must follow at
+            least one training step (statistics come from training).
+        dims: dimensions to remove from (:data:`~lightning_prune.structured.units.DIMENSIONS`); default: all that the
+            model's config can shrink.
+        criterion: ``"taylor"`` (first-order loss change; comparable across dimensions) or ``"activation"``
+            (magnitudes, Minitron's; compared across dimensions as shares).
+        decay: EMA decay of the running statistics.
+        tolerance: how far below the target (a fraction of it) the exported size may land.
+
+    Raises:
+        ValueError: for a bad target, schedule, dimension, criterion, decay or tolerance; at setup for dimensions the
+            model cannot shrink, a target it cannot reach within ``tolerance`` with ``dims``, a schedule past the run
+            or at its first step; and for a checkpoint of another model.
+
+    Example:
+        >>> pruning = StructuredPruning(SizeTarget(fraction=0.5), Cubic(0.5, start=100, end=1000))
+        >>> trainer = pl.Trainer(max_steps=1200, callbacks=[pruning, ExportPretrained("out")])
+    """
+
+    def __init__(
+        self,
+        target: SizeTarget | float | int,
+        schedule: Schedule | Mapping[int, float],
+        dims: Sequence[str] | None = None,
+        criterion: str = "taylor",
+        decay: float = 0.99,
+        tolerance: float = 0.01,
+    ) -> None:
+        self.target = SizeTarget.of(target)
+        self.schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
+        if self.schedule.end_sparsity() <= 0:
+            raise ValueError(f"the schedule {self.schedule} never rises above 0: it would never prune.")
+        if dims is not None and (isinstance(dims, str) or not set(dims) <= set(DIMENSIONS) or not dims):
+            raise ValueError(f"dims must be a non-empty list from {DIMENSIONS}, got {dims!r}.")
+        if criterion not in STRUCTURE_CRITERIA:
+            raise ValueError(f"unknown structured criterion {criterion!r}; choose one of {STRUCTURE_CRITERIA}.")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
+        if not 0.0 < tolerance < 0.5:
+            raise ValueError(f"tolerance is a fraction of the target in (0, 0.5), got {tolerance!r}.")
+        self.requested = tuple(dims) if dims is not None else None
+        self.criterion, self.decay, self.tolerance = criterion, decay, tolerance
+        self.dims: tuple[str, ...] = ()
+        self.units = Units()
+        self.stats: UnitStats | None = None
+        self.reached = 0.0  # fraction of the way to the target done
+        self.events: list[dict[str, Any]] = []
+        self.model: nn.Module | None = None
+        self.size: SizeModel | None = None
+        self.goal = 0.0  # the final size, in the target's metric
+        self._prefix = ""
+        super().__init__()
+
+    # ---- setup ---------------------------------------------------------------------------------------------
+
+    @override
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.schedule.check_fits(trainer.max_epochs, trainer.max_steps)
+        if self.schedule.first() == 0:
+            raise ValueError(
+                f"{self.schedule} prunes at {self.schedule.unit} 0, before any statistics are gathered; start the "
+                f"schedule at {self.schedule.unit} 1 or later (calibrate one-shot with lightning_prune.structured)."
+            )
+        try:
+            find_transformer(pl_module)
+        except ValueError:
+            return  # built in configure_model: checked at on_fit_start
+        self._configure(pl_module)
+
+    def _configure(self, pl_module: pl.LightningModule) -> None:
+        """Find the model, its size model and dimensions; check the target against them."""
+        self._prefix, self.model = find_transformer(pl_module)
+        self.size = SizeModel.from_model(self.model, self.target.seq)
+        if self.requested is not None:
+            check_dims(self.model, self.requested, self.size)
+        self.dims = self.requested or tuple(shrinkable(self.model, self.size))
+        if not self.dims:
+            raise ValueError(f"this {self.model.config.model_type} model has no dimension its config can shrink.")
+        full, metric = self.size.full, self.target.metric
+        self.goal = self.target.goal(self.size.params(full), self.size.flops(full))
+        floor = fewest_units(self.size, Units.full(self.model, self.dims), config_accepts(self.model))
+        least = self.size.size(self.size.counts(floor), metric)
+        if least > self.goal * (1 + self.tolerance):
+            raise ValueError(
+                f"{self.target.describe()} is {self.goal:,.0f} {metric}, but removing everything dims {self.dims} "
+                f"allow leaves {least:,} (of {self.size.size(full, metric):,}). Choose a larger target or add dims."
+            )
+
+    @override
+    def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:
+        self._configure(pl_module)
+        sizes = stat_sizes(self.model, self.dims)
+        return {f"{self._prefix}:{d}:{i}": (n,) for d, rows in sizes.items() for i, n in enumerate(rows)}
+
+    @override
+    def reset(self) -> None:
+        self.stats = UnitStats(stat_sizes(self.model, self.dims), self.decay)
+        self.units = Units.full(self.model, self.dims)
+        self.reached, self.events = 0.0, []
+        if self.registry is not None:
+            self.registry.forget(self.state_key)
+
+    @override
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stats.to(pl_module.device)
+        self._write()
+        self._handles += observe(self.model, self.stats, self.dims, self.criterion)
+
+    # ---- the training loop ---------------------------------------------------------------------------------
+
+    def progress(self, t: int) -> float:
+        """Fraction of the way to the target the schedule asks for at position ``t``."""
+        return min(1.0, self.schedule(t) / self.schedule.end_sparsity())
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        wanted = self.progress(trainer.global_step if self.schedule.unit == "step" else trainer.current_epoch)
+        if wanted > self.reached:
+            self.prune(trainer, pl_module, wanted)
+
+    def goal_at(self, progress: float) -> float:
+        """The size (in the target's metric) at ``progress`` of the way from the dense model to the target."""
+        dense = self.size.size(self.size.full, self.target.metric)
+        return dense - progress * (dense - self.goal)
+
+    def prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, progress: float) -> None:
+        """Remove units down to the goal of ``progress`` (decided on process 0) and hold them at zero."""
+        self._sync(trainer)
+        missing = [d for d in self.dims if d not in self.stats.ready()]
+        if missing:
+            raise ValueError(
+                f"no statistics for {missing} yet at step {trainer.global_step}: they come from training passes "
+                f"through those units; start the schedule later."
+            )
+        units = allocate(
+            self.size,
+            self.units,
+            self._scores(),
+            self.goal_at(progress),
+            self.target.metric,
+            comparable=self.criterion == "taylor",
+            tolerance=self.tolerance,
+            accepts=config_accepts(self.model),
+        )
+        units = Units.from_dict(trainer.strategy.broadcast(units.to_dict(), src=0))
+        self.units = self.units & units  # never un-remove
+        self._write()
+        self.reached = progress
+        self.enforce(trainer)
+        now = self.measure()
+        if progress >= 1.0 and abs(now[self.target.metric] - self.goal) > self.tolerance * self.goal:
+            rank_zero_warn(
+                f"StructuredPruning reached {now[self.target.metric]:,} {self.target.metric}, "
+                f"{now[self.target.metric] / self.goal - 1:+.2%} from the target {self.goal:,.0f}."
+            )
+        removed = self.removed()
+        metrics = {"structure/params": float(now["params"]), "structure/flops": float(now["flops"])}
+        metrics |= {f"structure/removed/{d}": v for d, v in removed.items()}
+        for name, value in metrics.items():
+            pl_module.log(name, value, on_step=True, on_epoch=False, rank_zero_only=True)
+        self.events.append(
+            {"step": trainer.global_step, "epoch": trainer.current_epoch, "progress": progress, **now, **removed}
+        )
+
+    def _scores(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for d in self.dims:
+            rows = self.stats.scores(d)
+            if d == "layers":
+                out[d] = torch.cat(rows)
+            elif d == "hidden":
+                out[d] = torch.stack(rows).sum(0)
+            else:
+                out[d] = rows
+        return out
+
+    def _sync(self, trainer: pl.Trainer) -> None:
+        """Average the running statistics over the processes (each saw its own batches)."""
+        if trainer.world_size < 2:
+            return
+        for t in self.stats.tensors():
+            t.copy_(trainer.strategy.reduce(t.clone(), reduce_op="mean"))
+
+    def _write(self) -> None:
+        """Write the entries the removed units own into the registry and publish the units."""
+        if not self.units.removes_anything():
+            return  # nothing to hold before the first removal
+        prefix = f"{self._prefix}." if self._prefix else ""
+        owned = self.units.weight_masks(self.model)
+        layout = self.registry.layout
+        self.registry.write(self.state_key, {prefix + f: ~layout(prefix + f).slice(m) for f, m in owned.items()})
+        self.registry.publish(self.state_key, {"prefix": self._prefix, **self.units.to_dict()})
+
+    # ---- what was removed ----------------------------------------------------------------------------------
+
+    def measure(self) -> dict[str, int]:
+        """``{"params", "flops"}`` of the model once the removed units are cut out."""
+        counts = self.size.counts(self.units)
+        return {"params": self.size.params(counts), "flops": self.size.flops(counts)}
+
+    def removed(self) -> dict[str, float]:
+        """Per dimension, the fraction of its units removed."""
+        return {d: r["removed"] / r["total"] for d, r in self.units.report().items()}
+
+    def report(self) -> dict[str, Any]:
+        """What was removed where: the target, the sizes before and now, per dimension and layer, and the events."""
+        full, now = self.size.full, self.measure()
+        metric = self.target.metric
+        return {
+            "target": self.target.describe(),
+            "metric": metric,
+            "goal": self.goal,
+            "dense": {"params": self.size.params(full), "flops": self.size.flops(full)},
+            "now": now,
+            "relative_to_goal": now[metric] / self.goal - 1,
+            "dims": self.units.report(),
+            "events": [dict(e) for e in self.events],
+        }
+
+    @torch.no_grad()
+    def shrink_(self, model: nn.Module | None = None) -> nn.Module:
+        """Physically remove the units from ``model`` (default: the trained one) and update its config.
+
+        Shrinking the trained model cuts every other writer's masks of the shrunk weights the same way (for neurons,
+        heads, hidden features and experts; masks of blocks renumbered after removed layers are re-read at the next
+        fit, and dropped with a warning where they no longer fit), and drops this callback's own."""
+        if model is not None and model is not self.model:
+            return shrink_units_(model, self.units)
+        u = self.units
+        cuts = neuron_cuts(self.model, u.neurons) if u.neurons is not None else []
+        cuts += head_cuts(self.model, u.heads) if u.heads is not None else []
+        cuts += hidden_cuts(self.model, u.hidden) if u.hidden is not None else []
+        cuts += expert_cuts(self.model, u.experts) if u.experts is not None else []
+        shrink_units_(self.model, u)
+        if self.registry is not None:
+            self.registry.forget(self.state_key)
+            prefix = f"{self._prefix}." if self._prefix else ""
+            for cut in cuts:
+                if cut.keep.dim() == 1:
+                    self.registry.cut_(prefix + cut.fqn, cut.dim, cut.keep)
+        return self.model
+
+    # ---- checkpoint ----------------------------------------------------------------------------------------
+
+    @override
+    def dump(self) -> dict[str, Any]:
+        return {
+            "dims": list(self.dims),
+            "units": self.units.to_dict(),
+            "reached": self.reached,
+            "events": [dict(e) for e in self.events],
+            "stats": self.stats.state_dict() if self.stats is not None else None,
+        }
+
+    @override
+    def restore(self, state: Mapping[str, Any]) -> None:
+        units = Units.from_dict(state["units"])
+        full = Units.full(self.model, self.dims)
+        shapes = lambda u: {d: [tuple(m.shape) for m in ([v] if torch.is_tensor(v) else v)] for d, v in u.items()}  # noqa: E731
+        if list(state["dims"]) != list(self.dims) or shapes(units.to_dict()) != shapes(full.to_dict()):
+            raise ValueError(
+                f"the checkpoint's units are for dims {state['dims']} shaped {shapes(units.to_dict())}; this model "
+                f"and callback have dims {list(self.dims)} shaped {shapes(full.to_dict())}."
+            )
+        self.units, self.reached = units, float(state["reached"])
+        self.events = [dict(e) for e in state["events"]]
+        if state["stats"] is not None:
+            self.stats.load_state_dict(state["stats"])
+        self.registry.forget(self.state_key)
+        self._write()  # the checkpoint's units, held from now on (a resume's sanity check included)
