@@ -163,3 +163,23 @@ def test_units_combine_and_report_what_was_removed_where():
     report = both.report()
     assert report["layers"] == {"total": 2, "kept": 1, "removed": 1, "removed_indices": [1]}
     assert report["neurons"]["kept_per_layer"] == [6, 7] and report["neurons"]["removed_per_layer"][0] == [3, 5]
+
+
+def test_the_registry_carries_published_units_to_the_export_until_the_writer_is_forgotten():
+    from lightning_prune.callbacks.export import published_units
+    from lightning_prune.registry import registry_of
+
+    model = gpt2()
+    registry = registry_of(model)
+    registry.publish("a", {"prefix": "model", "layers": torch.tensor([True, False])})
+    registry.publish("b", {"prefix": "model", "neurons": [torch.ones(8, dtype=torch.bool)] * 2})
+    registry.publish("c", {"prefix": "teacher", "layers": torch.tensor([False, True])})
+    with pytest.raises(ValueError, match="units need a 'prefix' and only the dimensions"):
+        registry.publish("a", {"layers": torch.tensor([True, True])})
+    with pytest.raises(ValueError, match="got \\['prefix', 'width'\\]"):
+        registry.publish("a", {"prefix": "", "width": torch.tensor([True])})
+    found = published_units(registry.units, "model")  # writers a and b, combined; c's model is elsewhere
+    assert list(found) == [""] and found[""].layers.tolist() == [True, False] and found[""].neurons[0].all()
+    assert list(published_units(registry.units, "")) == ["model", "teacher"]
+    registry.forget("a")
+    assert set(registry.units) == {"b", "c"} and published_units(registry.units, "model")[""].layers is None
