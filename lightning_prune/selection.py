@@ -1,10 +1,11 @@
 """Which parameters to prune: by module type and fqn patterns, with a default for transformer models.
 
 The default selects the 2-D weights of ``nn.Linear`` layers, ``transformers``' ``Conv1D`` layers (GPT-2) and
-``nn.MultiheadAttention``'s ``in_proj_weight`` that sit inside numbered blocks (an fqn with a number in it,
-e.g. ``transformer.h.3.mlp.c_fc.weight``). Embeddings, norms, biases and the output head are left out: a
-layer whose name matches :data:`HEAD_PATTERNS`. A model without numbered blocks falls back to all such
-weights except those shaped like an embedding matrix and the last one (the output layer).
+``nn.MultiheadAttention``'s ``in_proj_weight`` that sit inside numbered blocks (a numbered module holding layers,
+e.g. ``transformer.h.3.mlp.c_fc.weight``; not the layers of an ``nn.Sequential`` themselves, ``net.3.weight``).
+Embeddings, norms, biases and the output head are left out: a layer whose name matches :data:`HEAD_PATTERNS`. A
+model without numbered blocks falls back to all such weights except those shaped like an embedding matrix and the
+last one (the output layer).
 
 Parameters as users have them:
 
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["HEAD_PATTERNS", "adapter_parameters", "in_dim", "in_features", "is_conv1d", "select_parameters"]
+__all__ = ["HEAD_PATTERNS", "adapter_parameters", "in_dim", "in_features", "is_conv1d", "owners", "select_parameters"]
 
 HEAD_PATTERNS = ("*lm_head*", "*classifier*", "*score*", "*pooler*", "*qa_outputs*", "*cls.*")
 
@@ -91,7 +92,7 @@ def _default(model: nn.Module, found: dict[str, tuple[nn.Module, nn.Parameter]])
         for f, (_, p) in found.items()
         if p.dim() == 2 and not _matches(f, HEAD_PATTERNS) and f not in adapters and (p.requires_grad or adapters)
     ]
-    in_blocks = [f for f in ok if re.search(r"\.\d+\.", f)]
+    in_blocks = [f for f in ok if re.search(r"(^|\.)\d+\.[^.]+\.", f)]  # inside a numbered module of several layers
     if in_blocks:
         return in_blocks
     embeddings = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
@@ -144,6 +145,19 @@ def select_parameters(
             "'*.attn.*.weight']."
         )
     return {f: found[f] for f in chosen}
+
+
+def owners(model: nn.Module, fqns: Sequence[str]) -> dict[str, tuple[nn.Module, nn.Parameter]]:
+    """``{fqn: (owning module, parameter)}`` for parameters named by fqn (as :func:`select_parameters` returns them).
+
+    Raises:
+        ValueError: for an fqn the model lacks.
+    """
+    found, params = _candidates(model), dict(model.named_parameters())
+    missing = [f for f in fqns if f not in params]
+    if missing:
+        raise ValueError(f"the model has no parameters {missing[:5]}; fqns look like {list(params)[:4]}.")
+    return {f: found.get(f, (model.get_submodule(f.rpartition(".")[0]), params[f])) for f in fqns}
 
 
 def _names_hint(model: nn.Module, pattern: str) -> str:

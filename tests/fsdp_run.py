@@ -43,17 +43,17 @@ class ShardedGPT2(pl.LightningModule):
         config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=BLOCK, n_inner=64)
         config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0  # no dropout: a resume replays exactly
         self.model = GPT2LMHeadModel(config)
-        self.probe = torch.nn.ModuleList([torch.nn.Linear(32, 1)])
+        self.probe = torch.nn.ModuleList([torch.nn.ModuleDict({"out": torch.nn.Linear(32, 1)})])  # a block
         mesh = self.device_mesh["data_parallel"]
         for block in self.model.transformer.h:
             fully_shard(block, mesh=mesh)
         fully_shard(self.model, mesh=mesh)
-        fully_shard(self.probe[0], mesh=mesh)
+        fully_shard(self.probe[0]["out"], mesh=mesh)
 
     def training_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
         (x,) = batch
         out = self.model(input_ids=x, labels=x, output_hidden_states=True)
-        return out.loss + 0.01 * self.probe[0](out.hidden_states[-1]).square().mean()
+        return out.loss + 0.01 * self.probe[0]["out"](out.hidden_states[-1]).square().mean()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=1e-2, weight_decay=0.1)

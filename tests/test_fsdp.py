@@ -39,7 +39,7 @@ def test_sharded_parameters_are_pruned_held_and_agree_with_one_process(full):
     assert r0["is_dtensor"]  # the parameters configure_model sharded, not the ones setup saw
     total = sum(m.numel() for m in r0["masks"].values())
     assert r0["local_numel"] + r1["local_numel"] == total  # each process keeps one shard
-    assert "probe.0.weight" in r0["masks"]  # a (1, 32) weight: rank 1's shard of it is empty, and it checkpoints
+    assert "probe.0.out.weight" in r0["masks"]  # a (1, 32) weight: rank 1's shard of it is empty, and it checkpoints
     assert sum(int((~m).sum()) for m in r0["masks"].values()) == round(0.5 * total)
     for f, keep in r0["masks"].items():
         assert torch.equal(keep, r1["masks"][f]), f

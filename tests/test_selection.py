@@ -53,3 +53,25 @@ def test_patterns_that_match_nothing_are_rejected():
         select_parameters(TinyLM(), ["*.mlp.*"])
     with pytest.raises(ValueError, match="exclude pattern 'nope' matches no selected parameter"):
         select_parameters(TinyLM(), exclude=["nope"])
+
+
+def test_the_output_layer_of_a_model_without_blocks_is_left_out():
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    assert list(select_parameters(Net())) == ["net.0.weight", "net.2.weight"]  # not net.4, the output
+
+
+def test_a_shared_parameter_is_selected_once_by_its_first_name_and_frozen_ones_are_left_out():
+    model = TinyLM()
+    model.blocks[1].fc2.weight = model.blocks[0].fc2.weight
+    model.blocks[1].attn.requires_grad_(False)
+    chosen = list(select_parameters(model))
+    assert "blocks.0.fc2.weight" in chosen and "blocks.1.fc2.weight" not in chosen
+    assert not any(f.startswith("blocks.1.attn.") for f in chosen)
+    with pytest.raises(ValueError, match=r"blocks\.1\.fc2\.weight is blocks\.0\.fc2\.weight"):
+        select_parameters(model, ["blocks.1.fc2.weight"])

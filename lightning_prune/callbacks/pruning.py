@@ -12,9 +12,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import Lifecycle
-from lightning_prune.callbacks.tracking import ImportanceTracking
-from lightning_prune.importance import get_criterion
+from lightning_prune.callbacks.base import Lifecycle, steps_per_epoch
+from lightning_prune.importance import CRITERIA, get_criterion
 from lightning_prune.masks import SCOPES, compute_masks, pack_mask, parse_pattern, unpack_mask
 from lightning_prune.schedules import AtEpochs, Schedule, check_sparsity
 from lightning_prune.selection import in_dim, select_parameters
@@ -94,6 +93,11 @@ class ScheduledPruning(Lifecycle):
                 raise ValueError(
                     f"max_layer_sparsity={max_layer_sparsity} is below the schedule's final sparsity {end}."
                 )
+        if scope == "output" and self.kind != "unstructured":
+            raise ValueError(
+                f"scope 'output' ranks entries within each output row; use it with pattern 'unstructured', not "
+                f"{pattern!r} (or scope='global' / 'layer' for {pattern!r})."
+            )
         global_unstructured = scope == "global" and self.kind == "unstructured"
         if layer_spread is not None and not (0.0 <= layer_spread < 1.0 and global_unstructured):
             raise ValueError(
@@ -108,7 +112,6 @@ class ScheduledPruning(Lifecycle):
         self.events: list[dict[str, float]] = []  # one record per pruning event
         self._params: dict[str, torch.nn.Parameter] = {}
         self._in_dims: dict[str, int] = {}
-        self._tracking: ImportanceTracking | None = None
         super().__init__()
 
     # ---- the lifecycle (see callbacks/base.py) -------------------------------------------------------------
@@ -116,15 +119,7 @@ class ScheduledPruning(Lifecycle):
     @override
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.schedule.check_fits(trainer.max_epochs, trainer.max_steps)
-        self._tracking = None
         if self.criterion.stats:
-            trackers = [cb for cb in trainer.callbacks if isinstance(cb, ImportanceTracking)]
-            if not trackers:
-                raise ValueError(
-                    f"criterion {self.criterion.name!r} reads running statistics {self.criterion.stats}: add "
-                    "ImportanceTracking() to the Trainer's callbacks."
-                )
-            self._tracking = trackers[0]
             first, unit = self.schedule.first(), self.schedule.unit
             if first == 0:
                 raise ValueError(
@@ -139,7 +134,11 @@ class ScheduledPruning(Lifecycle):
         selected = select_parameters(pl_module, self.patterns, self.exclude)
         self._params = {f: p for f, (_, p) in selected.items()}
         self._in_dims = {f: in_dim(module) if p.dim() == 2 else p.dim() - 1 for f, (module, p) in selected.items()}
-        check_selection(self._params, self._in_dims, self.criterion, self.kind, self.scope, self.pattern, self.m)
+        unread = {id(m.out_proj) for m in pl_module.modules() if isinstance(m, torch.nn.MultiheadAttention)}
+        modules = {f: module for f, (module, _) in selected.items()}
+        check_selection(
+            self._params, modules, self._in_dims, self.criterion, self.kind, self.scope, self.pattern, self.m, unread
+        )
         return {f: tuple(p.shape) for f, p in self._params.items()}
 
     @override
@@ -149,11 +148,24 @@ class ScheduledPruning(Lifecycle):
             self.registry.forget(self.state_key)
 
     @override
-    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._tracking is not None:
-            missing = sorted(set(self._params) - set(self._tracking.fqns))
-            if missing:
-                raise ValueError(f"ImportanceTracking does not track parameters that are to be pruned: {missing[:5]}.")
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if self.criterion.stats:
+            if self.registry.tracking(trainer) is None:
+                raise ValueError(
+                    f"criterion {self.criterion.name!r} reads running statistics {self.criterion.stats}: add "
+                    "ImportanceTracking() to the Trainer's callbacks."
+                )
+            self.registry.want(self._params, self.criterion.stats)  # tracked whatever the tracker's own selection
+        if "time_weighted" in self.criterion.stats and self.schedule.unit == "step":
+            per_epoch = steps_per_epoch(trainer)
+            if per_epoch is not None and self.schedule.first() < per_epoch:
+                raise ValueError(
+                    f"criterion {self.criterion.name!r} averages snapshots taken at the end of each epoch, but the "
+                    f"schedule first prunes at step {self.schedule.first()}, inside the first epoch ({per_epoch} "
+                    f"steps): start pruning at step {per_epoch} or later, or use an epoch schedule."
+                )
+
 
     @property
     def masks(self) -> dict[str, Tensor]:
@@ -179,9 +191,10 @@ class ScheduledPruning(Lifecycle):
 
     def prune(self, trainer: pl.Trainer, target: float) -> None:
         """Compute new masks at ``target`` sparsity, identical on all processes, and hold them."""
-        if self._tracking is not None:
-            self._tracking.sync(trainer)
-        stats = self._tracking.stats if self._tracking is not None else None
+        tracking = self.registry.tracking(trainer) if self.criterion.stats else None
+        if tracking is not None:
+            tracking.sync(trainer)
+        stats = tracking.stats if tracking is not None else None
         scores = self.scores(stats)
         layouts = {f: self.registry.layout(f) for f in self._params}
         cap, floor = self.max_layer_sparsity, None
@@ -281,19 +294,35 @@ GRADIENT_STATS = ("abs_grad", "movement", "taylor", "platon")  # statistics read
 
 def check_selection(
     params: Mapping[str, torch.nn.Parameter],
+    modules: Mapping[str, torch.nn.Module],
     in_dims: Mapping[str, int],
     criterion: Any,
     kind: str,
     scope: str,
     pattern: str,
     m: int,
+    read_directly: set[int] = frozenset(),
 ) -> None:
     """Refuse, before training, a selection the criterion or pattern cannot prune.
 
+    Args:
+        params: ``{fqn: parameter}`` selected.
+        modules: ``{fqn: owning module}``.
+        read_directly: ids of modules whose weight their parent reads without calling them
+            (``nn.MultiheadAttention.out_proj``).
+
     Raises:
-        ValueError: for frozen parameters with a criterion that reads gradients (they have none), parameters that
-            are not 2-D with a row or N:M pattern or the output scope, and N:M on an input dim not divisible by M.
+        ValueError: for frozen parameters with a criterion that reads gradients (they have none), weights whose
+            inputs are never seen with a criterion that reads inputs, parameters that are not 2-D with a row or N:M
+            pattern or the output scope, and N:M on an input dim not divisible by M.
     """
+    unread = [f for f, m in modules.items() if id(m) in read_directly]
+    if unread and criterion is CRITERIA["wanda"]:  # (a criterion of the user's may not read every weight's inputs)
+        raise ValueError(
+            f"criterion {criterion.name!r} weighs each weight by its inputs, but {unread[:5]} "
+            f"{'is' if len(unread) == 1 else 'are'} read by nn.MultiheadAttention without calling the module, so no "
+            "input is ever seen: exclude them (exclude=['*.out_proj.weight']) or use another criterion."
+        )
     frozen = [f for f, p in params.items() if not p.requires_grad]
     reads = [s for s in criterion.stats if s in GRADIENT_STATS]
     if frozen and reads:

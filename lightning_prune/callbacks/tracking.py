@@ -7,10 +7,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_prune.callbacks.base import Lifecycle
-from lightning_prune.selection import in_dim, is_conv1d, select_parameters
+from lightning_prune.registry import registry_of
+from lightning_prune.selection import in_dim, is_conv1d, owners, select_parameters
 from lightning_prune.shards import local
 from lightning_prune.trackers import STATS, RunningStats, snapshot_weights
 
@@ -79,25 +81,42 @@ class ImportanceTracking(Lifecycle):
         self.stats: RunningStats | None = None
         self._params: dict[str, torch.nn.Parameter] = {}
         self._owners: dict[str, torch.nn.Module] = {}
+        self._module: torch.nn.Module | None = None
         super().__init__()
 
     # ---- the lifecycle (see callbacks/base.py) -------------------------------------------------------------
 
     @override
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        registry_of(pl_module).trackers[trainer] = self  # the pruning callbacks of this fit read its statistics
+
+    @override
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:
         selected = select_parameters(pl_module, self.patterns, self.exclude)
+        self._module = pl_module
+        self._select(selected)
+        return {f: tuple(p.shape) for f, p in self._params.items()}
+
+    def _select(self, selected: Mapping[str, tuple[torch.nn.Module, torch.nn.Parameter]]) -> None:
         self._params = {f: p for f, (_, p) in selected.items()}
         self._owners = {f: m for f, (m, p) in selected.items() if p.dim() == 2 and _reads_inputs(m)}
         self.fqns = list(self._params)
-        return {f: tuple(p.shape) for f, p in self._params.items()}
+
+    def _settle(self) -> None:
+        """Track also what the pruning callbacks of this fit asked for (:meth:`MaskRegistry.want`), in model order."""
+        extra = [f for f in self.registry.wanted if f not in self._params]
+        if extra:
+            order = {f: i for i, f in enumerate(self.registry.params)}
+            names = sorted([*self._params, *extra], key=order.__getitem__)
+            self._select(owners(self._module, names))
 
     @override
     def reset(self) -> None:
         self.stats = None
 
-    def needed_stats(self, trainer: pl.Trainer) -> tuple[str, ...]:
-        """The requested statistics plus those the Trainer's pruning callbacks read."""
-        needed = [s for cb in trainer.callbacks for s in getattr(getattr(cb, "criterion", None), "stats", ())]
+    def needed_stats(self) -> tuple[str, ...]:
+        """The requested statistics plus those the pruning callbacks of this fit read."""
+        needed = [s for stats in self.registry.wanted.values() for s in sorted(stats)] if self.registry else []
         if self.requested is None and not needed:
             return ("abs_weight", "abs_grad")
         return tuple(dict.fromkeys([*(self.requested or ()), *needed]))
@@ -118,7 +137,11 @@ class ImportanceTracking(Lifecycle):
 
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        needed = self.needed_stats(trainer)
+        self._settle()
+        needed = self.needed_stats()
+        if self.stats is not None and self.stats.fqns != self.fqns:
+            rank_zero_info("ImportanceTracking: this fit tracks other parameters; its earlier statistics are dropped.")
+            self.stats = None
         if self.stats is None:
             self.stats = self._new_stats(needed)
         elif not set(needed) <= set(self.stats.stats):
@@ -126,6 +149,7 @@ class ImportanceTracking(Lifecycle):
                 f"ImportanceTracking keeps {list(self.stats.stats)} from an earlier fit, but this fit needs "
                 f"{list(needed)}; use a new ImportanceTracking for a new set of statistics."
             )
+        self.registry.wanted.clear()  # asked again by every fit
         if "input_norm" in self.stats.stats:
             for f, module in self._owners.items():
                 self._handles.append(module.register_forward_pre_hook(self._input_hook(f), with_kwargs=True))
@@ -195,6 +219,7 @@ class ImportanceTracking(Lifecycle):
 
     @override
     def restore(self, state: Mapping[str, Any]) -> None:
+        self._settle()
         stats = self._new_stats(tuple(state["stats"]))
         stats.load_state_dict(state)
         self.stats = stats
