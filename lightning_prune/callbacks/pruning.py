@@ -166,7 +166,6 @@ class ScheduledPruning(Lifecycle):
                     f"steps): start pruning at step {per_epoch} or later, or use an epoch schedule."
                 )
 
-
     @property
     def masks(self) -> dict[str, Tensor]:
         """``{fqn: bool}`` (True keeps) that this callback wrote, on each parameter's local tensor."""
