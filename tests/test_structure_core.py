@@ -86,6 +86,9 @@ def test_allocation_removes_lowest_importance_per_parameter_across_dimensions():
     assert units.neurons[0].all()  # the input is not changed
     out = allocate(size, units, {"neurons": neurons, "layers": torch.tensor([1e-3, 5.0])}, full - 464)
     assert out.layers.tolist() == [False, True] and all(m.all() for m in out.neurons)
+    # planned toward the final goal: the cheap block goes first even when a neuron would reach the stop
+    early = {"neurons": neurons, "layers": torch.tensor([1e-3, 5.0])}
+    assert allocate(size, units, early, full - 464, stop_at=full - 34).layers.tolist() == [False, True]
     # removed units stay removed: a second allocation starts from the first
     again = allocate(size, out, {"neurons": neurons, "layers": torch.tensor([9.0, 9.0])}, full - 464 - 17)
     assert again.layers.tolist() == [False, True] and [int(m.sum()) for m in again.neurons] == [7, 7]

@@ -33,9 +33,12 @@ class StructuredPruning(Lifecycle):
 
     Hooks gather running statistics of every unit while training (:mod:`lightning_prune.structured.stats`). At each
     point of the schedule the way to the target done so far is ``schedule(t) / schedule(end)``; when it grows, the
-    units with the least importance per parameter removed (per FLOP for a FLOPs target) go, across ``dims``, in the
-    units the exported config can express (the same count in every block; sizes ``transformers`` accepts), until the
-    model's size is at the goal of that point (:func:`~lightning_prune.structured.allocate.allocate`). Statistics are
+    removal to the *final* size is planned from the statistics of now — the units with the least importance per
+    parameter removed (per FLOP for a FLOPs target) first, across ``dims``, in the units the exported config can
+    express (the same count in every block; sizes ``transformers`` accepts) — and the first steps of that plan are
+    taken until the model's size is at the goal of that point
+    (:func:`~lightning_prune.structured.allocate.allocate` with ``stop_at``): a block the plan removes first goes
+    early, whole, even past the point's goal. Statistics are
     averaged over the processes, the decision is taken on process 0 and broadcast. The entries the removed units own
     are written into the model's :class:`~lightning_prune.registry.MaskRegistry` and held at exactly zero through
     every step; the units are published in ``registry.units``, from which
@@ -184,15 +187,16 @@ class StructuredPruning(Lifecycle):
                 f"no statistics for {missing} yet at step {trainer.global_step}: they come from training passes "
                 f"through those units; start the schedule later."
             )
-        units = allocate(
+        units = allocate(  # the first steps of the plan to the final size, down to this event's goal
             self.size,
             self.units,
             self._scores(),
-            self.goal_at(progress),
+            self.goal,
             self.target.metric,
             comparable=self.criterion == "taylor",
             tolerance=self.tolerance,
             accepts=config_accepts(self.model),
+            stop_at=self.goal_at(progress),
         )
         units = Units.from_dict(trainer.strategy.broadcast(units.to_dict(), src=0))
         self.units = self.units & units  # never un-remove

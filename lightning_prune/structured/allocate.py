@@ -14,7 +14,9 @@ dimension's total score per fraction of that dimension's size, so that an averag
 weighs 1.
 
 Example:
-    >>> units = allocate(size, units, scores, goal=0.5 * size.params(size.full), metric="params")
+    >>> full = size.params(size.full)
+    >>> units = allocate(size, units, scores, goal=0.5 * full, metric="params")
+    >>> early = allocate(size, units, scores, goal=0.5 * full, stop_at=0.9 * full)  # the plan's first steps
 """
 
 from __future__ import annotations
@@ -137,9 +139,15 @@ def allocate(
     comparable: bool = True,
     tolerance: float = 0.01,
     accepts: Callable[[Counts], bool] | None = None,
+    stop_at: float | None = None,
 ) -> Units:
     """Remove units, lowest importance per size first, until the model is at or below ``goal`` (see the module
     docstring); units removed in ``units`` stay removed.
+
+    With ``stop_at`` (above ``goal``), the removal is planned toward ``goal`` but stops once the size is at or below
+    ``stop_at``: the first steps of that plan, the least important ones. A progressive schedule takes these at every
+    event, so a coarse unit (a block) that the final plan removes first is taken early, even past ``stop_at``,
+    instead of never fitting into one event's small share.
 
     Args:
         size: the model's :class:`~lightning_prune.structured.size.SizeModel`.
@@ -150,6 +158,7 @@ def allocate(
         comparable: scores share one unit across dimensions; else they are compared as shares.
         tolerance: how far below ``goal`` (a fraction of it) a step may land while a smaller one exists.
         accepts: whether the config can express a :class:`~lightning_prune.structured.size.Counts` (default: all).
+        stop_at: stop the plan toward ``goal`` once the size is at or below this (default: ``goal``).
 
     Returns:
         New units (the input is not changed).
@@ -168,7 +177,8 @@ def allocate(
     counts = size.counts(units)
     shares = _shares(queues, size, counts, metric) if not comparable else {}
     now = size.size(counts, metric)
-    while now > goal:
+    stop_at = goal if stop_at is None else max(goal, stop_at)
+    while now > stop_at:
         candidates = []  # (ratio, cost, after, dim, k)
         for dim, q in queues.items():
             k = _step(q, counts, accepts)
