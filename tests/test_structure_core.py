@@ -186,3 +186,25 @@ def test_the_registry_carries_published_units_to_the_export_until_the_writer_is_
     assert list(published_units(registry.units, "")) == ["model", "teacher"]
     registry.forget("a")
     assert set(registry.units) == {"b", "c"} and published_units(registry.units, "model")[""].layers is None
+
+
+def test_a_flops_target_is_allocated_per_flop_and_reached_within_tolerance():
+    torch.manual_seed(0)
+    model = llama(intermediate_size=64)
+    size = SizeModel.from_model(model, seq=16)
+    target = SizeTarget(flops=0.6, seq=16)
+    goal = target.goal(size.params(size.full), size.flops(size.full))
+    units = Units.full(model, shrinkable(model))
+    scores = {
+        "neurons": [torch.rand(64) for _ in range(2)],
+        "heads": [torch.rand(4) for _ in range(2)],
+        "layers": torch.rand(2),
+        "hidden": torch.rand(32),
+    }
+    out = allocate(size, units, scores, goal, target.metric, accepts=config_accepts(model))
+    flops = size.flops(size.counts(out))
+    assert goal * 0.99 <= flops <= goal
+    small = shrink_units_(copy.deepcopy(model), out, masked=False)
+    linear = sum(m.weight.numel() for m in small.modules() if isinstance(m, torch.nn.Linear))
+    attention = 4 * 16 * small.config.num_attention_heads * small.config.head_dim * small.config.num_hidden_layers
+    assert flops == 2 * linear + attention
