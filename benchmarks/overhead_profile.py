@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from lightning_prune import RunningStats, select_parameters
-from lightning_prune.masks import apply_masks_
 from lightning_prune.registry import registry_of
 
 __all__ = ["profile_table", "profile_update"]
@@ -64,10 +63,14 @@ def profile_update(module: pl.LightningModule, ids: Tensor, repeats: int) -> dic
     registry = registry_of(module)  # what the callbacks hold the masks with
     registry.resolve(module)
     registry.write("benchmark", {f: ~m for f, m in pruned.items()})
+    keeps = list(registry.keep.values())
     parts["masks"] = {
         "MaskRegistry: gradients before optimizer.step": registry._mask_grads,
         "MaskRegistry: weights after optimizer.step": registry._mask_weights,
-        "for comparison: apply_masks_(weights) (masked_fill_)": lambda: apply_masks_(params, pruned),
+        "for comparison: masked_fill_(weights)": lambda: [p.data.masked_fill_(pruned[f], 0) for f, p in params.items()],
+        "for comparison: float multiply by the bool masks": lambda: torch._foreach_mul_(
+            [p.data for p in params.values()], keeps
+        ),
     }
     parts["candidates"] = candidate_parts(list(grads.values()), list(pruned.values()))
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)

@@ -46,16 +46,27 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> T
     return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * t * t
 
 
-def masks_from_checkpoint(path: str | Path, state_key: str = "ScheduledPruning") -> dict[str, Tensor]:
+def masks_from_checkpoint(path: str | Path, state_key: str | None = None) -> dict[str, Tensor]:
     """The masks a ``ScheduledPruning`` callback stored in a Lightning checkpoint.
 
+    Args:
+        path: the checkpoint file.
+        state_key: the callback's ``state_key``; default: the one ``ScheduledPruning`` state in the checkpoint.
+
     Raises:
-        KeyError: if the checkpoint holds no such callback state (the message lists what it holds).
+        KeyError: if the checkpoint holds no such callback state, or several and no ``state_key`` (the message lists
+            what it holds).
     """
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     callbacks = ckpt.get("callbacks", {})
+    found = [k for k in callbacks if isinstance(k, str) and k.startswith("ScheduledPruning")]
+    if state_key is None and len(found) == 1:
+        state_key = found[0]
     if state_key not in callbacks:
-        raise KeyError(f"{path} holds no {state_key!r} state; callback states found: {sorted(callbacks)}.")
+        raise KeyError(
+            f"{path} holds no {state_key or 'single ScheduledPruning'!r} state; callback states found: "
+            f"{sorted(map(str, callbacks))}."
+        )
     state = callbacks[state_key]
     return masks_in_state(state, {f: tuple(s) for f, s in state.get("shapes", {}).items()})
 

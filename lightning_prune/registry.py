@@ -72,6 +72,7 @@ class MaskRegistry:
         self.units: dict[str, dict[str, Any]] = {}  # writer -> {"prefix": ..., dimension: unit keep masks}
         self.trackers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # Trainer -> its tracker
         self.wanted: dict[str, set[str]] = {}  # fqn -> running statistics a pruning callback reads of it
+        self.progress: dict[str, tuple[float, float]] = {}  # writer -> (target reached, final target)
         self._optimizers: list[Optimizer] = []
         self._handles: list[Any] = []
         self._grads_masked: tuple[int, int] | None = None  # (id, version) of the gradient last masked
@@ -140,6 +141,7 @@ class MaskRegistry:
         """Drop every mask of ``writer`` (entries it alone pruned are free to train again) and its published units."""
         fqns = list(self.writers.pop(writer, {}))
         self.units.pop(writer, None)
+        self.progress.pop(writer, None)
         self._union(fqns)
 
     def publish(self, writer: str, units: Mapping[str, Any]) -> None:
@@ -246,6 +248,10 @@ class MaskRegistry:
         """The ``ImportanceTracking`` that keeps this model's running statistics in ``trainer`` (it registers itself
         at setup), or None."""
         return self.trackers.get(trainer)
+
+    def at_target(self) -> bool:
+        """Whether every writer has reached its final target (see :attr:`progress`)."""
+        return all(reached >= final for reached, final in self.progress.values())
 
     def want(self, fqns: Iterable[str], stats: Iterable[str]) -> None:
         """Ask for running statistics of these parameters (a pruning callback at ``on_fit_start``); the tracker keeps

@@ -31,7 +31,16 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["HEAD_PATTERNS", "adapter_parameters", "in_dim", "in_features", "is_conv1d", "owners", "select_parameters"]
+__all__ = [
+    "HEAD_PATTERNS",
+    "adapter_parameters",
+    "in_dim",
+    "in_features",
+    "is_conv1d",
+    "owners",
+    "reads_inputs",
+    "select_parameters",
+]
 
 HEAD_PATTERNS = ("*lm_head*", "*classifier*", "*score*", "*pooler*", "*qa_outputs*", "*cls.*")
 
@@ -69,6 +78,13 @@ def adapter_parameters(model: nn.Module) -> set[str]:
             inside = {id(p) for p in base.parameters()}
             adapters |= {prefix + f for f, p in module.named_parameters() if id(p) not in inside}
     return adapters
+
+
+def reads_inputs(module: nn.Module) -> bool:
+    """Whether ``module``'s forward input is the input of its weight's rows (``nn.Linear``, ``Conv1D``,
+    ``nn.MultiheadAttention``): only such inputs measure a weight's input features (an embedding's token ids do
+    not)."""
+    return isinstance(module, (nn.Linear, nn.MultiheadAttention)) or is_conv1d(module)
 
 
 def in_dim(module: nn.Module) -> int:

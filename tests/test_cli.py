@@ -106,7 +106,7 @@ def test_main_recipe_runs_end_to_end_and_reports(tmp_path, monkeypatch):
     assert export["max_logit_difference"] == 0.0 and export["tokenizer_matches_training"] is True
     assert (tmp_path / "pruned_model" / "tokenizer.json").is_file()
     ckpts = list(tmp_path.rglob("*.ckpt"))
-    assert ckpts and "ScheduledPruning" in torch.load(ckpts[0], weights_only=False)["callbacks"]
+    assert ckpts and pruning.state_key in torch.load(ckpts[0], weights_only=False)["callbacks"]
 
 
 def test_dense_flag_trains_the_same_budget_reference_of_the_pruned_run(tmp_path):

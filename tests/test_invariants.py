@@ -210,7 +210,9 @@ def _refusal(d: Draw) -> str | None:
         return "frozen"
     if d.kind == "with_1d" and (d.pattern != "unstructured" or d.scope == "output"):
         return "not 2-D"
-    if d.criterion == "wanda" and d.model == "tiny" and d.kind not in ("with_1d", "frozen_named"):
+    if d.criterion == "wanda" and d.kind == "with_1d":
+        return "not such a weight"
+    if d.criterion == "wanda" and d.model == "tiny" and d.kind != "frozen_named":
         return "read by nn.MultiheadAttention"
     return None
 
@@ -279,9 +281,9 @@ def _check_counts(d: Draw, pruning: ScheduledPruning, model: nn.Module) -> None:
             assert math.floor((d.target - 0.1) * n) <= pruned <= math.ceil((d.target + 0.1) * n), f
 
 
-def _checkpoint_holds_zeros(path) -> None:
+def _checkpoint_holds_zeros(path, pruning: ScheduledPruning) -> None:
     ckpt = torch.load(path, weights_only=False)
-    state = ckpt["callbacks"]["ScheduledPruning"]
+    state = ckpt["callbacks"][pruning.state_key]
     from lightning_prune.callbacks.pruning import masks_in_state
 
     masks = masks_in_state(state, {f: tuple(s) for f, s in state["shapes"].items()})
@@ -333,7 +335,7 @@ def _run(d: Draw, tmp_path) -> None:
     assert watch.checked > 0
     _check_counts(d, pruning, model)
     _finite(d, model)
-    _checkpoint_holds_zeros(tmp_path / "a" / "last.ckpt")
+    _checkpoint_holds_zeros(tmp_path / "a" / "last.ckpt", pruning)
     if d.lifecycle == "resume":
         _fit(d, tmp_path / "b", stop_after=d.stop_after)
         _, resumed, again, _ = _fit(d, tmp_path / "c", ckpt_path=tmp_path / "b" / "last.ckpt")

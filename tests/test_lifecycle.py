@@ -51,7 +51,7 @@ def test_neuron_and_weight_pruning_count_zeros_once():
     registry = registry_of(model)
     for f, keep in registry.keep.items():  # the union holds both writers' masks
         assert torch.all(params[f][~keep] == 0), f
-    assert set(registry.writers) == {"NeuronPruning", "ScheduledPruning"}
+    assert set(registry.writers) == {"NeuronPruning", weights.state_key}
 
 
 def test_a_second_fit_of_the_same_model_keeps_every_callbacks_state():

@@ -253,6 +253,22 @@ class Lifecycle(Callback):
         self._loading_for_fit = trainer.state.fn == TrainerFn.FITTING  # Lightning calls load_state_dict next
         if self._loading_for_fit:
             self._ckpt_path = str(trainer.ckpt_path) if trainer.ckpt_path else None
+        self._adopt(trainer, checkpoint.get("callbacks", {}))
+
+    def _adopt(self, trainer: pl.Trainer, states: dict[Any, Any]) -> None:
+        """Take the checkpoint's state of this class under another key (written by an instance configured otherwise,
+        or before keys named what a callback prunes) when it is the only one and this is the only instance without
+        its own: a resume with, say, another criterion keeps the checkpoint's masks instead of silently dropping
+        them."""
+        if self.state_key in states:
+            return
+        kind = type(self).__name__
+        claimed = {cb.state_key for cb in trainer.callbacks}
+        free = [k for k in states if isinstance(k, str) and k.split("{")[0].split("[")[0] == kind and k not in claimed]
+        unmatched = [cb for cb in trainer.callbacks if type(cb) is type(self) and cb.state_key not in states]
+        if len(free) == 1 and unmatched == [self]:
+            rank_zero_info(f"{kind}: resuming from the checkpoint's state {free[0]!r}.")
+            states[self.state_key] = states.pop(free[0])
 
     @override
     def on_save_checkpoint(

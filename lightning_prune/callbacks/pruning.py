@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -16,7 +16,7 @@ from lightning_prune.callbacks.base import Lifecycle, steps_per_epoch
 from lightning_prune.importance import CRITERIA, get_criterion
 from lightning_prune.masks import SCOPES, compute_masks, pack_mask, parse_pattern, unpack_mask
 from lightning_prune.schedules import AtEpochs, Schedule, check_sparsity
-from lightning_prune.selection import in_dim, select_parameters
+from lightning_prune.selection import in_dim, reads_inputs, select_parameters
 from lightning_prune.shards import count_zeros, local
 from lightning_prune.trackers import RunningStats
 
@@ -109,6 +109,7 @@ class ScheduledPruning(Lifecycle):
         self.patterns, self.exclude = (list(parameters) if parameters is not None else None), list(exclude)
         self.log_histograms, self.name = log_histograms, name
         self.sparsity = 0.0  # target reached so far
+        self._measured = 0.0  # the sparsity measured at the last event
         self.events: list[dict[str, float]] = []  # one record per pruning event
         self._params: dict[str, torch.nn.Parameter] = {}
         self._in_dims: dict[str, int] = {}
@@ -140,6 +141,11 @@ class ScheduledPruning(Lifecycle):
             self._params, modules, self._in_dims, self.criterion, self.kind, self.scope, self.pattern, self.m, unread
         )
         return {f: tuple(p.shape) for f, p in self._params.items()}
+
+    @override
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._measured = self.events[-1]["sparsity"] if self.events else 0.0
+        self.registry.progress[self.state_key] = (self.sparsity, self.schedule.end_sparsity())
 
     @override
     def reset(self) -> None:
@@ -183,6 +189,16 @@ class ScheduledPruning(Lifecycle):
             self.prune(trainer, target)
 
     @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # through the module, so it shows in the progress bar and is in callback_metrics (ModelCheckpoint can
+        # monitor it); sparsity never falls within an epoch, so the epoch's value is its max
+        prefix = self._prefix()
+        metrics = {f"{prefix}/global": self._measured, f"{prefix}/target": self.sparsity}
+        pl_module.log_dict(metrics, on_step=True, on_epoch=True, reduce_fx="max", prog_bar=not self.name)
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer)
 
@@ -220,6 +236,12 @@ class ScheduledPruning(Lifecycle):
         self.events.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "target": target, "sparsity": measured}
         )
+        self.registry.progress[self.state_key] = (target, self.schedule.end_sparsity())
+        rank_zero_info(
+            f"{self.name or 'ScheduledPruning'}: step {trainer.global_step} (epoch {trainer.current_epoch}): "
+            f"sparsity {measured:.4f} of {total:,} weights in {len(self._params)} tensors (target {target:.4f}, "
+            f"final {self.schedule.end_sparsity()})"
+        )
 
     @torch.no_grad()
     def scores(self, stats: RunningStats | None) -> dict[str, Tensor]:
@@ -233,13 +255,18 @@ class ScheduledPruning(Lifecycle):
 
     # ---- logging -------------------------------------------------------------------------------------------
 
+    def _prefix(self) -> str:
+        return f"sparsity/{self.name}" if self.name else "sparsity"
+
     def _log(self, trainer: pl.Trainer, scores: Mapping[str, Tensor] | None = None) -> float:
+        """Measure the sparsity (one pass, one all-reduce under FSDP2) and send it with every layer's and the score
+        histograms to the loggers at this step; returns it."""
         zeros = count_zeros(
             {f: local(p) for f, p in self._params.items()}, [self.registry.layout(f) for f in self._params]
         )
         total = sum(p.numel() for p in self._params.values())
-        measured = sum(zeros.values()) / total
-        prefix = f"sparsity/{self.name}" if self.name else "sparsity"
+        measured = self._measured = sum(zeros.values()) / total
+        prefix = self._prefix()
         metrics = {f"{prefix}/global": measured, f"{prefix}/target": self.sparsity}
         metrics.update({f"{prefix}/layer/{f}": zeros[f] / p.numel() for f, p in self._params.items()})
         for logger in trainer.loggers:
@@ -256,7 +283,17 @@ class ScheduledPruning(Lifecycle):
     @property
     @override
     def state_key(self) -> str:
-        return f"ScheduledPruning[{self.name}]" if self.name else "ScheduledPruning"
+        """``ScheduledPruning[name]``, or (without ``name``) the class and what it prunes, as Lightning's own callbacks
+        key their state: two instances that prune differently never share a key."""
+        if self.name:
+            return f"ScheduledPruning[{self.name}]"
+        return self._generate_state_key(
+            criterion=self.criterion.name,
+            scope=self.scope,
+            pattern=self.pattern,
+            parameters=self.patterns,
+            exclude=self.exclude,
+        )
 
     @override
     def dump(self) -> dict[str, Any]:
@@ -315,8 +352,16 @@ def check_selection(
             inputs are never seen with a criterion that reads inputs, parameters that are not 2-D with a row or N:M
             pattern or the output scope, and N:M on an input dim not divisible by M.
     """
+    wanda = criterion is CRITERIA["wanda"]  # (a criterion of the user's may not read every weight's inputs)
+    unmeasured = [f for f, p in params.items() if p.dim() != 2 or not reads_inputs(modules[f])]
+    if wanda and unmeasured:
+        raise ValueError(
+            f"criterion 'wanda' weighs the 2-D weights of Linear, Conv1D and MultiheadAttention layers by their "
+            f"inputs, but {unmeasured[:5]} {'is' if len(unmeasured) == 1 else 'are'} not such a weight (a bias, a "
+            "norm, an embedding): exclude them (e.g. exclude=['*.bias', '*norm*']) or use another criterion."
+        )
     unread = [f for f, m in modules.items() if id(m) in read_directly]
-    if unread and criterion is CRITERIA["wanda"]:  # (a criterion of the user's may not read every weight's inputs)
+    if unread and wanda:
         raise ValueError(
             f"criterion {criterion.name!r} weighs each weight by its inputs, but {unread[:5]} "
             f"{'is' if len(unread) == 1 else 'are'} read by nn.MultiheadAttention without calling the module, so no "

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from lightning_prune.callbacks.base import Lifecycle
 from lightning_prune.registry import registry_of
-from lightning_prune.selection import in_dim, is_conv1d, owners, select_parameters
+from lightning_prune.selection import in_dim, owners, reads_inputs, select_parameters
 from lightning_prune.shards import local
 from lightning_prune.trackers import STATS, RunningStats, snapshot_weights
 
@@ -99,7 +99,7 @@ class ImportanceTracking(Lifecycle):
 
     def _select(self, selected: Mapping[str, tuple[torch.nn.Module, torch.nn.Parameter]]) -> None:
         self._params = {f: p for f, (_, p) in selected.items()}
-        self._owners = {f: m for f, (m, p) in selected.items() if p.dim() == 2 and _reads_inputs(m)}
+        self._owners = {f: m for f, (m, p) in selected.items() if p.dim() == 2 and reads_inputs(m)}
         self.fqns = list(self._params)
 
     def _settle(self) -> None:
@@ -223,12 +223,6 @@ class ImportanceTracking(Lifecycle):
         stats = self._new_stats(tuple(state["stats"]))
         stats.load_state_dict(state)
         self.stats = stats
-
-
-def _reads_inputs(module: torch.nn.Module) -> bool:
-    """Modules whose forward input is the input of the weight's rows: only their inputs are folded into
-    ``input_norm`` (an embedding's token ids, say, are not features)."""
-    return isinstance(module, (torch.nn.Linear, torch.nn.MultiheadAttention)) or is_conv1d(module)
 
 
 def _unscale(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
