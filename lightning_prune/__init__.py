@@ -3,6 +3,7 @@
 from lightning_prune.callbacks import (
     Distillation,
     ExportPretrained,
+    HoldMasks,
     ImportanceTracking,
     NeuronPruning,
     PruningReport,
@@ -25,6 +26,7 @@ __all__ = [
     "Cubic",
     "Distillation",
     "ExportPretrained",
+    "HoldMasks",
     "ImportanceTracking",
     "MaskRegistry",
     "NeuronPruning",

@@ -1,10 +1,9 @@
 """``FineTune``: recover a pruned model with its masks frozen, optionally distilling from the dense model.
 
 The masks come from a pruning run's checkpoint (the ``ScheduledPruning`` state in its ``callbacks``) or are
-given directly (``{fqn: bool}``, True keeps). They are written into the model's
-:class:`~lightning_prune.registry.MaskRegistry` (resolved again on every fit, after the strategy has set the
-model up), which holds them exactly as it holds the pruning callbacks' masks, and they are saved in this
-module's own checkpoints.
+given directly (``{fqn: bool}``, True keeps). A :class:`~lightning_prune.callbacks.HoldMasks` it adds to the Trainer
+(``configure_callbacks``) holds them, exactly as the pruning callbacks hold theirs, and keeps them in its checkpoint
+state; they are saved in this module's own checkpoints too.
 
 Distillation (Hinton et al. 2015): loss = (1 − α)·LM + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) with the
 teacher's logits z_t, the student's z_s, weight α = ``distill_weight`` and temperature T.
@@ -26,14 +25,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_prune.callbacks.hold import HoldMasks
 from lightning_prune.callbacks.pruning import masks_in_state
 from lightning_prune.export import bare_fqn
 from lightning_prune.lm import CausalLM
 from lightning_prune.masks import apply_masks_
-from lightning_prune.registry import registry_of
 
 __all__ = ["FineTune", "distillation_loss", "masks_from_checkpoint"]
 
@@ -159,27 +159,14 @@ class FineTune(CausalLM):
         apply_masks_(params, {f: ~m for f, m in self.masks.items()})
 
     @override
+    def configure_callbacks(self) -> list[Callback]:
+        """Its masks are held by a :class:`~lightning_prune.callbacks.HoldMasks` (as any LightningModule's can be)."""
+        return [HoldMasks({f"model.{f}": m for f, m in self.masks.items()}, name="FineTune")]
+
+    @override
     def on_fit_start(self) -> None:
-        registry_of(self).resolve(self)  # after the strategy has set the model up (sharded, moved)
         if isinstance(self.teacher, nn.Module):
             self.teacher.to(self.device)
-
-    @override
-    def on_train_start(self) -> None:
-        registry = registry_of(self)  # the masks as they are now (a resume may have replaced them)
-        registry.write(
-            "FineTune", {f"model.{f}": registry.layout(f"model.{f}").slice(m) for f, m in self.masks.items()}
-        )
-        registry.attach(self.trainer.optimizers)
-        registry.enforce_(self.trainer.optimizers)
-
-    @override
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        registry_of(self).mask_grads_()  # before Lightning clips them, as the callbacks do
-
-    @override
-    def teardown(self, stage: str) -> None:
-        registry_of(self).detach()
 
     @override
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

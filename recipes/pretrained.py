@@ -16,8 +16,8 @@ encoder layers (Q, K, V, attention output, intermediate, output), to the same ta
   made permanent at the end of training. ``ModelPruning best`` is the one of the two with the higher mean cosine;
 * ``one-shot Wanda + distillation``: :func:`lightning_prune.calibration.wanda_masks` (|w_ij|·‖x_j‖, half of every
   output row) from training sentences in a seed-dependent order (each sentence alone, so no padding enters the
-  input norms), then the same distillation with the masks held exact zeros (:class:`HoldMasks`, the model's
-  :class:`~lightning_prune.MaskRegistry`: weights, gradients and AdamW's moments);
+  input norms), then the same distillation with the masks held exact zeros (:class:`lightning_prune.HoldMasks`:
+  weights, gradients and AdamW's moments);
 * ``ours: <criterion>``: :class:`~lightning_prune.ImportanceTracking` + :class:`~lightning_prune.ScheduledPruning`
   with a global ranking by a running criterion (``running_magnitude``, and ``platon``, the best criterion of
   ``benchmarks/transfer.py`` when fine-tuning a pretrained model).
@@ -67,7 +67,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_prune import AtEpochs, ImportanceTracking, ScheduledPruning, compute_masks, get_criterion, registry_of
+from lightning_prune import (
+    AtEpochs,
+    HoldMasks,
+    ImportanceTracking,
+    ScheduledPruning,
+    compute_masks,
+    get_criterion,
+)
 from lightning_prune.calibration import wanda_masks
 from lightning_prune.callbacks.report import format_table, spread
 from lightning_prune.data import kjv_text, split_text
@@ -77,7 +84,6 @@ from lightning_prune.schedules import cubic_sparsity
 from lightning_prune.selection import select_parameters
 
 __all__ = [
-    "HoldMasks",
     "SentenceDistill",
     "TeacherTargets",
     "embed",
@@ -188,45 +194,6 @@ class SentenceDistill(pl.LightningModule):
         warmup = min(self.warmup_steps, total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-class HoldMasks(Callback):
-    """Hold fixed masks through training: the pruned weights, their gradients and the optimizer's moments stay exact
-    zeros, through the model's :class:`~lightning_prune.MaskRegistry` as the pruning callbacks hold theirs.
-
-    Args:
-        masks: ``{fqn in the LightningModule: bool keep mask}``.
-    """
-
-    def __init__(self, masks: Mapping[str, Tensor]) -> None:
-        self.masks = dict(masks)
-        self.registry: Any = None
-
-    @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.registry = registry_of(pl_module)
-        self.registry.resolve(pl_module)
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.registry.write(type(self).__name__, self.masks)
-        self.registry.attach(trainer.optimizers)
-        self.registry.enforce_(trainer.optimizers)
-
-    @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        self.registry.mask_grads_()  # before Lightning clips them
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.registry.enforce_(trainer.optimizers)
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.registry is not None:
-            self.registry.detach()
 
 
 def sentences() -> tuple[list[str], list[str]]:

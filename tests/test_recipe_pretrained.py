@@ -7,8 +7,6 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
-from helpers import TinyLM, token_loader, trainer
-from lightning.pytorch.callbacks import Callback
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "pretrained.py"
 
@@ -65,33 +63,6 @@ def test_teacher_targets_refuse_a_different_batch_at_the_same_step():
     assert teacher.calls == 1  # the stored value, not recomputed
     with pytest.raises(RuntimeError, match="differs"):
         targets.get(0, {**batch, "input_ids": torch.tensor([[2.0, 1.0]])}, teacher)
-
-
-def test_hold_masks_keeps_exact_zeros_after_every_step_through_adamw_and_weight_decay():
-    recipe = load()
-    torch.manual_seed(0)
-    model = TinyLM("adamw", lr=1e-2, weight_decay=0.1)
-    fqns = ["blocks.0.fc1.weight", "blocks.1.attn.out_proj.weight"]  # out_proj: read without calling forward
-    params = dict(model.named_parameters())
-    masks = {
-        f: torch.rand(params[f].shape, generator=torch.Generator().manual_seed(i)) > 0.5 for i, f in enumerate(fqns)
-    }
-
-    class AfterEveryStep(Callback):
-        steps = 0
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            state = trainer.optimizers[0].state
-            for f, keep in masks.items():
-                p = params[f]
-                assert torch.count_nonzero(p.detach()[~keep]) == 0, f
-                assert torch.count_nonzero(state[p]["exp_avg"][~keep]) == 0, f
-                assert torch.count_nonzero(p.detach()[keep]) == keep.sum()  # the kept ones still train
-            self.steps += 1
-
-    check = AfterEveryStep()
-    trainer(max_epochs=2, callbacks=[recipe.HoldMasks(masks), check]).fit(model, token_loader())
-    assert check.steps == 16
 
 
 def test_quick_runs_every_row_to_the_target_in_exact_zeros(tmp_path):

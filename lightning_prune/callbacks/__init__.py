@@ -2,6 +2,7 @@
 
 from lightning_prune.callbacks.distillation import Distillation
 from lightning_prune.callbacks.export import ExportPretrained
+from lightning_prune.callbacks.hold import HoldMasks
 from lightning_prune.callbacks.neurons import NeuronPruning
 from lightning_prune.callbacks.pruning import ScheduledPruning
 from lightning_prune.callbacks.report import PruningReport
@@ -11,6 +12,7 @@ from lightning_prune.callbacks.tracking import ImportanceTracking
 __all__ = [
     "Distillation",
     "ExportPretrained",
+    "HoldMasks",
     "ImportanceTracking",
     "NeuronPruning",
     "PruningReport",

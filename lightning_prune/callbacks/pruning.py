@@ -20,7 +20,7 @@ from lightning_prune.selection import in_dim, reads_inputs, select_parameters
 from lightning_prune.shards import count_zeros, local
 from lightning_prune.trackers import RunningStats
 
-__all__ = ["GRADIENT_STATS", "ScheduledPruning", "check_selection", "masks_in_state"]
+__all__ = ["GRADIENT_STATS", "ScheduledPruning", "check_selection", "dump_masks", "masks_in_state"]
 
 
 class ScheduledPruning(Lifecycle):
@@ -297,15 +297,8 @@ class ScheduledPruning(Lifecycle):
 
     @override
     def dump(self) -> dict[str, Any]:
-        packed = [f for f, m in self.masks.items() if _packable(m, self.registry.layout(f))]
-        return {
-            "tensors": {f: pack_mask(m) if f in packed else m.clone() for f, m in self.masks.items()},
-            "where": {f: f for f in self.masks},
-            "packed": packed,
-            "shapes": {f: list(p.shape) for f, p in self._params.items()},
-            "sparsity": self.sparsity,
-            "events": [dict(e) for e in self.events],
-        }
+        state = dump_masks(self.masks, self.registry, {f: tuple(p.shape) for f, p in self._params.items()})
+        return {**state, "sparsity": self.sparsity, "events": [dict(e) for e in self.events]}
 
     @override
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -389,6 +382,18 @@ def check_selection(
             d = in_dims[f]
             if p.shape[d] % m:
                 raise ValueError(f"{f}: input dim of size {p.shape[d]} is not divisible by M={m} ({pattern}).")
+
+
+def dump_masks(masks: Mapping[str, Tensor], registry: Any, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """A checkpoint state of local masks: bit-packed ``tensors`` (saved shard by shard by the lifecycle), ``where``
+    their parameter is, which are ``packed``, and the full ``shapes`` of the parameters they are for."""
+    packed = [f for f, m in masks.items() if _packable(m, registry.layout(f))]
+    return {
+        "tensors": {f: pack_mask(m) if f in packed else m.clone() for f, m in masks.items()},
+        "where": {f: f for f in masks},
+        "packed": packed,
+        "shapes": {f: list(s) for f, s in shapes.items()},
+    }
 
 
 def masks_in_state(state: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:

@@ -1,0 +1,153 @@
+"""``HoldMasks``: hold masks from a checkpoint or a previous run on any LightningModule while it trains."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_prune.callbacks.base import Lifecycle
+from lightning_prune.callbacks.pruning import dump_masks, masks_in_state
+
+__all__ = ["HoldMasks", "checkpoint_masks", "place_masks"]
+
+
+def checkpoint_masks(path: str | Path) -> dict[str, Tensor]:
+    """Every entry mask a pruning run's Lightning checkpoint holds: the union of the masks of each
+    ``ScheduledPruning`` and ``HoldMasks`` state in it (``{fqn in its LightningModule: bool keep}``).
+
+    Raises:
+        KeyError: if the checkpoint holds no such state (the message lists the states it holds).
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    states = ckpt.get("callbacks", {})
+    found = {k: v for k, v in states.items() if str(k).split("{")[0].split("[")[0] in ("ScheduledPruning", "HoldMasks")}
+    if not found:
+        raise KeyError(
+            f"{path} holds no ScheduledPruning or HoldMasks state; callback states: {sorted(map(str, states))}."
+        )
+    masks: dict[str, Tensor] = {}
+    for state in found.values():
+        shapes = {f: tuple(s) for f, s in state.get("shapes", {}).items()}
+        for f, keep in masks_in_state(state, shapes).items():
+            masks[f] = masks[f] & keep if f in masks else keep
+    return masks
+
+
+def place_masks(masks: Mapping[str, Tensor], names: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """The masks by the names of the module they are for (``{fqn: full shape}``): as given when every fqn is there,
+    else with one common prefix added or removed (masks of a ``CausalLM``'s ``model.transformer...`` on a module
+    holding the same transformer under ``net``, or on the bare model).
+
+    Raises:
+        ValueError: if no such placement fits every mask's name and shape (naming what did not fit).
+    """
+
+    def fits(placed: Mapping[str, Tensor]) -> bool:
+        return all(f in names and tuple(m.shape) == names[f] for f, m in placed.items())
+
+    heads = {f.split(".", 1)[0] for f in masks}
+    bases = [dict(masks)]
+    if len(heads) == 1 and all("." in f for f in masks):  # one common first component: try without it too
+        bases.append({f.split(".", 1)[1]: m for f, m in masks.items()})
+    for base in bases:
+        if fits(base):
+            return base
+        first = next(iter(base), "")
+        for prefix in {n[: -len(first)] for n in names if n.endswith("." + first)}:  # put under another module
+            placed = {prefix + f: m for f, m in base.items()}
+            if fits(placed):
+                return placed
+    bad = [f"{f} {tuple(m.shape)}" for f, m in masks.items() if not (f in names and tuple(m.shape) == names[f])]
+    raise ValueError(
+        f"the masks do not fit the module's parameters: {bad[:5]} (its fqns look like {list(names)[:3]}); give masks "
+        "by the module's own parameter names."
+    )
+
+
+class HoldMasks(Lifecycle):
+    """Hold fixed masks while a model trains: pruned entries stay exactly zero in the weights, their gradients, the
+    optimizer state and averaged copies, through every step — on any LightningModule, as the pruning callbacks hold
+    theirs (through the model's :class:`~lightning_prune.registry.MaskRegistry`). For fine-tuning or recovering a
+    pruned model, or continuing from another run.
+
+    The masks are checked against the model at ``on_fit_start`` (after ``configure_model`` and sharding) and kept in
+    this callback's ``state_dict``, so a resumed run holds them too. ``validate``/``test`` change nothing.
+
+    Args:
+        masks: ``{fqn: bool keep mask}`` by the LightningModule's parameter names (or the names inside its model,
+            or another module's with one prefix more or less: see :func:`place_masks`).
+        checkpoint: a pruning run's Lightning checkpoint: every entry mask it holds (:func:`checkpoint_masks`).
+        name: distinguishes several instances (``state_key``).
+
+    Raises:
+        ValueError: without masks or checkpoint, or with masks that do not fit the model.
+
+    Example:
+        >>> trainer = pl.Trainer(callbacks=[HoldMasks(checkpoint="runs/main/checkpoints/last.ckpt")])
+        >>> trainer.fit(my_module, datamodule)  # the pruned entries stay exactly zero while it fine-tunes
+    """
+
+    def __init__(
+        self, masks: Mapping[str, Tensor] | None = None, checkpoint: str | Path | None = None, name: str | None = None
+    ) -> None:
+        if masks is None and checkpoint is None:
+            raise ValueError("HoldMasks needs masks={fqn: bool tensor} or checkpoint='pruned.ckpt'.")
+        given = checkpoint_masks(checkpoint) if masks is None else {}
+        given.update({f: m.bool() for f, m in (masks or {}).items()})
+        self.given = {f: m.cpu() for f, m in given.items()}
+        self.name = name
+        self._placed: dict[str, Tensor] = {}  # the given masks by the module's names (full shapes)
+        super().__init__()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return f"HoldMasks[{self.name}]" if self.name else "HoldMasks"
+
+    @override
+    def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:
+        names = {f: self.registry.layout(f).shape for f in self.registry.params}
+        self._placed = place_masks(self.given, names)
+        return {f: tuple(m.shape) for f, m in self._placed.items()}
+
+    @override
+    def reset(self) -> None:
+        if self.registry is not None:
+            self.registry.forget(self.state_key)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if self.state_key not in self.registry.writers:  # (a second fit keeps what it holds)
+            self._write({f: self.registry.layout(f).slice(m) for f, m in self._placed.items()})
+
+    def _write(self, local: Mapping[str, Tensor]) -> None:
+        self.registry.write(self.state_key, {f: m.to(self.registry.local(f).device) for f, m in local.items()})
+        self.registry.progress[self.state_key] = (1.0, 1.0)  # nothing left to reach
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """``{fqn: bool keep}`` held, on each parameter's local tensor."""
+        return self.registry.writers.get(self.state_key, {}) if self.registry is not None else {}
+
+    @override
+    def dump(self) -> dict[str, Any]:
+        return dump_masks(self.masks, self.registry, {f: tuple(m.shape) for f, m in self._placed.items()})
+
+    @override
+    def restore(self, state: Mapping[str, Any]) -> None:
+        shapes = {f: tuple(s) for f, s in state["shapes"].items()}
+        mine = {f: tuple(m.shape) for f, m in self._placed.items()}
+        if shapes != mine:
+            raise ValueError(
+                f"the checkpoint's held masks are for {sorted(shapes)[:5]}, this fit holds {sorted(mine)[:5]}."
+            )
+        local = masks_in_state(state, {f: tuple(self.registry.local(f).shape) for f in shapes})
+        self.registry.forget(self.state_key)
+        self._write(local)
