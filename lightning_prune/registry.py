@@ -73,6 +73,7 @@ class MaskRegistry:
         self.trackers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # Trainer -> its tracker
         self.wanted: dict[str, set[str]] = {}  # fqn -> running statistics a pruning callback reads of it
         self.progress: dict[str, tuple[float, float]] = {}  # writer -> (target reached, final target)
+        self.events: dict[str, list[dict[str, Any]]] = {}  # writer -> its pruning events ({"step", "epoch", ...})
         self._optimizers: list[Optimizer] = []
         self._handles: list[Any] = []
         self._grads_masked: tuple[int, int] | None = None  # (id, version) of the gradient last masked
@@ -142,6 +143,7 @@ class MaskRegistry:
         fqns = list(self.writers.pop(writer, {}))
         self.units.pop(writer, None)
         self.progress.pop(writer, None)
+        self.events.pop(writer, None)
         self._union(fqns)
 
     def publish(self, writer: str, units: Mapping[str, Any]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -118,6 +119,7 @@ class NeuronPruning(Lifecycle):
 
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish()
         self.stats.to(pl_module.device)
         self._write()
         if self.criterion != "weight_norm":  # weight norms read no activations
@@ -167,6 +169,16 @@ class NeuronPruning(Lifecycle):
         self.events.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "target": target, "removed": removed}
         )
+        self._publish()
+        rank_zero_info(
+            f"NeuronPruning: step {trainer.global_step} (epoch {trainer.current_epoch}): {removed:.1%} of the "
+            f"feed-forward neurons removed (target {target}, final {self.schedule.end_sparsity()})"
+        )
+
+    def _publish(self) -> None:
+        """What a report reads of this writer, through the registry: its events and how far it is."""
+        self.registry.progress[self.state_key] = (self.sparsity, self.schedule.end_sparsity())
+        self.registry.events[self.state_key] = self.events
 
     def _running_weights(self, trainer: pl.Trainer) -> dict[str, Tensor] | None:
         """The running |w| of the feed-forward weights from an ImportanceTracking that keeps it, else None."""

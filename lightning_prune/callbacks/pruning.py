@@ -145,7 +145,12 @@ class ScheduledPruning(Lifecycle):
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._measured = self.events[-1]["sparsity"] if self.events else 0.0
+        self._publish()
+
+    def _publish(self) -> None:
+        """What a report reads of this writer, through the registry: its events and how far it is."""
         self.registry.progress[self.state_key] = (self.sparsity, self.schedule.end_sparsity())
+        self.registry.events[self.state_key] = self.events
 
     @override
     def reset(self) -> None:
@@ -236,7 +241,7 @@ class ScheduledPruning(Lifecycle):
         self.events.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "target": target, "sparsity": measured}
         )
-        self.registry.progress[self.state_key] = (target, self.schedule.end_sparsity())
+        self._publish()
         rank_zero_info(
             f"{self.name or 'ScheduledPruning'}: step {trainer.global_step} (epoch {trainer.current_epoch}): "
             f"sparsity {measured:.4f} of {total:,} weights in {len(self._params)} tensors (target {target:.4f}, "
@@ -316,6 +321,7 @@ class ScheduledPruning(Lifecycle):
         self.registry.write(self.state_key, masks)
         self.sparsity = float(state["sparsity"])
         self.events = [dict(e) for e in state["events"]]
+        self._publish()
 
 
 GRADIENT_STATS = ("abs_grad", "movement", "taylor", "platon")  # statistics read from gradients

@@ -24,9 +24,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from typing_extensions import override
 
-from lightning_prune.callbacks.neurons import NeuronPruning
-from lightning_prune.callbacks.pruning import ScheduledPruning
 from lightning_prune.export import nonzero_report
+from lightning_prune.registry import registry_of
 
 __all__ = ["PruningReport", "budget_of", "format_table", "greedy_continuation", "pruned_label"]
 
@@ -193,20 +192,38 @@ class PruningReport(Callback):
         self.records: list[dict[str, float]] = []
         self.dense_sample: str | None = None  # the continuation of the last dense validation
         self._start = 0.0
+        self._seconds = 0.0  # time of the run before a resume
+        self._registry: Any = None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The records so far, the dense sample and the time spent: a resumed run's report covers the whole run."""
+        seconds = self._seconds + (time.perf_counter() - self._start if self._start else 0.0)
+        return {"records": [dict(r) for r in self.records], "dense_sample": self.dense_sample, "seconds": seconds}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.records = [dict(r) for r in state_dict.get("records", [])]
+        self.dense_sample = state_dict.get("dense_sample")
+        self._seconds = float(state_dict.get("seconds", 0.0))
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
+        self._registry = registry_of(pl_module)
 
-    def _pruning(self, trainer: pl.Trainer) -> ScheduledPruning | None:
-        found = [cb for cb in trainer.callbacks if isinstance(cb, ScheduledPruning)]
-        return found[0] if found else None
+    def _events(self) -> list[dict[str, Any]]:
+        """Every writer's events, read from the model's registry."""
+        registry = getattr(self, "_registry", None)
+        return [e for events in (registry.events.values() if registry is not None else ()) for e in events]
 
-    def _neuron_pruning(self, trainer: pl.Trainer) -> list[NeuronPruning]:
-        return [cb for cb in trainer.callbacks if isinstance(cb, NeuronPruning)]
+    def _sparsity(self) -> float:
+        """The measured weight sparsity of the last weight-pruning event so far."""
+        weights = [e for e in self._events() if "sparsity" in e]
+        return max(weights, key=lambda e: e["step"])["sparsity"] if weights else 0.0
 
-    def _neurons_removed(self, trainer: pl.Trainer) -> float:
-        return max((_removed_fraction(cb.masks) for cb in self._neuron_pruning(trainer)), default=0.0)
+    def _neurons_removed(self) -> float:
+        return max((float(e["removed"]) for e in self._events() if "removed" in e), default=0.0)
 
     def _sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
         tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
@@ -222,29 +239,31 @@ class PruningReport(Callback):
         # not on_validation_epoch_end: callbacks run that hook before the module's, which logs val/ppl
         if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
             return
-        pruning = self._pruning(trainer)
-        sparsity = pruning.events[-1]["sparsity"] if pruning and pruning.events else 0.0
         record = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
-            "sparsity": sparsity,
-            "neurons_removed": self._neurons_removed(trainer),
+            "sparsity": self._sparsity(),
+            "neurons_removed": self._neurons_removed(),
             "val_loss": float(trainer.callback_metrics["val/loss"]),
             "val_ppl": float(trainer.callback_metrics.get("val/ppl", float("nan"))),
         }
         self.records.append(record)
         if pruned_label(record) == "dense":
             self.dense_sample = self._sample(trainer, pl_module)
+        rank_zero_info(  # a line per validation, also without a terminal's progress bar
+            f"epoch {record['epoch']} step {record['step']}: val loss {record['val_loss']:.4f}, val ppl "
+            f"{record['val_ppl']:.3f}, sparsity {record['sparsity']:.1%}"
+            + (f", neurons removed {record['neurons_removed']:.1%}" if record["neurons_removed"] else "")
+        )
 
     def events(self, trainer: pl.Trainer) -> list[dict[str, Any]]:
         """Every change of the model, in step order: ``{"step", "epoch", "sparsity"}`` for weight pruning (the
         measured sparsity) and ``{"step", "epoch", "neurons_removed"}`` for neuron removal."""
         found: list[dict[str, Any]] = []
-        pruning = self._pruning(trainer)
-        for e in pruning.events if pruning else []:
-            found.append({"step": int(e["step"]), "epoch": int(e["epoch"]), "sparsity": float(e["sparsity"])})
-        for cb in self._neuron_pruning(trainer)[:1]:
-            for e in cb.events:
+        for e in self._events():
+            if "sparsity" in e:
+                found.append({"step": int(e["step"]), "epoch": int(e["epoch"]), "sparsity": float(e["sparsity"])})
+            if "removed" in e:
                 found.append({"step": int(e["step"]), "epoch": int(e["epoch"]), "neurons_removed": float(e["removed"])})
         return sorted(found, key=lambda e: e["step"])
 
@@ -314,7 +333,7 @@ class PruningReport(Callback):
             "reference": info,
             "parameters": counts["parameters"],
             "nonzero": counts["nonzero"],
-            "seconds": time.perf_counter() - self._start,
+            "seconds": self._seconds + time.perf_counter() - self._start,
             "samples": samples,
             "events": events,
             "budget": budget,
