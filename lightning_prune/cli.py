@@ -2,7 +2,8 @@
 
 Examples:
     lightning-prune fit --config recipes/main.yaml
-    lightning-prune fit --config recipes/main.yaml --trainer.max_epochs 3 --print_config
+    lightning-prune fit --config recipes/main.yaml --trainer.max_epochs 4 --schedule '{1: 0.3, 2: 0.6}'
+    lightning-prune fit --config recipes/main.yaml --data.files '[my.txt]' --print_config
 
 ``--dense true`` trains the same recipe without pruning: the pruning and tracking callbacks are dropped and
 everything else (model, data, seed, steps, learning-rate schedule, report, export) stays. Its ``report.json`` is
@@ -15,6 +16,7 @@ the same-budget reference that a pruned run's :class:`~lightning_prune.callbacks
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -22,6 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning_prune.callbacks import ImportanceTracking, NeuronPruning, ScheduledPruning
 from lightning_prune.data import TextDataModule, check_block_size
 from lightning_prune.lm import CausalLM
+from lightning_prune.schedules import AtEpochs
 
 __all__ = ["PRUNING_CALLBACKS", "PruneCLI", "cli", "main"]
 
@@ -39,6 +42,12 @@ class PruneCLI(LightningCLI):
             default=False,
             help="Train without pruning (drop the pruning and tracking callbacks): the same-budget dense reference.",
         )
+        parser.add_argument(
+            "--schedule",
+            type=dict[int, float] | None,
+            default=None,
+            help="Replace the ScheduledPruning schedule of the config: {epoch: sparsity}, e.g. '{1: 0.3, 2: 0.6}'.",
+        )
 
     def before_fit(self) -> None:
         """Reject a block size the model cannot attend over, before any data is loaded; with ``--dense true`` drop
@@ -47,11 +56,25 @@ class PruneCLI(LightningCLI):
         check_block_size(self.datamodule.block_size, context)
         if self._get(self.config, "dense", False):
             self.trainer.callbacks = [cb for cb in self.trainer.callbacks if not isinstance(cb, PRUNING_CALLBACKS)]
+        points = self._get(self.config, "schedule", None)
+        if points is not None:
+            pruning = [cb for cb in self.trainer.callbacks if isinstance(cb, ScheduledPruning)]
+            if len(pruning) != 1:
+                raise ValueError(
+                    f"--schedule replaces the schedule of the config's one ScheduledPruning; it has {len(pruning)}."
+                )
+            pruning[0].set_schedule(AtEpochs({int(t): float(s) for t, s in points.items()}))
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lightning-prune`` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    missing = [m for m in ("jsonargparse", "transformers", "tokenizers") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(
+            f"lightning-prune needs {', '.join(missing)}: install the recipes extra "
+            "(pip install 'lightning_prune[recipes]')."
+        )
     cli(args)
 
 

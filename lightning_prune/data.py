@@ -283,6 +283,8 @@ class TextDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         _check_source(source, files, dataset)
+        if source is None and files is None and dataset is None:
+            source = "kjv"  # the default corpus, recorded as such in the hyperparameters
         check_block_size(block_size, model_context)
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be a fraction in (0, 1), got {val_fraction!r}.")

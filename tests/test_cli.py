@@ -161,3 +161,42 @@ def test_block_size_beyond_the_model_context_is_rejected(tmp_path):
     args = ["fit", "--config", str(RECIPES / "main.yaml"), *FAST, *_redirect(tmp_path), "--data.block_size=256"]
     with pytest.raises(ValueError, match="256.*128|128.*256"):
         cli(args)
+
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def _readme_overrides() -> list[list[str]]:
+    """The command-line overrides the README shows for recipes/main.yaml (the `--flag value` spans of its Recipes
+    section)."""
+    import re
+    import shlex
+
+    section = README.read_text().split("## Recipes", 1)[1].split("\n## ", 1)[0]
+    return [shlex.split(span) for span in re.findall(r"`(--[^`]+ [^`]+)`", section)]  # a flag with its value
+
+
+def test_every_override_the_readme_shows_works_on_the_main_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(RECIPES.parent)
+    overrides = _readme_overrides()
+    assert len(overrides) >= 3
+    text = tmp_path / "my.txt"
+    text.write_text("In the beginning was the Word, and the Word was with God.\n" * 400)
+    monkeypatch.chdir(tmp_path)  # `my.txt` as the README writes it
+    for override in overrides:
+        args = ["fit", "--config", str(RECIPES / "main.yaml"), *FAST, *_redirect(tmp_path), *override]
+        if "--data.files" in override or "--data.source" in " ".join(override):
+            args = [a for a in args if not a.startswith("--data.source")]
+        c = cli(args)
+        assert c.trainer.global_step > 0, override
+
+
+def test_a_shorter_run_is_refused_with_the_flag_that_fits_the_schedule(tmp_path, monkeypatch):
+    monkeypatch.chdir(RECIPES.parent)
+    args = ["fit", "--config", str(RECIPES / "main.yaml"), *FAST, *_redirect(tmp_path), "--trainer.max_epochs=4"]
+    with pytest.raises(ValueError, match=r"epoch 5.*--trainer.max_epochs 6.*|--schedule"):
+        cli(args)
+    schedule = ["--schedule", "{1: 0.3, 2: 0.6}"]
+    c = cli([*args, *schedule])
+    pruning = next(cb for cb in c.trainer.callbacks if isinstance(cb, ScheduledPruning))
+    assert [e["target"] for e in pruning.events] == [0.3, 0.6]

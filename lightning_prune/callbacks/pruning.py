@@ -77,22 +77,15 @@ class ScheduledPruning(Lifecycle):
         log_histograms: bool = True,
         name: str | None = None,
     ) -> None:
-        self.schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
         self.criterion = get_criterion(criterion)
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}.")
         self.kind, self.n, self.m = parse_pattern(pattern)
-        end = self.schedule.end_sparsity()
-        if self.kind == "nm" and end > (self.m - self.n) / self.m:
-            raise ValueError(
-                f"pattern {pattern!r} allows at most {(self.m - self.n) / self.m} sparsity, schedule ends at {end}."
-            )
+        self.pattern = pattern
         if max_layer_sparsity is not None:
             check_sparsity(max_layer_sparsity, "max_layer_sparsity")
-            if max_layer_sparsity < end:
-                raise ValueError(
-                    f"max_layer_sparsity={max_layer_sparsity} is below the schedule's final sparsity {end}."
-                )
+        self.max_layer_sparsity = max_layer_sparsity
+        self.set_schedule(schedule)
         if scope == "output" and self.kind != "unstructured":
             raise ValueError(
                 f"scope 'output' ranks entries within each output row; use it with pattern 'unstructured', not "
@@ -114,6 +107,25 @@ class ScheduledPruning(Lifecycle):
         self._params: dict[str, torch.nn.Parameter] = {}
         self._in_dims: dict[str, int] = {}
         super().__init__()
+
+    def set_schedule(self, schedule: Schedule | Mapping[int, float]) -> None:
+        """Use another schedule (e.g. from the command line), checked as at construction.
+
+        Raises:
+            ValueError: if the schedule ends beyond what the pattern allows or above ``max_layer_sparsity``.
+        """
+        schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
+        end = schedule.end_sparsity()
+        if self.kind == "nm" and end > (self.m - self.n) / self.m:
+            raise ValueError(
+                f"pattern {self.pattern!r} allows at most {(self.m - self.n) / self.m} sparsity, schedule ends at "
+                f"{end}."
+            )
+        if self.max_layer_sparsity is not None and self.max_layer_sparsity < end:
+            raise ValueError(
+                f"max_layer_sparsity={self.max_layer_sparsity} is below the schedule's final sparsity {end}."
+            )
+        self.schedule = schedule
 
     # ---- the lifecycle (see callbacks/base.py) -------------------------------------------------------------
 
