@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.tables import cost, headline, neurons, training
+from benchmarks.tables import cost, headline, neurons, structured, training
 from benchmarks.tables.markers import fill, names
 
 __all__ = ["DOCUMENTS", "TABLES", "generate"]
@@ -30,6 +30,8 @@ TABLES: dict[str, Callable[[Path], str]] = {  # name → table from the JSON und
     "pretrained": training.pretrained,
     "criteria": neurons.criteria,
     "mi-ablation": neurons.mi_ablation,
+    "structured": structured.structured,
+    "structured-speed": structured.structured_speed,
 }
 
 
