@@ -93,6 +93,10 @@ def test_all_dimensions_reach_half_the_parameters_within_one_percent(tmp_path):
     report = pruning.report()
     assert report["now"]["params"] == exported and abs(report["relative_to_goal"]) <= 0.01
     assert [e["progress"] for e in report["events"]] == [pytest.approx(0.5 / 0.9), 1.0]
+    registry = registry_of(module)
+    assert (
+        registry.progress["StructuredPruning"] == (1.0, 1.0) and registry.events["StructuredPruning"] == pruning.events
+    )
 
 
 def test_resume_mid_schedule_equals_an_uninterrupted_run(tmp_path):

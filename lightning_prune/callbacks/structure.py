@@ -122,7 +122,10 @@ class StructuredPruning(Lifecycle):
 
     def _configure(self, pl_module: pl.LightningModule) -> None:
         """Find the model, its size model and dimensions; check the target against them."""
-        self._prefix, self.model = find_transformer(pl_module)
+        try:
+            self._prefix, self.model = find_transformer(pl_module)
+        except ValueError as err:
+            raise ValueError(str(err).replace("NeuronPruning", "StructuredPruning", 1)) from None
         self.size = SizeModel.from_model(self.model, self.target.seq)
         if self.requested is not None:
             check_dims(self.model, self.requested, self.size)
@@ -157,6 +160,7 @@ class StructuredPruning(Lifecycle):
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.stats.to(pl_module.device)
         self._write()
+        self._publish()
         self._handles += observe(self.model, self.stats, self.dims, self.criterion)
 
     # ---- the training loop ---------------------------------------------------------------------------------
@@ -217,6 +221,13 @@ class StructuredPruning(Lifecycle):
         self.events.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "progress": progress, **now, **removed}
         )
+        self._publish()
+
+    def _publish(self) -> None:
+        """What others read of this writer through the registry: how far it is (the way to the target) and its
+        events (a checkpoint callback waits for every writer to reach its target)."""
+        self.registry.progress[self.state_key] = (self.reached, 1.0)
+        self.registry.events[self.state_key] = self.events
 
     def _scores(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
