@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lightning_prune._compat import foreach_mul_, foreach_norm
 from lightning_prune.shards import Layout, all_reduce_, same_everywhere
 
 SCOPES = ("global", "layer", "output")  # one ranking over all weights, per weight, per output row
@@ -768,7 +769,7 @@ def clear_(tensors: Sequence[Tensor], keeps: Sequence[Tensor]) -> None:
     infinity included), leaving the kept entries bit for bit: one fused multiply of the tensors' integer views by
     the bool masks (``torch._foreach_mul_``), which is also cheaper than a float multiply or ``masked_fill_``."""
     if tensors:
-        torch._foreach_mul_([_bits(t) for t in tensors], list(keeps))
+        foreach_mul_([_bits(t) for t in tensors], list(keeps))
 
 
 @torch.no_grad()
@@ -789,7 +790,7 @@ def all_finite(tensors: list[Tensor]) -> bool:
     """
     if not tensors:
         return True
-    if bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors, 2))).all()):
+    if bool(torch.isfinite(torch.stack(foreach_norm(tensors, 2))).all()):
         return True
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 

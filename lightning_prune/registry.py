@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lightning_prune._compat import inner_optimizer, version
 from lightning_prune.masks import clear_
 from lightning_prune.shards import Layout, layout_of, local
 
@@ -191,7 +192,7 @@ class MaskRegistry:
     def attach(self, optimizers: Iterable[Optimizer]) -> None:
         """Hold the masks through every step of these optimizers: gradients masked before ``step``, weights after.
         Idempotent for the same optimizers; hooks of earlier optimizers are removed."""
-        optimizers = [getattr(o, "_optimizer", o) for o in optimizers]  # LightningOptimizer wraps the real one
+        optimizers = [inner_optimizer(o) for o in optimizers]  # LightningOptimizer wraps the real one
         if [id(o) for o in optimizers] == [id(o) for o in self._optimizers] and self._handles:
             return
         self.detach()
@@ -216,11 +217,11 @@ class MaskRegistry:
         if not fqns:
             return
         grads = [local(self.params[f].grad) for f in fqns]
-        seen = (id(grads[0]), grads[0]._version)  # a new backward writes a new tensor or bumps the version
+        seen = (id(grads[0]), version(grads[0]))  # a new backward writes a new tensor or bumps the version
         if seen == self._grads_masked:
             return
         clear_(grads, [self.keep[f] for f in fqns])
-        self._grads_masked = (id(grads[0]), grads[0]._version)
+        self._grads_masked = (id(grads[0]), version(grads[0]))
 
     def _mask_grads(self, *_: Any) -> None:
         self.mask_grads_()
@@ -234,7 +235,7 @@ class MaskRegistry:
     def enforce_(self, optimizers: Iterable[Optimizer] = (), shadows: Iterable[Mapping[str, Tensor]] = ()) -> None:
         """Make every pruned entry exactly zero now (also over NaN): in the weights, their gradients, the optimizer
         state tensors shaped like them, and each shadow ``{fqn: tensor}`` (e.g. an averaged copy of the model)."""
-        optimizers, shadows = [getattr(o, "_optimizer", o) for o in optimizers], list(shadows)
+        optimizers, shadows = [inner_optimizer(o) for o in optimizers], list(shadows)
         tensors, keeps = [], []
         for fqn, keep in self.keep.items():
             param = self.params[fqn]

@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lightning_prune._compat import local_shape_and_offset, local_tensor
+
 __all__ = ["Layout", "all_reduce_", "count_zeros", "is_sharded", "layout_of", "local", "same_everywhere"]
 
 
@@ -49,11 +51,9 @@ class Layout:
         return full.narrow(self.dim, self.offset[self.dim], self._local_size())
 
     def _local_size(self) -> int:
-        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
         if self.local_shape:
             return self.local_shape[self.dim]
-        return compute_local_shape_and_global_offset(self.shape, self.mesh, self.placements)[0][self.dim]
+        return local_shape_and_offset(self.shape, self.mesh, self.placements)[0][self.dim]
 
     def wrap(self, local_tensor: Tensor) -> Tensor:
         """A ``DTensor`` over the local tensor with the parameter's placements (the tensor itself when not one)."""
@@ -82,7 +82,7 @@ def is_sharded(t: Tensor) -> bool:
 
 def local(t: Tensor) -> Tensor:
     """The local tensor of a ``DTensor`` (its storage, so in-place changes reach the parameter); else ``t``."""
-    return t._local_tensor if is_sharded(t) else t  # to_local() would detach from autograd's view of the Parameter
+    return local_tensor(t) if is_sharded(t) else t  # to_local() would detach from autograd's view of the Parameter
 
 
 def layout_of(t: Tensor) -> Layout:
@@ -95,7 +95,6 @@ def layout_of(t: Tensor) -> Layout:
     if not is_sharded(t):
         return Layout(tuple(t.shape), (0,) * t.dim())
     from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     mesh, placements = t.device_mesh, tuple(t.placements)
     if mesh.ndim != 1:
@@ -108,7 +107,7 @@ def layout_of(t: Tensor) -> Layout:
         return Layout(tuple(t.shape), (0,) * t.dim(), None, None, mesh, placements)
     if type(placement) is not Shard:
         raise ValueError(f"a DTensor placed as {placement} is not supported: only Shard(dim) and Replicate().")
-    size, offset = compute_local_shape_and_global_offset(t.shape, mesh, placements)
+    size, offset = local_shape_and_offset(t.shape, mesh, placements)
     dim = placement.dim % t.dim()
     return Layout(tuple(t.shape), tuple(offset), dim, mesh.get_group(), mesh, placements, tuple(size))
 

@@ -47,6 +47,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_prune._compat import (
+    foreach_abs,
+    foreach_abs_,
+    foreach_add_,
+    foreach_copy_,
+    foreach_lerp_,
+    foreach_mul,
+    foreach_sub,
+)
 from lightning_prune.masks import all_finite
 from lightning_prune.shards import Layout
 
@@ -187,21 +196,21 @@ class RunningStats:
             found = [given.get(f) for f in self.fqns]
             grads_ = _float32([g.detach() if g is not None else torch.zeros_like(w) for g, w in zip(found, weights)])
             if scale is not None:
-                grads_ = torch._foreach_mul(grads_, scale)
+                grads_ = foreach_mul(grads_, scale)
             if not all_finite(grads_):
                 self.skipped += 1
                 return False
         first = self.steps == 0
         if "abs_weight" in self.state:
-            self._ema_(self.state["abs_weight"], torch._foreach_abs(weights), first)
+            self._ema_(self.state["abs_weight"], foreach_abs(weights), first)
         if "abs_grad" in self.state:
-            self._ema_(self.state["abs_grad"], torch._foreach_abs(grads_), first)
+            self._ema_(self.state["abs_grad"], foreach_abs(grads_), first)
         if "movement" in self.state or "taylor" in self.state or "platon" in self.state:
-            prods = torch._foreach_mul(weights, grads_)  # w·g per entry
+            prods = foreach_mul(weights, grads_)  # w·g per entry
             if "movement" in self.state:
                 self._add_(self.state["movement"], prods)
             if "taylor" in self.state or "platon" in self.state:
-                torch._foreach_abs_(prods)
+                foreach_abs_(prods)
             if "taylor" in self.state:
                 self._add_(self.state["taylor"], prods)
             if "platon" in self.state:
@@ -214,8 +223,8 @@ class RunningStats:
         beta1, beta2 = self.platon_betas
         self._ema_(self.state["platon"], sensitivity, first=False, decay=beta1)
         means = [self.state["platon"][f].float() for f in self.fqns]  # a no-op for float32 state
-        uncertainty = torch._foreach_sub([v.float() for v in sensitivity], means)
-        torch._foreach_abs_(uncertainty)
+        uncertainty = foreach_sub([v.float() for v in sensitivity], means)
+        foreach_abs_(uncertainty)
         self._ema_(self.state[_PLATON_U], uncertainty, first=False, decay=beta2)
 
     @torch.no_grad()
@@ -279,7 +288,7 @@ class RunningStats:
             return
         self.snapshots += 1
         c = self.weight_of(self.snapshots)
-        abs_w = torch._foreach_abs([params[f].detach() for f in self.fqns])
+        abs_w = foreach_abs([params[f].detach() for f in self.fqns])
         if self.window is None:
             self._add_(self.state["time_weighted"], abs_w, alpha=c)
             self.twa_norm += c
@@ -322,9 +331,9 @@ class RunningStats:
         if self.dtype == torch.float32:
             values = [v.float() for v in values] if values and values[0].dtype != torch.float32 else values
             if first:
-                torch._foreach_copy_(targets, values)
+                foreach_copy_(targets, values)
             else:
-                torch._foreach_lerp_(targets, values, 1.0 - decay)
+                foreach_lerp_(targets, values, 1.0 - decay)
             return
         for f, t, v in zip(self.fqns, targets, values):  # in float32, rounded to the state's dtype without bias
             new = v.float() if first else torch.lerp(t.float(), v.float(), 1.0 - decay)
@@ -334,7 +343,7 @@ class RunningStats:
         targets = [state[f] for f in self.fqns]
         if self.dtype == torch.float32:
             values = [v.float() for v in values] if values and values[0].dtype != torch.float32 else values
-            torch._foreach_add_(targets, values, alpha=alpha)
+            foreach_add_(targets, values, alpha=alpha)
             return
         for f, t, v in zip(self.fqns, targets, values):
             new = t.float().add_(v.float(), alpha=alpha)

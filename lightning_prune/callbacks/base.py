@@ -50,6 +50,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_prune._compat import average_model, saves_distributed_checkpoint
 from lightning_prune.registry import MaskRegistry, registry_of
 from lightning_prune.schedules import Schedule
 from lightning_prune.shards import Layout
@@ -101,8 +102,8 @@ def shadows(trainer: pl.Trainer, registry: MaskRegistry) -> list[dict[str, Tenso
     and ``StochasticWeightAveraging`` keep it in ``_average_model``; an ``AveragedModel`` prefixes ``module.``)."""
     found = []
     for cb in trainer.callbacks:
-        average = getattr(cb, "_average_model", None)
-        if isinstance(average, nn.Module):
+        average = average_model(cb)
+        if average is not None:
             named = {n.removeprefix("module."): p for n, p in average.named_parameters()}
             found.append({f: named[f] for f in registry.keep if f in named})
     return found
@@ -282,7 +283,7 @@ class Lifecycle(Callback):
         sharded = [n for n, lay in layouts.items() if lay.sharded and isinstance(state["tensors"].get(n), Tensor)]
         if not sharded:
             return
-        distributed = bool(getattr(trainer.strategy, "_save_distributed_checkpoint", False))
+        distributed = saves_distributed_checkpoint(trainer.strategy)
         tensors = dict(state["tensors"])
         for name in sharded:
             wrapped = layouts[name].wrap(tensors[name])

@@ -304,13 +304,14 @@ class ScheduledPruning(Lifecycle):
         key their state: two instances that prune differently never share a key."""
         if self.name:
             return f"ScheduledPruning[{self.name}]"
-        return self._generate_state_key(
-            criterion=self.criterion.name,
-            scope=self.scope,
-            pattern=self.pattern,
-            parameters=self.patterns,
-            exclude=self.exclude,
-        )
+        prunes = {
+            "criterion": self.criterion.name,
+            "scope": self.scope,
+            "pattern": self.pattern,
+            "parameters": self.patterns,
+            "exclude": self.exclude,
+        }
+        return f"ScheduledPruning{prunes!r}"  # the format of Lightning's own keys (ModelCheckpoint's)
 
     @override
     def dump(self) -> dict[str, Any]:

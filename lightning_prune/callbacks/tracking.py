@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_prune._compat import loss_scale, steps_with_amp_scaling
 from lightning_prune.callbacks.base import Lifecycle
 from lightning_prune.registry import registry_of
 from lightning_prune.selection import in_dim, owners, reads_inputs, select_parameters
@@ -230,7 +231,7 @@ def _unscale(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> torch.Ten
     GradScaler and an optimizer that unscales inside its own step (``fused=True``), which Lightning does not
     unscale first."""
     scaler = getattr(trainer.precision_plugin, "scaler", None)
-    optimizer = getattr(optimizer, "_optimizer", optimizer)
-    if scaler is None or not getattr(optimizer, "_step_supports_amp_scaling", False) or scaler._scale is None:
+    scale = loss_scale(scaler) if scaler is not None else None
+    if scale is None or not steps_with_amp_scaling(optimizer):
         return None
-    return scaler._scale.double().reciprocal().float()
+    return scale.double().reciprocal().float()
