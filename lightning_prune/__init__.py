@@ -10,7 +10,7 @@ from lightning_prune.callbacks import (
     ScheduledPruning,
     StructuredPruning,
 )
-from lightning_prune.importance import CRITERIA, Criterion, get_criterion
+from lightning_prune.criteria import CRITERIA, Criterion, get_criterion
 from lightning_prune.masks import compute_masks
 from lightning_prune.registry import MaskRegistry, registry_of
 from lightning_prune.schedules import AtEpochs, AtSteps, Cubic, Linear, OneShot, Schedule

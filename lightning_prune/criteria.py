@@ -1,7 +1,14 @@
-"""Importance criteria: pure score functions. A higher score means a more important weight.
+"""Importance criteria, weights and neurons in one registry. A higher score means more important.
 
-Each criterion maps ``(fqn, weight, stats)`` to a score tensor shaped like the weight, where ``stats`` is
-the :class:`~lightning_prune.trackers.RunningStats` of the run (or None for criteria that need none).
+A :class:`Criterion` is a named score function, the running statistics it reads and the *unit* it scores:
+
+- ``unit="weights"``: ``fn(fqn, weight, stats) -> scores`` shaped like the weight, where ``stats`` is the run's
+  :class:`~lightning_prune.trackers.RunningStats` (None for criteria that need none);
+- ``unit="neurons"``: ``fn(layer, inputs) -> scores (n,)`` over one block's feed-forward neurons, where
+  ``inputs`` is a :class:`NeuronInputs` (running neuron statistics, the layer's weights); a criterion that selects
+  rather than ranks (mutual information: one of each redundant pair) also gives ``select``.
+
+Weights (``get_criterion(name)``):
 
 =====================  ===========================================  =============================================
 name                   score                                        source
@@ -17,48 +24,85 @@ name                   score                                        source
 ``random``             uniform noise, seeded per fqn                baseline
 =====================  ===========================================  =============================================
 
+Neurons (``get_criterion(name, unit="neurons")``, :class:`~lightning_prune.NeuronPruning`):
+
+======================  =======================================================================================
+``activation``          running mean |activation|
+``taylor``              running mean |activation · ∂L/∂activation| (Molchanov et al. 2017)
+``weight_norm``         ‖incoming weights‖₂ · ‖outgoing weights‖₂ (the tracker's running |w| when it keeps it)
+``mutual_information``  one of each redundant pair goes first (arXiv 2406.00030), then the lowest activation
+======================  =======================================================================================
+
 PLATON's betas (β₁ = 0.85 of Ī, β₂ = 0.95 of Ū, the paper's) are
 :data:`~lightning_prune.trackers.PLATON_BETAS`; see :mod:`lightning_prune.trackers` for the recursion.
 
-A user criterion is any callable ``fn(fqn, weight, stats) -> Tensor``; give it a ``stats`` attribute (a
-tuple of statistic names) to have the tracker keep what it reads.
+A user criterion is any callable ``fn(fqn, weight, stats) -> Tensor`` (give it a ``stats`` attribute, a tuple of
+statistic names, to have the tracker keep what it reads), or a :class:`Criterion` added with :func:`register`.
 
 Example:
     >>> crit = get_criterion("magnitude")
     >>> crit("w", torch.tensor([-2.0, 1.0]), None)
     tensor([2., 1.])
+    >>> get_criterion("taylor", unit="neurons").stats
+    ('taylor',)
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from lightning_prune.trackers import RunningStats
 
-__all__ = ["CRITERIA", "Criterion", "RandomScore", "StatScore", "get_criterion"]
+__all__ = [
+    "CRITERIA",
+    "NEURON_CRITERIA",
+    "UNITS",
+    "Criterion",
+    "NeuronInputs",
+    "RandomScore",
+    "StatScore",
+    "get_criterion",
+    "names",
+    "register",
+]
 
 ScoreFn = Callable[[str, Tensor, "RunningStats | None"], Tensor]
 
 
+UNITS = ("weights", "neurons")  # what a criterion scores
+
+
+@dataclass(frozen=True)
+class NeuronInputs:
+    """What a neuron criterion reads for one model: running neuron statistics and each block's weights."""
+
+    stats: Any  # lightning_prune.neurons.NeuronStats
+    norms: Sequence[tuple[Tensor, Tensor]] | None = None  # per block (w_in (n, ·), w_out (n, ·)), for weight norms
+    threshold: float = 0.0  # normalised mutual information above which a pair is redundant
+
+
 @dataclass(frozen=True)
 class Criterion:
-    """A named score function and the running statistics it reads."""
+    """A named score function, the running statistics it reads and the unit it scores (see the module docstring)."""
 
     name: str  # how recipes and logs refer to it
-    fn: ScoreFn  # (fqn, weight, stats) -> score shaped like weight
-    stats: tuple[str, ...] = ()  # statistics the tracker must keep for it
+    fn: Callable[..., Tensor]  # weights: (fqn, weight, stats) -> scores; neurons: (layer, NeuronInputs) -> (n,)
+    stats: tuple[str, ...] = ()  # statistics the tracker (or NeuronStats) must keep for it
+    unit: str = "weights"  # "weights" or "neurons"
+    select: Callable[..., Tensor] | None = None  # neurons only: (layer, candidates, n_remove, inputs) -> drop
 
-    def __call__(self, fqn: str, weight: Tensor, stats: RunningStats | None) -> Tensor:
-        if self.stats and stats is None:
+    def __call__(self, *args: Any) -> Tensor:
+        if self.unit == "weights" and self.stats and args[2] is None:
             raise RuntimeError(
                 f"criterion {self.name!r} reads running statistics {self.stats}: add an ImportanceTracking callback."
             )
-        return self.fn(fqn, weight, stats)
+        return self.fn(*args)
 
 
 def _magnitude(fqn: str, weight: Tensor, stats: RunningStats | None) -> Tensor:
@@ -93,35 +137,94 @@ class RandomScore:
         return torch.rand(weight.shape, generator=gen).to(weight.device)
 
 
-CRITERIA: dict[str, Criterion] = {
-    c.name: c
-    for c in (
-        Criterion("magnitude", _magnitude),
-        Criterion("running_magnitude", StatScore("abs_weight"), ("abs_weight",)),
-        Criterion("time_weighted", StatScore("time_weighted"), ("time_weighted",)),
-        Criterion("gradient", StatScore("abs_grad"), ("abs_grad",)),
-        Criterion("taylor", StatScore("taylor"), ("taylor",)),
-        Criterion("movement", StatScore("movement", sign=-1.0), ("movement",)),
-        Criterion("wanda", _wanda, ("input_norm",)),
-        Criterion("platon", StatScore("platon"), ("platon",)),
-        Criterion("random", RandomScore()),
-    )
-}
+def _neuron_stat(stat: str) -> Callable[[int, NeuronInputs], Tensor]:
+    def score(layer: int, inputs: NeuronInputs) -> Tensor:
+        if int(inputs.stats.counts[stat][layer]) == 0:
+            raise ValueError(f"no {stat} statistics for layer {layer} yet: prune after at least one training step.")
+        return getattr(inputs.stats, stat)[layer].float().cpu()
+
+    return score
 
 
-def get_criterion(criterion: str | Criterion | ScoreFn) -> Criterion:
-    """Resolve a criterion name, :class:`Criterion` or plain callable.
+def _weight_norm(layer: int, inputs: NeuronInputs) -> Tensor:
+    from lightning_prune.mutual_information import weight_norm_scores
+
+    return weight_norm_scores(*inputs.norms[layer]).cpu()
+
+
+def _redundant(layer: int, candidates: Tensor, n_remove: int, inputs: NeuronInputs) -> Tensor:
+    """The candidates mutual information removes: one of each redundant pair, then the lowest activation."""
+    from lightning_prune.mutual_information import redundant_neurons
+
+    acts = inputs.stats.kept_samples(layer).float().cpu()[:, candidates]
+    if acts.shape[0] < 2:
+        raise ValueError(f"layer {layer}: mutual information needs at least 2 sampled tokens, got {acts.shape[0]}.")
+    importance = _neuron_stat("activation")(layer, inputs)[candidates]
+    return candidates[~redundant_neurons(acts, n_remove, threshold=inputs.threshold, importance=importance)]
+
+
+_REGISTRY: dict[tuple[str, str], Criterion] = {}
+
+
+def register(criterion: Criterion) -> Criterion:
+    """Add a criterion to the registry (replacing one of the same name and unit); returns it.
 
     Raises:
-        ValueError: for an unknown name (the message lists the known ones).
+        ValueError: for an unknown unit.
+    """
+    if criterion.unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {criterion.unit!r}.")
+    _REGISTRY[(criterion.unit, criterion.name)] = criterion
+    return criterion
+
+
+for _c in (
+    Criterion("magnitude", _magnitude),
+    Criterion("running_magnitude", StatScore("abs_weight"), ("abs_weight",)),
+    Criterion("time_weighted", StatScore("time_weighted"), ("time_weighted",)),
+    Criterion("gradient", StatScore("abs_grad"), ("abs_grad",)),
+    Criterion("taylor", StatScore("taylor"), ("taylor",)),
+    Criterion("movement", StatScore("movement", sign=-1.0), ("movement",)),
+    Criterion("wanda", _wanda, ("input_norm",)),
+    Criterion("platon", StatScore("platon"), ("platon",)),
+    Criterion("random", RandomScore()),
+    Criterion("activation", _neuron_stat("activation"), ("activation",), unit="neurons"),
+    Criterion("taylor", _neuron_stat("taylor"), ("taylor",), unit="neurons"),
+    Criterion("weight_norm", _weight_norm, unit="neurons"),
+    Criterion(
+        "mutual_information", _neuron_stat("activation"), ("activation", "samples"), unit="neurons", select=_redundant
+    ),
+):
+    register(_c)
+
+
+def names(unit: str = "weights") -> tuple[str, ...]:
+    """The registered criteria of a unit, by name."""
+    return tuple(n for u, n in _REGISTRY if u == unit)
+
+
+CRITERIA: dict[str, Criterion] = {n: _REGISTRY[("weights", n)] for n in names("weights")}  # the built-in weights'
+NEURON_CRITERIA = names("neurons")
+
+
+def get_criterion(criterion: str | Criterion | ScoreFn, unit: str = "weights") -> Criterion:
+    """Resolve a criterion name (of ``unit``), :class:`Criterion` or plain callable (a weights criterion).
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones) or a criterion of another unit.
     """
     if isinstance(criterion, Criterion):
+        if criterion.unit != unit:
+            raise ValueError(f"criterion {criterion.name!r} scores {criterion.unit}, not {unit}.")
         return criterion
     if isinstance(criterion, str):
-        if criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {criterion!r}; known: {sorted(CRITERIA)}, or pass a callable.")
-        return CRITERIA[criterion]
-    if callable(criterion):
+        if (unit, criterion) not in _REGISTRY:
+            raise ValueError(
+                f"unknown {'neuron ' if unit == 'neurons' else ''}criterion {criterion!r}; known: "
+                f"{sorted(names(unit))}" + (", or pass a callable." if unit == "weights" else ".")
+            )
+        return _REGISTRY[(unit, criterion)]
+    if callable(criterion) and unit == "weights":
         name = getattr(criterion, "__name__", type(criterion).__name__)
         return Criterion(name, criterion, tuple(getattr(criterion, "stats", ())))
     raise ValueError(f"criterion must be a name, a Criterion or a callable, got {criterion!r}.")

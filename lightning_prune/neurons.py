@@ -12,14 +12,8 @@ activations ``a`` (tokens × n) of each training forward pass into running stati
 The first pass sets an average; later passes ``m ← decay·m + (1 − decay)·x``. A pass with a non-finite value is
 left out and counted in ``skipped``, without a host sync: the choice is a ``torch.where`` on the device.
 
-Neuron criteria (:data:`NEURON_CRITERIA`, higher score = keep):
-
-==================== ==========================================================================================
-``activation``       running mean |activation|
-``taylor``           running mean |activation · gradient|
-``weight_norm``      ‖incoming weights‖₂ · ‖outgoing weights‖₂ of the neuron (current weights)
-``mutual_information`` one of each redundant pair goes first (arXiv 2406.00030), then the lowest activation
-==================== ==========================================================================================
+Neuron criteria are in the one registry of :mod:`lightning_prune.criteria` (``unit="neurons"``: ``activation``,
+``taylor``, ``weight_norm``, ``mutual_information``; higher score = keep).
 
 One-shot only (:data:`CALIBRATED_CRITERIA`, :func:`calibrated_neuron_masks`): ``redundancy``, the neuron whose
 outgoing term the kept neurons best take over (:mod:`lightning_prune.compensation`), to pair with
@@ -42,6 +36,7 @@ from torch import Tensor, nn
 
 from lightning_prune.calibration import collect_activations, collect_taylor
 from lightning_prune.compensation import conditional_redundancy
+from lightning_prune.criteria import NEURON_CRITERIA, NeuronInputs, get_criterion
 from lightning_prune.mutual_information import mean_abs_activation, redundant_neurons, weight_norm_scores
 from lightning_prune.structured import (
     ffn_neuron_weights,
@@ -59,7 +54,6 @@ __all__ = [
     "neuron_weight_masks",
 ]
 
-NEURON_CRITERIA = ("activation", "taylor", "weight_norm", "mutual_information")
 # one-shot only: needs more calibration tokens than a block has neurons, and pairs with refit_ffn_
 CALIBRATED_CRITERIA = (*NEURON_CRITERIA, "redundancy")
 
@@ -195,11 +189,11 @@ def neuron_masks(
         ValueError: for an unknown criterion, a sparsity outside [0, 1), statistics not yet gathered, or fewer
             neurons to remove than are already removed.
     """
-    if criterion not in NEURON_CRITERIA:
-        raise ValueError(f"unknown neuron criterion {criterion!r}; choose one of {NEURON_CRITERIA}.")
+    crit = get_criterion(criterion, unit="neurons")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be a fraction of neurons removed in [0, 1), got {sparsity!r}.")
-    norms = ffn_neuron_weights(model, weights) if criterion == "weight_norm" else None
+    norms = ffn_neuron_weights(model, weights) if crit.name == "weight_norm" else None
+    inputs = NeuronInputs(stats, norms, threshold)
     masks = []
     for i, n in enumerate(stats.sizes):
         keep = torch.ones(n, dtype=torch.bool) if current is None else current[i].bool().cpu()
@@ -208,22 +202,11 @@ def neuron_masks(
             raise ValueError(f"layer {i} has {int((~keep).sum())} neurons removed already, above {sparsity} of {n}.")
         if round(sparsity * n) >= n:
             raise ValueError(f"sparsity {sparsity} removes all {n} neurons of layer {i}; keep at least one.")
-        kind = "taylor" if criterion == "taylor" else "activation"
-        if criterion != "weight_norm" and int(stats.counts[kind][i]) == 0:
-            raise ValueError(f"no {kind} statistics for layer {i} yet: prune after at least one training step.")
-        if criterion == "weight_norm":
-            score = weight_norm_scores(*norms[i]).cpu()
-        else:
-            score = getattr(stats, kind)[i].float().cpu()
         idx = keep.nonzero().flatten()  # candidates: the neurons still kept
-        if criterion == "mutual_information":
-            acts = stats.kept_samples(i).float().cpu()[:, idx]
-            if acts.shape[0] < 2:
-                raise ValueError(f"layer {i}: mutual information needs at least 2 sampled tokens, got {acts.shape[0]}.")
-            sub = redundant_neurons(acts, n_remove, threshold=threshold, importance=score[idx])
-            drop = idx[~sub]
+        if crit.select is not None:
+            drop = crit.select(i, idx, n_remove, inputs)
         else:
-            drop = idx[torch.argsort(score[idx], stable=True)[:n_remove]]
+            drop = idx[torch.argsort(crit(i, inputs)[idx], stable=True)[:n_remove]]
         keep = keep.clone()
         keep[drop] = False
         masks.append(keep)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lightning_prune.importance import CRITERIA, get_criterion
+from lightning_prune.criteria import CRITERIA, get_criterion
 from lightning_prune.trackers import RunningStats
 
 
@@ -86,3 +86,22 @@ def test_platon_scores_sensitivity_times_uncertainty_by_hand():
     expected = torch.tensor([i_bar[0] * u_bar[0], i_bar[1] * u_bar[1]])
     torch.testing.assert_close(get_criterion("platon")("p", p, stats), expected)
     assert CRITERIA["platon"].stats == ("platon",)
+
+
+def test_weights_and_neurons_share_one_registry_and_a_new_criterion_is_registered_once():
+    from lightning_prune.criteria import NEURON_CRITERIA, Criterion, NeuronInputs, register
+    from lightning_prune.neurons import NeuronStats, neuron_masks
+
+    assert set(NEURON_CRITERIA) == {"activation", "taylor", "weight_norm", "mutual_information"}
+    assert get_criterion("taylor").stats == ("taylor",) and get_criterion("taylor", unit="neurons").unit == "neurons"
+    with pytest.raises(ValueError, match=r"unknown neuron criterion 'entropy'"):
+        get_criterion("entropy", unit="neurons")
+    last_first = register(Criterion("by_index", lambda layer, inputs: -torch.arange(4.0), unit="neurons"))
+    masks = neuron_masks(None, NeuronStats([4]), "by_index", 0.5)  # the highest indices score lowest: they go
+    assert masks[0].tolist() == [True, True, False, False] and isinstance(NeuronInputs(None), NeuronInputs)
+    assert get_criterion(last_first, unit="neurons") is last_first
+    with pytest.raises(ValueError, match="scores neurons, not weights"):
+        get_criterion(last_first)
+    from lightning_prune import criteria
+
+    del criteria._REGISTRY[("neurons", "by_index")]  # registered for this test only

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_prune.callbacks.base import Lifecycle
-from lightning_prune.neurons import NEURON_CRITERIA, NeuronStats, neuron_masks, neuron_weight_masks
+from lightning_prune.criteria import get_criterion
+from lightning_prune.neurons import NeuronStats, neuron_masks, neuron_weight_masks
 from lightning_prune.schedules import AtEpochs, Schedule
 from lightning_prune.structured import FAMILIES, block_layouts, ffn_output_modules, is_supported, shrink_
 from lightning_prune.structured.cuts import neuron_cuts
@@ -51,7 +52,7 @@ class NeuronPruning(Lifecycle):
 
     Args:
         schedule: fraction of neurons removed, a :class:`~lightning_prune.schedules.Schedule` or ``{epoch: f}``.
-        criterion: one of :data:`~lightning_prune.neurons.NEURON_CRITERIA`; ``weight_norm`` reads the running |w|
+        criterion: a neuron criterion of :mod:`lightning_prune.criteria`; ``weight_norm`` reads the running |w|
             of an :class:`~lightning_prune.ImportanceTracking` in the Trainer when it tracks the feed-forward
             weights, else the current weights.
         decay: EMA decay of the running activation statistics.
@@ -75,8 +76,7 @@ class NeuronPruning(Lifecycle):
         samples: int = 256,
         threshold: float = 0.0,
     ) -> None:
-        if criterion not in NEURON_CRITERIA:
-            raise ValueError(f"unknown neuron criterion {criterion!r}; choose one of {NEURON_CRITERIA}.")
+        self._criterion = get_criterion(criterion, unit="neurons")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
         self.schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
@@ -110,7 +110,7 @@ class NeuronPruning(Lifecycle):
 
     @override
     def reset(self) -> None:
-        samples = self.n_samples if self.criterion == "mutual_information" else 0
+        samples = self.n_samples if "samples" in self._criterion.stats else 0
         self.stats = NeuronStats(self._sizes, self.decay, samples)
         self.masks = [torch.ones(n, dtype=torch.bool) for n in self._sizes]
         self.sparsity, self.events = 0.0, []
@@ -122,7 +122,7 @@ class NeuronPruning(Lifecycle):
         self._publish()
         self.stats.to(pl_module.device)
         self._write()
-        if self.criterion != "weight_norm":  # weight norms read no activations
+        if self._criterion.stats:  # (weight norms read no activations)
             for i, lay in enumerate(block_layouts(self.model)):
                 module = self.model.get_submodule(lay.ffn_out)
                 self._handles.append(module.register_forward_pre_hook(self._hook(i)))
@@ -132,9 +132,9 @@ class NeuronPruning(Lifecycle):
             if not module.training:
                 return
             acts = args[0]
-            if self.criterion != "taylor":
+            if "activation" in self._criterion.stats:
                 self.stats.add_activations(layer, acts)
-            elif acts.requires_grad:
+            if "taylor" in self._criterion.stats and acts.requires_grad:
                 acts.register_hook(lambda grad: self._taylor(layer, acts, grad))
 
         return observe
@@ -182,7 +182,7 @@ class NeuronPruning(Lifecycle):
 
     def _running_weights(self, trainer: pl.Trainer) -> dict[str, Tensor] | None:
         """The running |w| of the feed-forward weights from an ImportanceTracking that keeps it, else None."""
-        if self.criterion != "weight_norm":
+        if self._criterion.name != "weight_norm":
             return None
         tracking = self.registry.tracking(trainer)
         for cb in [tracking] if tracking is not None else []:

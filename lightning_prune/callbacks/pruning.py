@@ -13,7 +13,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_prune.callbacks.base import Lifecycle, steps_per_epoch
-from lightning_prune.importance import CRITERIA, get_criterion
+from lightning_prune.criteria import CRITERIA, get_criterion
 from lightning_prune.masks import SCOPES, compute_masks, pack_mask, parse_pattern, unpack_mask
 from lightning_prune.schedules import AtEpochs, Schedule, check_sparsity
 from lightning_prune.selection import in_dim, reads_inputs, select_parameters
@@ -40,7 +40,7 @@ class ScheduledPruning(Lifecycle):
     Args:
         schedule: a :class:`~lightning_prune.schedules.Schedule`, or ``{epoch: sparsity}`` for
             :class:`~lightning_prune.schedules.AtEpochs`.
-        criterion: a name from :data:`~lightning_prune.importance.CRITERIA` or a callable
+        criterion: a name from :data:`~lightning_prune.criteria.CRITERIA` or a callable
             ``(fqn, weight, stats) -> scores``.
         scope: ``"global"`` (one ranking over all selected weights), ``"layer"`` (each weight on its own) or
             ``"output"`` (each output row on its own, as Wanda compares).
