@@ -65,7 +65,12 @@ class CausalLM(pl.LightningModule):
     Args:
         model: a ready model (``nn.Module`` with ``forward(input_ids=..., labels=...)``); overrides the rest.
         pretrained: name or directory for ``AutoModelForCausalLM.from_pretrained``.
-        vocab_size, n_layer, n_embd, n_head, n_positions, n_inner: a GPT-2 config trained from scratch.
+        vocab_size: vocabulary of the GPT-2 config trained from scratch (when no model or name is given).
+        n_layer: its blocks.
+        n_embd: its width.
+        n_head: its attention heads.
+        n_positions: its context length.
+        n_inner: its feed-forward width (None: 4 × ``n_embd``).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW's decoupled weight decay.
         warmup_steps: linear warm-up length in optimizer steps.

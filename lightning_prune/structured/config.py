@@ -222,8 +222,12 @@ def config_updates(
 
     Args:
         model: a supported ``transformers`` model.
-        neuron_masks, head_masks, layer_mask, hidden_mask, expert_masks: the units to keep (see
-            :mod:`lightning_prune.structured.masks`); None leaves a dimension alone.
+        neuron_masks: feed-forward neurons to keep per block (see :mod:`lightning_prune.structured.masks`); None
+            leaves the dimension alone, as for each of the following.
+        head_masks: query heads to keep per block.
+        layer_mask: blocks to keep.
+        hidden_mask: hidden features to keep.
+        expert_masks: experts to keep per experts block.
 
     Raises:
         ValueError: for invalid masks, heads or hidden features removed where the head size is derived, layers

@@ -1,0 +1,27 @@
+"""The API reference builds from the docstrings with mkdocs --strict, and the code passes ruff (lint and format)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_the_api_reference_builds_strictly(tmp_path):
+    pytest.importorskip("mkdocstrings")
+    out = _run("mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site"))
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert (tmp_path / "site" / "api" / "callbacks" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("check", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_ruff(check):
+    pytest.importorskip("ruff")
+    out = _run("ruff", *check, "lightning_prune", "tests", "benchmarks", "recipes")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
