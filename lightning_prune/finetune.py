@@ -13,7 +13,7 @@ checkpoint path); at the start of fine-tuning the surviving weights of the selec
 them, the pruned ones stay zero.
 
 Example:
-    >>> ft = FineTune(model=pruned_model, masks=masks, teacher=dense_model, distill_weight=0.5)
+    >>> ft = FineTune(model=pruned_model, masks=masks, teacher=dense_model, distill_weight=0.5)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -89,8 +89,8 @@ class HoldMasks(Lifecycle):
         ValueError: without masks or checkpoint, or with masks that do not fit the model.
 
     Example:
-        >>> trainer = pl.Trainer(callbacks=[HoldMasks(checkpoint="runs/main/checkpoints/last.ckpt")])
-        >>> trainer.fit(my_module, datamodule)  # the pruned entries stay exactly zero while it fine-tunes
+        >>> hold = HoldMasks(checkpoint="runs/main/tensorboard/version_0/checkpoints/last.ckpt")  # doctest: +SKIP
+        >>> pl.Trainer(callbacks=[hold]).fit(my_module, datamodule)  # doctest: +SKIP
     """
 
     def __init__(
