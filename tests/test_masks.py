@@ -370,6 +370,12 @@ def test_row_cap_keeps_a_layer_from_being_pruned_whole():
 def test_nan_scores_are_rejected():
     with pytest.raises(ValueError, match="NaN in \\['b'\\]"):
         compute_masks({"a": torch.ones(4), "b": torch.tensor([1.0, float("nan")])}, 0.5)
+    quiet = torch.tensor([0x7F800001], dtype=torch.int32).view(torch.float32)  # a NaN with only low payload bits
+    assert torch.isnan(quiet).all()
+    with pytest.raises(ValueError, match="NaN in \\['c'\\]"):
+        compute_masks({"c": torch.cat([torch.tensor([1.0, 2.0, 3.0]), quiet])}, 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        compute_masks({"c": torch.cat([torch.tensor([1.0, 2.0, 3.0]), quiet])}, 0.5, max_layer_sparsity=0.75)
 
 
 def test_masks_of_large_tensors_match_at_chunk_boundaries():
