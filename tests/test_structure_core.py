@@ -127,19 +127,34 @@ def test_unit_statistics_against_closed_forms():
     stats.add("heads", 0, torch.tensor([0.5, 1.5]))
     assert stats.values["heads"][0].tolist() == [1.5, 3.5]  # 0.5·old + 0.5·new
     grad = torch.tensor([[1.0, -1.0, 2.0, 0.0], [1.0, 1.0, 0.5, -1.0]])
-    assert S.head_taylor(out, grad, 2).tolist() == [0.5, 2.5]  # tokens: |3 - 4| and |0|; |0 + 0| and |3 - 8|
+    # gate gradients, Σ over tokens and the head's features: head 0 (3 - 4) + (0 + 0); head 1 (0 + 0) + (3 - 8)
+    assert S.head_taylor(out, grad, 2).tolist() == [-1.0, -5.0]
     x, y = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
     assert S.layer_activation(x, y).tolist() == [1.0]  # orthogonal: 1 - cos = 1
-    assert S.layer_taylor(y - x, torch.tensor([[3.0, 1.0]])).tolist() == [1.0]  # |(-1)·3 + 2·1|
+    assert S.layer_taylor(y - x, torch.tensor([[3.0, 1.0]])).tolist() == [-1.0]  # (-1)·3 + 2·1
     w, g, idx = (
         torch.tensor([[0.5, 0.5], [1.0, 0.0]]),
         torch.tensor([[2.0, -4.0], [1.0, 1.0]]),
         torch.tensor([[0, 2], [2, 1]]),
     )
-    assert S.expert_taylor(w, g, idx, 3).tolist() == [0.5, 0.0, 1.5]  # expert 2: (2 + 1) / 2 tokens
-    assert S.neuron_taylor(torch.tensor([[2.0, -1.0]]), torch.tensor([[-3.0, 1.0]])).tolist() == [6.0, 1.0]
+    assert S.expert_taylor(w, g, idx, 3).tolist() == [1.0, 0.0, -1.0]  # expert 2: 0.5·(-4) + 1·1
+    assert S.neuron_taylor(torch.tensor([[2.0, -1.0]]), torch.tensor([[-3.0, 1.0]])).tolist() == [-6.0, -1.0]
     stats.add("layers", 0, torch.tensor([float("nan")]))
     assert int(stats.skipped) == 1 and stats.ready() == ["heads"]
+
+
+def test_staged_gate_gradients_commit_as_half_tokens_times_their_square():
+    stats = S.UnitStats({"hidden": [2], "layers": [1]}, decay=0.5, fisher=True)
+    stats.stage("hidden", 0, torch.tensor([1.0, -2.0]), tokens=3)  # one norm's part of the pass
+    stats.stage("hidden", 0, torch.tensor([1.0, 1.0]), tokens=3)  # another norm's: G = (2, -1)
+    assert stats.values["hidden"][0].tolist() == [0.0, 0.0] and stats.ready() == []  # nothing until the commit
+    stats.commit()
+    assert stats.values["hidden"][0].tolist() == [6.0, 1.5]  # ½·3·(4, 1)
+    stats.stage("hidden", 0, torch.tensor([0.0, 1.0]), tokens=2)
+    stats.stage("layers", 0, torch.tensor([3.0]))  # tokens 0: committed as it is
+    state = stats.state_dict()  # commits the staged pass first
+    assert stats.values["hidden"][0].tolist() == [3.0, 1.25]  # 0.5·(6, 1.5) + 0.5·½·2·(0, 1)
+    assert stats.values["layers"][0].tolist() == [3.0] and state["values"]["hidden"][0].tolist() == [3.0, 1.25]
 
 
 def test_a_masked_hidden_feature_shrinks_to_the_same_outputs():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from typing_extensions import override
 from lightning_prune.callbacks.base import Lifecycle
 from lightning_prune.callbacks.neurons import find_transformer
 from lightning_prune.schedules import AtEpochs, Schedule
+from lightning_prune.structured.ablation import HeldInputs, lm_loss, probes, rates, zeroed
 from lightning_prune.structured.allocate import allocate, fewest_units
 from lightning_prune.structured.config import config_accepts
 from lightning_prune.structured.cuts import expert_cuts, head_cuts, hidden_cuts, neuron_cuts
@@ -31,17 +33,26 @@ class StructuredPruning(Lifecycle):
     """Remove neurons, attention heads (whole key/value groups), blocks, hidden features and experts while training,
     until the model has the size of ``target``, progressively on a schedule.
 
-    Hooks gather running statistics of every unit while training (:mod:`lightning_prune.structured.stats`). At each
-    point of the schedule the way to the target done so far is ``schedule(t) / schedule(end)``; when it grows, the
-    removal to the *final* size is planned from the statistics of now — the units with the least importance per
-    parameter removed (per FLOP for a FLOPs target) first, across ``dims``, in the units the exported config can
-    express (the same count in every block; sizes ``transformers`` accepts) — and the first steps of that plan are
-    taken until the model's size is at the goal of that point
-    (:func:`~lightning_prune.structured.allocate.allocate` with ``stop_at``): a block the plan removes first goes
-    early, whole, even past the point's goal. Statistics are
-    averaged over the processes, the decision is taken on process 0 and broadcast. The entries the removed units own
-    are written into the model's :class:`~lightning_prune.registry.MaskRegistry` and held at exactly zero through
-    every step; the units are published in ``registry.units``, from which
+    Hooks gather running statistics of every unit while training (:mod:`lightning_prune.structured.stats`), which
+    order the units within each dimension. At each point of the schedule the way to the target done so far is
+    ``schedule(t) / schedule(end)``; when it grows, the dimensions are compared in one unit, the loss a removal
+    costs: each dimension's next removal of the same size (its least important units; every block on its own) is
+    masked in turn and the language-model loss measured on the last ``loss_batches`` training batches
+    (:mod:`lightning_prune.structured.ablation`). The removal to the *final* size is then planned — the dimension
+    whose removal cost the least loss per parameter (per FLOP for a FLOPs target) first, a block when it costs less
+    per parameter than the same size of width, in the units the exported config can express (the same count in
+    every block; sizes ``transformers`` accepts) — and the first steps of that plan are taken until the model's
+    size is at the goal of that point (:func:`~lightning_prune.structured.allocate.allocate` with ``stop_at``): a
+    block goes whole, even past the point's goal. With ``loss_batches=0`` the statistics alone compare dimensions
+    (Taylor's loss estimates as they are, activations as shares). Statistics and measured losses are averaged over
+    the processes, the decision is taken on process 0 and broadcast.
+
+    Cost: per training pass the statistics' hooks (:mod:`~lightning_prune.structured.observe`) and a reference to
+    the pass's inputs; per event (1 + blocks kept + other dimensions) × ``loss_batches`` forward passes without
+    gradients (for a 4-block Llama with 4 batches, 32 forward passes: about 8 training steps).
+
+    The entries the removed units own are written into the model's :class:`~lightning_prune.registry.MaskRegistry`
+    and held at exactly zero through every step; the units are published in ``registry.units``, from which
     :class:`~lightning_prune.callbacks.ExportPretrained` cuts them out of a copy (:meth:`shrink_` does it here).
     The masked model computes what the shrunk one does for neurons, heads and layers (pre-norm blocks); for hidden
     features the RMS norms are rescaled on the cut (exact up to their epsilon); experts are approximate (the router
@@ -55,15 +66,20 @@ class StructuredPruning(Lifecycle):
             least one training step (statistics come from training).
         dims: dimensions to remove from (:data:`~lightning_prune.structured.units.DIMENSIONS`); default: all that the
             model's config can shrink.
-        criterion: ``"taylor"`` (first-order loss change; comparable across dimensions) or ``"activation"``
-            (magnitudes, Minitron's; compared across dimensions as shares).
+        criterion: what orders the units within a dimension: ``"taylor"`` (the second-order estimate of the loss
+            increase from squared gate gradients, :mod:`~lightning_prune.structured.stats`) or ``"activation"``
+            (magnitudes, Minitron's).
         decay: EMA decay of the running statistics.
         tolerance: how far below the target (a fraction of it) the exported size may land.
+        loss_batches: the last training batches on which each event measures the loss of its candidate removals
+            (0: compare dimensions by the statistics alone). On a resume the held batches come from the
+            checkpoint: process 0's, with several processes.
 
     Raises:
-        ValueError: for a bad target, schedule, dimension, criterion, decay or tolerance; at setup for dimensions the
-            model cannot shrink, a target it cannot reach within ``tolerance`` with ``dims``, a schedule past the run
-            or at its first step; and for a checkpoint of another model.
+        ValueError: for a bad target, schedule, dimension, criterion, decay, tolerance or ``loss_batches``; at setup
+            for dimensions the model cannot shrink, a target it cannot reach within ``tolerance`` with ``dims``, a
+            schedule past the run or at its first step; at the first event when the model's training passes give
+            no input_ids or labels to measure a loss on; and for a checkpoint of another model.
 
     Example:
         >>> pruning = StructuredPruning(SizeTarget(fraction=0.5), Cubic(0.5, start=100, end=1000))
@@ -78,6 +94,7 @@ class StructuredPruning(Lifecycle):
         criterion: str = "taylor",
         decay: float = 0.99,
         tolerance: float = 0.01,
+        loss_batches: int = 4,
     ) -> None:
         self.target = SizeTarget.of(target)
         self.schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
@@ -91,11 +108,17 @@ class StructuredPruning(Lifecycle):
             raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
         if not 0.0 < tolerance < 0.5:
             raise ValueError(f"tolerance is a fraction of the target in (0, 0.5), got {tolerance!r}.")
+        if isinstance(loss_batches, bool) or not isinstance(loss_batches, int) or loss_batches < 0:
+            raise ValueError(
+                f"loss_batches is a number of training batches >= 0 (0: no measured losses), got {loss_batches!r}."
+            )
         self.requested = tuple(dims) if dims is not None else None
-        self.criterion, self.decay, self.tolerance = criterion, decay, tolerance
+        self.criterion, self.decay, self.tolerance, self.loss_batches = criterion, decay, tolerance, loss_batches
         self.dims: tuple[str, ...] = ()
         self.units = Units()
         self.stats: UnitStats | None = None
+        self.held: HeldInputs | None = None  # the last training inputs, on which events measure losses
+        self.seconds: list[float] = []  # wall time of each event (measurement included)
         self.reached = 0.0  # fraction of the way to the target done
         self.events: list[dict[str, Any]] = []
         self.model: nn.Module | None = None
@@ -150,9 +173,10 @@ class StructuredPruning(Lifecycle):
 
     @override
     def reset(self) -> None:
-        self.stats = UnitStats(stat_sizes(self.model, self.dims), self.decay)
+        self.stats = UnitStats(stat_sizes(self.model, self.dims), self.decay, fisher=self.criterion == "taylor")
+        self.held = HeldInputs(self.loss_batches) if self.loss_batches else None
         self.units = Units.full(self.model, self.dims)
-        self.reached, self.events = 0.0, []
+        self.reached, self.events, self.seconds = 0.0, [], []
         if self.registry is not None:
             self.registry.forget(self.state_key)
 
@@ -162,6 +186,8 @@ class StructuredPruning(Lifecycle):
         self._write()
         self._publish()
         self._handles += observe(self.model, self.stats, self.dims, self.criterion)
+        if self.held is not None:
+            self._handles.append(self.held.hook(self.model))
 
     # ---- the training loop ---------------------------------------------------------------------------------
 
@@ -184,6 +210,8 @@ class StructuredPruning(Lifecycle):
 
     def prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, progress: float) -> None:
         """Remove units down to the goal of ``progress`` (decided on process 0) and hold them at zero."""
+        started = time.perf_counter()
+        self.stats.commit()
         self._sync(trainer)
         missing = [d for d in self.dims if d not in self.stats.ready()]
         if missing:
@@ -191,16 +219,21 @@ class StructuredPruning(Lifecycle):
                 f"no statistics for {missing} yet at step {trainer.global_step}: they come from training passes "
                 f"through those units; start the schedule later."
             )
+        scores, stop_at, accepts = self._scores(), self.goal_at(progress), config_accepts(self.model)
+        dim_rates, measured = None, {}
+        if self.held is not None and self.measure()[self.target.metric] > stop_at:  # (else nothing is removed)
+            dim_rates, measured = self._measure(trainer, scores, stop_at, accepts)
         units = allocate(  # the first steps of the plan to the final size, down to this event's goal
             self.size,
             self.units,
-            self._scores(),
+            scores,
             self.goal,
             self.target.metric,
-            comparable=self.criterion == "taylor",
+            comparable=self.criterion == "taylor" or dim_rates is not None,
             tolerance=self.tolerance,
-            accepts=config_accepts(self.model),
-            stop_at=self.goal_at(progress),
+            accepts=accepts,
+            stop_at=stop_at,
+            rates=dim_rates,
         )
         units = Units.from_dict(trainer.strategy.broadcast(units.to_dict(), src=0))
         self.units = self.units & units  # never un-remove
@@ -220,8 +253,43 @@ class StructuredPruning(Lifecycle):
             pl_module.log(name, value, on_step=True, on_epoch=False, rank_zero_only=True)
         self.events.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "progress": progress, **now, **removed}
+            | measured
         )
+        self.seconds.append(time.perf_counter() - started)
         self._publish()
+
+    def _measure(
+        self, trainer: pl.Trainer, scores: dict[str, Any], stop_at: float, accepts: Any
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """Measure the loss of this event's candidate removals (:mod:`~lightning_prune.structured.ablation`) on
+        the held batches, averaged over the processes; set the blocks' scores to their measured losses (in place).
+
+        Returns:
+            ``({dimension: loss per unit of size}, {"loss": the loss now, "probes": [...]})`` for the event.
+        """
+        metric = self.target.metric
+        plan = probes(self.size, self.units, scores, self.goal, stop_at, metric, self.tolerance, accepts)
+        prefix = f"{self._prefix}." if self._prefix else ""
+        losses = [lm_loss(self.model, self.held)]
+        for probe in plan:
+            owned = {prefix + f: m for f, m in probe.weight_masks(self.model, self.units).items()}
+            local = {f: self.registry.layout(f).slice(m) for f, m in owned.items()}
+            with zeroed({f: self.registry.local(f) for f in local}, local):
+                losses.append(lm_loss(self.model, self.held))
+        values = torch.tensor(losses, dtype=torch.float64)
+        if trainer.world_size > 1:  # each process measured on its own batches
+            device = self.stats.skipped.device
+            values = trainer.strategy.reduce(values.to(device), reduce_op="mean").cpu()
+        base, increases = float(values[0]), (values[1:] - values[0]).tolist()
+        dim_rates, layer_losses = rates(plan, increases, self.units)
+        if layer_losses is not None:
+            scores["layers"] = layer_losses
+        dim_rates = {d: dim_rates.get(d, float("inf")) for d in self.dims if d != "layers"}  # no probe: no step
+        found = [
+            {"dim": p.dim, "size": p.cost, "loss": x} | ({"block": p.block} if p.block is not None else {})
+            for p, x in zip(plan, increases, strict=True)
+        ]
+        return dim_rates, {"loss": base, "probes": found}
 
     def _publish(self) -> None:
         """What others read of this writer through the registry: how far it is (the way to the target) and its
@@ -282,6 +350,7 @@ class StructuredPruning(Lifecycle):
             "relative_to_goal": now[metric] / self.goal - 1,
             "dims": self.units.report(),
             "events": [dict(e) for e in self.events],
+            "event_seconds": list(self.seconds),
         }
 
     @torch.no_grad()
@@ -317,6 +386,8 @@ class StructuredPruning(Lifecycle):
             "reached": self.reached,
             "events": [dict(e) for e in self.events],
             "stats": self.stats.state_dict() if self.stats is not None else None,
+            "held": self.held.state_dict() if self.held is not None else None,
+            "seconds": list(self.seconds),
         }
 
     @override
@@ -333,5 +404,8 @@ class StructuredPruning(Lifecycle):
         self.events = [dict(e) for e in state["events"]]
         if state["stats"] is not None:
             self.stats.load_state_dict(state["stats"])
+        if self.held is not None and state.get("held") is not None:
+            self.held.load_state_dict(state["held"], next(self.model.parameters()).device)
+        self.seconds = [float(x) for x in state.get("seconds", [])]
         self.registry.forget(self.state_key)
         self._write()  # the checkpoint's units, held from now on (a resume's sanity check included)

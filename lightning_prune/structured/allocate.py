@@ -9,9 +9,11 @@ goal, never stepping further below it than ``tolerance · goal`` while a smaller
 that remain, it takes the one that lands closest to the goal, if closer than where it stands.
 
 Importance is compared across dimensions either as it is (``comparable=True``: scores in one unit, such as the
-first-order loss change of the Taylor criterion) or as shares (``comparable=False``): a unit's fraction of its
-dimension's total score per fraction of that dimension's size, so that an average unit of every dimension
-weighs 1.
+loss estimate of the Taylor criterion or a measured loss), as shares (``comparable=False``): a unit's fraction of
+its dimension's total score per fraction of that dimension's size, so that an average unit of every dimension
+weighs 1 — or by measured ``rates``: the loss per unit of size that removing a dimension's least important units
+was measured to cost (:mod:`.ablation`), which then ranks every step of that dimension while its scores still
+order its units.
 
 Example:
     >>> full = size.params(size.full)
@@ -30,7 +32,7 @@ from torch import Tensor
 from lightning_prune.structured.size import Counts, SizeModel
 from lightning_prune.structured.units import Units
 
-__all__ = ["allocate", "count_field", "fewest_units"]
+__all__ = ["allocate", "count_field", "fewest_units", "first_step"]
 
 _FIELD = {"neurons": "neurons", "heads": "groups", "hidden": "hidden", "experts": "experts"}
 
@@ -68,9 +70,11 @@ def _queue(dim: str, keep: list[Tensor], scores: list[Tensor]) -> _Queue:
     return _Queue(dim, order, values)
 
 
-def _queues(units: Units, scores: Mapping[str, Sequence[Tensor] | Tensor], group: int) -> dict[str, _Queue]:
+def _queues(
+    units: Units, scores: Mapping[str, Sequence[Tensor] | Tensor], group: int, dims: Sequence[str]
+) -> dict[str, _Queue]:
     out = {}
-    for dim in units.dims():
+    for dim in dims:
         keep, score = getattr(units, dim), scores[dim]
         if dim == "heads":
             pairs = [_groups(k, s, group) for k, s in zip(keep, score, strict=True)]
@@ -140,6 +144,8 @@ def allocate(
     tolerance: float = 0.01,
     accepts: Callable[[Counts], bool] | None = None,
     stop_at: float | None = None,
+    dims: Sequence[str] | None = None,
+    rates: Mapping[str, float] | None = None,
 ) -> Units:
     """Remove units, lowest importance per size first, until the model is at or below ``goal`` (see the module
     docstring); units removed in ``units`` stay removed.
@@ -159,21 +165,31 @@ def allocate(
         tolerance: how far below ``goal`` (a fraction of it) a step may land while a smaller one exists.
         accepts: whether the config can express a :class:`~lightning_prune.structured.size.Counts` (default: all).
         stop_at: stop the plan toward ``goal`` once the size is at or below this (default: ``goal``).
+        dims: the dimensions to remove from (default: every dimension in use); the others stay as they are.
+        rates: per dimension, a measured loss per unit of ``metric`` that ranks all its steps instead of
+            score / size (its scores still order its units); needs ``comparable`` scores for the rest.
 
     Returns:
         New units (the input is not changed).
 
     Raises:
-        ValueError: for a metric other than params/flops, or scores missing for a dimension in use.
+        ValueError: for a metric other than params/flops, dimensions not in use, scores missing for a dimension
+            allocated, or rates with ``comparable=False``.
     """
     if metric not in ("params", "flops"):
         raise ValueError(f"metric must be 'params' or 'flops', got {metric!r}.")
-    missing = [d for d in units.dims() if d not in scores]
+    use = list(units.dims() if dims is None else dims)
+    if not set(use) <= set(units.dims()):
+        raise ValueError(f"dims {use} must be among the dimensions in use {units.dims()}.")
+    missing = [d for d in use if d not in scores]
     if missing:
-        raise ValueError(f"no scores for the dimensions {missing}; give scores for every dimension in use.")
+        raise ValueError(f"no scores for the dimensions {missing}; give scores for every dimension allocated.")
+    rates = dict(rates or {})
+    if rates and not comparable:
+        raise ValueError("measured rates are loss per size: give comparable scores (comparable=True) with them.")
     accepts = accepts or (lambda _: True)
     units = units.clone()
-    queues = _queues(units, scores, size.group)
+    queues = _queues(units, scores, size.group, use)
     counts = size.counts(units)
     shares = _shares(queues, size, counts, metric) if not comparable else {}
     now = size.size(counts, metric)
@@ -187,7 +203,12 @@ def allocate(
             if cost <= 0:
                 continue
             score = _score(q, k, counts)
-            ratio = score / cost if comparable else (score / shares[dim][0]) / (cost / shares[dim][1])
+            if dim in rates:
+                ratio = rates[dim]
+            elif comparable:
+                ratio = score / cost
+            else:
+                ratio = (score / shares[dim][0]) / (cost / shares[dim][1])
             candidates.append((ratio, cost, after, dim, k))
         if not candidates:
             break
@@ -209,6 +230,17 @@ def fewest_units(size: SizeModel, units: Units, accepts: Callable[[Counts], bool
     ones = {d: [torch.ones_like(m, dtype=torch.float) for m in _rows(getattr(units, d))] for d in units.dims()}
     scores = {d: v[0] if d in ("layers", "hidden") else v for d, v in ones.items()}
     return allocate(size, units, scores, goal=0.0, tolerance=1.0, accepts=accepts)
+
+
+def first_step(
+    size: SizeModel, units: Units, dim: str, metric: str = "params", accepts: Callable[[Counts], bool] | None = None
+) -> float:
+    """The size (in ``metric``) of the smallest removal ``dim`` can make now, in units the config accepts (0: none)."""
+    zeros = [torch.zeros(m.shape) for m in _rows(getattr(units, dim))]
+    q = _queues(units, {dim: zeros[0] if dim in ("layers", "hidden") else zeros}, size.group, [dim])[dim]
+    counts = size.counts(units)
+    k = _step(q, counts, accepts or (lambda _: True))
+    return size.size(counts, metric) - size.size(_after(counts, q, k), metric) if k else 0.0
 
 
 def _rows(value: Tensor | list[Tensor]) -> list[Tensor]:

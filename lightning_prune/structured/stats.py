@@ -1,34 +1,48 @@
 """Running importance statistics of structured units, gathered while training, and the scores read from them.
 
-What each dimension's statistic sees, per training pass (``a``: an activation, ``g``: the gradient of the loss
-with respect to it, means over the pass's tokens):
+What each dimension's statistic sees, per training pass (``a``: an activation, ``g``: the gradient of the pass's
+loss with respect to it; sums and means over the pass's tokens):
 
-=========  ==================================  ===================================  ============================
-dimension  observed at                         ``activation``                       ``taylor``
-=========  ==================================  ===================================  ============================
-neurons    input of the FFN output projection  mean |a_j|                           mean |a_j·g_j|
-heads      input of the attention output       mean ‖o_h‖₂ (the head's output)      mean |Σ_f o_hf·g_hf|
+=========  ==================================  ===================================  =================================
+dimension  observed at                         ``activation`` (mean over tokens)    ``taylor``: the gate gradient G
+=========  ==================================  ===================================  =================================
+neurons    input of the FFN output projection  |a_j|                                Σ_tokens a_j·g_j
+heads      input of the attention output       ‖o_h‖₂ (the head's output)           Σ_tokens Σ_(f in h) o_f·g_f
            projection (heads side by side)
-layers     the block's input x and output y    mean (1 − cos(x, y)) (Block          mean |Σ_c (y − x)_c·g_c|
-                                               Influence, ShortGPT)
-hidden     outputs of the norms on the         Σ over norms of mean |n_c|           Σ over norms of mean |n_c·g_c|
-           residual stream                     (Minitron's embedding channels)
-experts    the router                          mean routing probability             mean Σ_k |w_k·g_k| of the
-                                                                                    routing weights of expert e
-=========  ==================================  ===================================  ============================
+layers     the block's input x and output y    1 − cos(x, y) (Block Influence,      Σ_tokens Σ_c (y − x)_c·g_c
+                                               ShortGPT)
+hidden     outputs of the norms on the         Σ over norms of |n_c| (Minitron's    Σ over norms Σ_tokens n_c·g_c
+           residual stream                     embedding channels)
+experts    the router                          routing probability                  Σ over the tokens routed to e of
+                                                                                    w·∂L/∂w (its routing weights)
+=========  ==================================  ===================================  =================================
 
-The Taylor values are first-order estimates of the loss change when the unit is removed (Molchanov et al. 2019),
-so they share one unit across dimensions; the activation values do not.
+**Taylor, in units of the loss.** Put a gate s on a unit's output (s = 1: as trained; s = 0: removed). Its
+gradient on a pass is G = ∂L/∂s = Σ over the unit's outputs of a·∂L/∂a — the same formula for a neuron, a head,
+a block (its output is x + s·(y − x)), a residual feature (every reader of the stream sees s·n_c) and an expert
+(its routing weight times s). Removing the unit changes the loss by ΔL ≈ −E[G] + ½·H with H = ∂²L/∂s². At a
+trained state E[G] ≈ 0 and the running estimate of it is mostly noise, so the first-order term says little and
+its absolute value |G| measures gradient noise, which does not add up over units (|Σ G| ≤ Σ |G|: a block looks
+cheaper than its parts). The statistic is therefore the second-order term, with the Fisher information for the
+curvature (Molchanov et al. 2019, squared gate gradients): per pass ½·n·G², n the pass's tokens, whose
+expectation is ½·(F + (n − 1)·E[G]²) — the expected loss increase ½·F at a trained state, in nats per token. It
+is one formula in one unit for every dimension, and additive over independent parts; first and second order both
+miss what whole blocks do far from s = 1, which is why :class:`~lightning_prune.StructuredPruning` measures the
+loss of its candidate removals at each event (:mod:`.ablation`) and compares dimensions by that.
 
-:class:`UnitStats` keeps, per dimension and row (block, norm), an exponential moving average in float32 (the first
-pass sets it, then ``m ← decay·m + (1 − decay)·x``); a pass with a non-finite value is left out without a host
-sync.
+A pass's contributions to a row are *staged* (summed: a hidden feature's G sums over every norm, a module called
+twice adds both calls) and *committed* once per pass — by :func:`~.observe.observe`'s hook at the start of the
+next training pass, or by whoever reads the statistics. :class:`UnitStats` keeps, per dimension and row (block,
+experts block; one row for the hidden features), an exponential moving average in float32 of the committed
+values (the first pass sets it, then ``m ← decay·m + (1 − decay)·x``); a pass with a non-finite value is left out
+without a host sync.
 
 Example:
-    >>> stats = UnitStats({"neurons": [3]}, decay=0.5)
-    >>> stats.add("neurons", 0, torch.tensor([1.0, 2.0, 3.0]))
-    >>> stats.values["neurons"][0].tolist()
-    [1.0, 2.0, 3.0]
+    >>> stats = UnitStats({"neurons": [3]}, decay=0.5, fisher=True)
+    >>> stats.stage("neurons", 0, torch.tensor([1.0, -2.0, 0.0]), tokens=4)
+    >>> stats.commit()
+    >>> stats.values["neurons"][0].tolist()  # ½·4·G²
+    [2.0, 8.0, 0.0]
 """
 
 from __future__ import annotations
@@ -53,6 +67,7 @@ __all__ = [
     "layer_taylor",
     "neuron_activation",
     "neuron_taylor",
+    "tokens_of",
 ]
 
 STRUCTURE_CRITERIA = ("taylor", "activation")
@@ -62,14 +77,19 @@ def _tokens(x: Tensor) -> Tensor:
     return x.detach().float().reshape(-1, x.shape[-1])  # (T, features)
 
 
+def tokens_of(x: Tensor) -> int:
+    """The tokens (positions) of an activation ``(..., features)``."""
+    return x[..., 0].numel()
+
+
 def neuron_activation(acts: Tensor) -> Tensor:
     """``(n,)``: mean |a| over tokens of activations ``(..., n)``."""
     return _tokens(acts).abs().mean(0)
 
 
 def neuron_taylor(acts: Tensor, grads: Tensor) -> Tensor:
-    """``(n,)``: mean |a·g| over tokens."""
-    return (_tokens(acts) * _tokens(grads)).abs().mean(0)
+    """``(n,)``: the gate gradient of each neuron, Σ over tokens of a·g."""
+    return (_tokens(acts) * _tokens(grads)).sum(0)
 
 
 def head_activation(out: Tensor, n_heads: int) -> Tensor:
@@ -79,9 +99,9 @@ def head_activation(out: Tensor, n_heads: int) -> Tensor:
 
 
 def head_taylor(out: Tensor, grads: Tensor, n_heads: int) -> Tensor:
-    """``(n_heads,)``: mean over tokens of |Σ over the head's features of o·g|."""
+    """``(n_heads,)``: the gate gradient of each head, Σ over tokens and the head's features of o·g."""
     prod = _tokens(out) * _tokens(grads)  # (T, n_heads·head_dim)
-    return prod.view(prod.shape[0], n_heads, -1).sum(-1).abs().mean(0)
+    return prod.view(prod.shape[0], n_heads, -1).sum((0, 2))
 
 
 def layer_activation(x: Tensor, y: Tensor) -> Tensor:
@@ -90,8 +110,9 @@ def layer_activation(x: Tensor, y: Tensor) -> Tensor:
 
 
 def layer_taylor(delta: Tensor, grads: Tensor) -> Tensor:
-    """``(1,)``: mean over tokens of |Σ_c Δ_c·g_c|, Δ = output − input of the block, g = ∂L/∂output."""
-    return (_tokens(delta) * _tokens(grads)).sum(-1).abs().mean().reshape(1)
+    """``(1,)``: the gate gradient of a block, Σ over tokens and features of Δ·g, Δ = output − input of the block,
+    g = ∂L/∂output."""
+    return (_tokens(delta) * _tokens(grads)).sum().reshape(1)
 
 
 def hidden_activation(normed: Tensor) -> Tensor:
@@ -100,8 +121,8 @@ def hidden_activation(normed: Tensor) -> Tensor:
 
 
 def hidden_taylor(normed: Tensor, grads: Tensor) -> Tensor:
-    """``(d,)``: mean |n_c·g_c| over tokens of a norm's output and its gradient."""
-    return (_tokens(normed) * _tokens(grads)).abs().mean(0)
+    """``(d,)``: one norm's part of the gate gradient of each residual feature, Σ over tokens of n_c·g_c."""
+    return (_tokens(normed) * _tokens(grads)).sum(0)
 
 
 def expert_activation(logits: Tensor) -> Tensor:
@@ -110,11 +131,11 @@ def expert_activation(logits: Tensor) -> Tensor:
 
 
 def expert_taylor(weights: Tensor, grads: Tensor, index: Tensor, n_experts: int) -> Tensor:
-    """``(E,)``: per expert, the mean over tokens of |w·∂L/∂w| of the routing weights ``(T, k)`` that chose it
-    (``index``, ``(T, k)``): the first-order loss change of dropping its contribution."""
-    prod = (_tokens(weights) * _tokens(grads)).abs()  # (T, k)
+    """``(E,)``: the gate gradient of each expert: Σ of w·∂L/∂w over the routing weights ``(T, k)`` that chose it
+    (``index``, ``(T, k)``)."""
+    prod = _tokens(weights) * _tokens(grads)  # (T, k)
     out = torch.zeros(n_experts, device=prod.device)
-    return out.index_add_(0, index.reshape(-1).to(prod.device), prod.reshape(-1)) / prod.shape[0]
+    return out.index_add_(0, index.reshape(-1).to(prod.device), prod.reshape(-1))
 
 
 class UnitStats:
@@ -123,26 +144,49 @@ class UnitStats:
     Args:
         sizes: per dimension, the unit count of each row (``{"neurons": [n] * layers, "layers": [1] * layers}``).
         decay: EMA decay in [0, 1).
+        fisher: commit a pass's staged gate gradient G as ½·n·G² (n: its tokens), the second-order estimate of the
+            loss increase (``taylor``); else commit staged values as they are (``activation``).
 
     Raises:
         ValueError: for a decay outside [0, 1).
     """
 
-    def __init__(self, sizes: Mapping[str, Sequence[int]], decay: float = 0.99) -> None:
+    def __init__(self, sizes: Mapping[str, Sequence[int]], decay: float = 0.99, fisher: bool = False) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
         self.sizes = {d: list(s) for d, s in sizes.items()}
-        self.decay = decay
+        self.decay, self.fisher = decay, fisher
         self.values = {d: [torch.zeros(n) for n in s] for d, s in self.sizes.items()}
         self.counts = {d: torch.zeros(len(s), dtype=torch.long) for d, s in self.sizes.items()}
         self.skipped = torch.zeros((), dtype=torch.long)
+        self._staged: dict[tuple[str, int], tuple[Tensor, int]] = {}  # (dim, row) -> (this pass's sum, tokens)
 
     def to(self, device: torch.device | str) -> UnitStats:
         """Move the state to ``device``; returns self."""
         self.values = {d: [t.to(device) for t in v] for d, v in self.values.items()}
         self.counts = {d: t.to(device) for d, t in self.counts.items()}
         self.skipped = self.skipped.to(device)
+        self._staged = {k: (t.to(device), n) for k, (t, n) in self._staged.items()}
         return self
+
+    @torch.no_grad()
+    def stage(self, dim: str, row: int, x: Tensor, tokens: int = 0) -> None:
+        """Add ``x`` (n,) to what this pass gives ``row`` (folded into the average by :meth:`commit`); ``tokens``: the
+        pass's tokens of a gate gradient (0: a value committed as it is, also with ``fisher``)."""
+        x = x.detach().float().to(self.values[dim][row].device)
+        key = (dim, row)
+        if key in self._staged:
+            total, n = self._staged[key]
+            self._staged[key] = (total + x, max(n, tokens))
+        else:
+            self._staged[key] = (x, tokens)
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        """Fold every staged row into its average (½·n·G² with ``fisher``) and start a new pass."""
+        staged, self._staged = self._staged, {}
+        for (dim, row), (x, n) in staged.items():
+            self.add(dim, row, 0.5 * n * x.square() if self.fisher and n else x)
 
     @torch.no_grad()
     def add(self, dim: str, row: int, x: Tensor) -> None:
@@ -168,6 +212,8 @@ class UnitStats:
         return [t for v in self.values.values() for t in v]
 
     def state_dict(self) -> dict[str, Any]:
+        """The averages (a pass still staged is committed first)."""
+        self.commit()
         return {
             "sizes": {d: list(s) for d, s in self.sizes.items()},
             "values": {d: [t.cpu().clone() for t in v] for d, v in self.values.items()},
@@ -188,3 +234,4 @@ class UnitStats:
         self.values = {d: [t.to(device).float().clone() for t in v] for d, v in state["values"].items()}
         self.counts = {d: torch.as_tensor(t, dtype=torch.long).to(device) for d, t in state["counts"].items()}
         self.skipped = torch.tensor(int(state["skipped"]), device=device)
+        self._staged = {}
