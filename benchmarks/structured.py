@@ -8,8 +8,12 @@ the standard library's pydoc topics for the same number of steps and tokens in e
   teacher correction: the teacher has seen the new text; its training is extra compute);
 * ``ours[ + distillation]: <criterion>``: :class:`~lightning_prune.StructuredPruning` to 50 % of the parameters on a
   cubic ramp (every dimension the config can shrink: GPT-2 neurons and blocks; Llama neurons, key/value groups,
-  blocks and hidden features), criterion ``taylor`` or ``activation``, with or without
-  :class:`~lightning_prune.Distillation` (logits, α = 0.5, T = 2);
+  blocks and hidden features), criterion ``taylor`` or ``activation`` ordering the units within a dimension, the
+  dimensions compared by the loss of their next removal measured on the last 4 training batches (the callback's
+  default), with or without :class:`~lightning_prune.Distillation` (logits, α = 0.5, T = 2);
+* ``ours + distillation: activation, dimensions by shares``: the same without measured losses
+  (``loss_batches=0``): dimensions compared by their shares of the activation statistics, the allocation before
+  losses were measured — for comparison, not a candidate for the best of ours;
 * ``one-shot activation + FT + distillation (Minitron)``: activation importance from calibration batches of the new
   text, the same allocation to 50 %, the model shrunk before fine-tuning with the same distillation;
 * ``ours depth-only`` / ``ours width-only``: ours (taylor + distillation) restricted to blocks / to widths (depth
@@ -19,8 +23,10 @@ the standard library's pydoc topics for the same number of steps and tokens in e
 
 Every exported model is measured as plain ``transformers`` loads it (parameters, FLOPs per token, validation
 perplexity over every held-out token), and the speed of each exported shape against the dense model on the CPU,
-timed interleaved (:mod:`benchmarks.structured_speed`). Seeds set the fine-tuning data order and all randomness of
-a run; the pretrained start is the same.
+timed interleaved (:mod:`benchmarks.structured_speed`); what the callback adds to a training step and costs per
+event (:mod:`benchmarks.structured_overhead`); each run's events in short (``decisions``: what was removed and the
+loss per million parameters each candidate removal was measured to cost). Seeds set the fine-tuning data order
+and all randomness of a run; the pretrained start is the same.
 
 Run: ``nice -n 10 python -m benchmarks.structured`` (about an hour of CPU: two single-thread runs side by side);
 ``--quick`` (seconds, a smoke test). Writes ``benchmarks/results/structured.json`` and ``structured.png``.
@@ -41,6 +47,7 @@ from typing import Any
 import torch
 
 from benchmarks.harness import DISTILL_TEMPERATURE, DISTILL_WEIGHT, RESULTS, facts, quiet, write_json
+from benchmarks.structured_overhead import measure_overhead
 from benchmarks.structured_runs import (
     DENSE,
     METHODS,
@@ -185,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         execute(run, jobs_for([SCRATCH, SCRATCH_PRE], extra), cfg.workers, finished)
     result = write()
     result["speed"] = measure_speed(cfg, rows)
+    result["overhead"] = measure_overhead(cfg, steps=4, repeats=1) if args.quick else measure_overhead(cfg)
     result["summary"] = summarize(rows, cfg)
     write_json(args.out, result)
     if not args.no_plot and plot(result["summary"], args.out.with_suffix(".png")):

@@ -25,7 +25,7 @@ from lightning_prune.structured.config import config_accepts
 from lightning_prune.structured.observe import observe, stat_sizes
 from lightning_prune.structured.stats import UnitStats
 
-__all__ = ["METHODS", "QUICK", "Config", "build", "pretrain", "run", "shape_of"]
+__all__ = ["METHODS", "QUICK", "SHARES", "Config", "build", "pretrain", "run", "shape_of"]
 
 DENSE = "dense fine-tuning"
 ONESHOT = "one-shot activation + FT + distillation (Minitron)"
@@ -34,7 +34,8 @@ WIDTH = "ours width-only + distillation: taylor"
 SCRATCH = "small shape from scratch (fine-tuning tokens)"
 SCRATCH_PRE = "small shape from scratch (pretraining + fine-tuning tokens)"
 OURS = [f"ours{d}: {c}" for c in ("taylor", "activation") for d in ("", " + distillation")]
-METHODS = (DENSE, *OURS, ONESHOT, DEPTH, WIDTH, SCRATCH, SCRATCH_PRE)
+SHARES = "ours + distillation: activation, dimensions by shares (no measured loss)"  # the allocation before
+METHODS = (DENSE, *OURS, SHARES, ONESHOT, DEPTH, WIDTH, SCRATCH, SCRATCH_PRE)
 SHAPE_FROM = "ours + distillation: taylor"  # the small shape trained from scratch is this row's export (seed 0)
 
 
@@ -226,14 +227,13 @@ def one_shot(model: nn.Module, dm: Any, cfg: Config, dims: tuple[str, ...]) -> U
     loader = iter(dm.train_dataloader())
     for _ in range(cfg.calibration_batches):
         model(input_ids=next(loader)["input_ids"])
+        stats.commit()
         for d in dims:
             sums[d] = [s + v for s, v in zip(sums[d], stats.values[d], strict=True)]
     for h in handles:
         h.remove()
     rows = {d: [s / cfg.calibration_batches for s in sums[d]] for d in dims}
-    scores = {
-        d: torch.cat(r) if d == "layers" else torch.stack(r).sum(0) if d == "hidden" else r for d, r in rows.items()
-    }
+    scores = {d: torch.cat(r) if d == "layers" else r[0] if d == "hidden" else r for d, r in rows.items()}
     size = SizeModel.from_model(model)
     goal = cfg.target * size.params(size.full)
     units = Units.full(model, dims)
@@ -246,6 +246,16 @@ def _dims(method: str, family: str) -> tuple[str, ...] | None:
     if method == WIDTH:
         return ("neurons",) if family == "gpt2" else ("neurons", "heads", "hidden")
     return None
+
+
+def _decision(event: dict[str, Any], dims: tuple[str, ...]) -> dict[str, Any]:
+    """One event in short: its step, the parameters after it, the fraction of each dimension removed, and the loss
+    per million parameters its candidate removals were measured to cost."""
+    out = {"step": event["step"], "params": event["params"], "removed": {d: round(event[d], 4) for d in dims}}
+    if "probes" in event:
+        name = lambda p: f"{p['dim']} {p['block']}" if "block" in p else p["dim"]  # noqa: E731
+        out["loss_per_mparam"] = {name(p): round(1e6 * p["loss"] / p["size"], 4) for p in event["probes"]}
+    return out
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
@@ -266,11 +276,13 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         dims = ("neurons", "layers") if family == "gpt2" else ("neurons", "heads", "layers", "hidden")
         model = shrink_units_(model, one_shot(model, dm, cfg, dims), masked=False)
     elif method.startswith("ours"):
-        criterion = method.rpartition(": ")[2]
+        criterion = method.rpartition(": ")[2].split(",")[0]
         schedule = Cubic(cfg.target, cfg.prune_start, cfg.prune_end, every=cfg.prune_every, unit="step")
         tolerance = cfg.depth_tolerance if method == DEPTH else cfg.tolerance
         target = SizeTarget(fraction=cfg.target)
-        pruning = StructuredPruning(target, schedule, _dims(method, family), criterion, tolerance=tolerance)
+        measured = {"loss_batches": 0} if method == SHARES else {}  # else the callback's default
+        dims = _dims(method, family)
+        pruning = StructuredPruning(target, schedule, dims, criterion, tolerance=tolerance, **measured)
         callbacks.append(pruning)
     if teacher is not None:
         callbacks.append(Distillation(teacher, weight=DISTILL_WEIGHT, temperature=DISTILL_TEMPERATURE))
@@ -299,6 +311,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
             d: {k: v for k, v in r.items() if k != "removed_per_layer"} for d, r in report["dims"].items()
         }
         row["dims"], row["events"] = list(pruning.dims), len(report["events"])
+        row["event_seconds"] = sum(report["event_seconds"])
+        row["decisions"] = [_decision(e, pruning.dims) for e in report["events"]]
     if job.get("save_to"):
         torch.save(lm.model.state_dict(), job["save_to"])
     return row

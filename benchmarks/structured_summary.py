@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import markdown_table, pyplot, spread
-from benchmarks.structured_runs import DENSE, ONESHOT, SCRATCH, SCRATCH_PRE
+from benchmarks.structured_runs import DENSE, ONESHOT, SCRATCH, SCRATCH_PRE, SHARES
 
 __all__ = ["SPEED_GOAL", "beyond", "plot", "summarize", "table_md"]
 
@@ -22,7 +22,8 @@ def beyond(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def summarize(rows: list[dict[str, Any]], cfg: Any) -> dict[str, Any]:
     """Per family and method: val perplexity, ratio to dense (same seed), parameters and FLOPs over seeds; the
-    best of ours against one-shot + fine-tuning and the small shape from scratch."""
+    best of ours over all dimensions (with measured losses; the allocation by shares is a comparison row) against
+    one-shot + fine-tuning and the small shape from scratch."""
     out: dict[str, Any] = {}
     for family in cfg.families:
         mine = [r for r in rows if r["family"] == family]
@@ -38,11 +39,14 @@ def summarize(rows: list[dict[str, Any]], cfg: Any) -> dict[str, Any]:
                 "flops": spread([r["flops"] for r in rs]),
                 "seeds": [r["seed"] for r in rs],
             }
+            if all("event_seconds" in r for r in rs):  # time in pruning events (measuring included), per run
+                cell["event_seconds"] = spread([r["event_seconds"] for r in rs])
+                cell["run_seconds"] = spread([r["seconds"] for r in rs])
             if all(r["seed"] in dense for r in rs):
                 cell["ratio"] = spread([r["val_ppl"] / dense[r["seed"]]["val_ppl"] for r in rs])
                 cell["params_fraction"] = spread([r["params"] / dense[r["seed"]]["params"] for r in rs])
             table[method] = cell
-        ours = [m for m in table if m.startswith("ours") and "only" not in m]
+        ours = [m for m in table if m.startswith("ours") and "only" not in m and m != SHARES]
         best = min(ours, key=lambda m: table[m]["val_ppl"]["mean"]) if ours else None
         goals: dict[str, Any] = {"best_of_ours": best}
         for other, key in ((ONESHOT, "below_one_shot"), (SCRATCH, "below_scratch"), (SCRATCH_PRE, "below_scratch_pre")):
