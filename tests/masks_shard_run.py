@@ -17,7 +17,7 @@ from lightning_prune.masks import compute_masks
 from lightning_prune.shards import Layout
 
 WORLD = 2
-SHAPES = {"q": (24, 16), "mlp": (40, 16), "odd": (7, 16), "o": (16, 24), "whole": (8, 16), "one": (1, 16)}
+SHAPES = {"q": (24, 16), "mlp": (40, 16), "odd": (7, 16), "o": (16, 24), "whole": (8, 16), "one": (1, 16), "vec": (40,)}
 
 
 def _full(kind: str) -> dict[str, torch.Tensor]:
@@ -66,8 +66,8 @@ def _check(name: str, full: dict, dims: dict, rank: int, **kwargs) -> None:
 def _run(rank: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    rows = {"q": 0, "mlp": 0, "odd": 0, "o": 0, "one": 0}  # Shard(0): rank order, then position; rank 1 holds no row
-    # of "one"
+    # Shard(0): rank order, then position; rank 1 holds no row of "one"
+    rows = {"q": 0, "mlp": 0, "odd": 0, "o": 0, "one": 0, "vec": 0}
     cols = {"q": 1, "mlp": 1, "o": 0}  # Shard(1) / Shard(0) of the input dim: untied scores only
     for kind in ["random", "tied", "pruned"]:
         full = _full(kind)
@@ -80,13 +80,14 @@ def _run(rank: int, out: str) -> None:
             )
             _check("layer", full, rows, rank, sparsity=s, scope="layer")
             _check("output", full, rows, rank, sparsity=s, scope="output")
-            _check("nm", full, rows, rank, sparsity=s, pattern="2:4")
+            matrices = {f: t for f, t in full.items() if t.dim() == 2}  # rows and groups of 2-D weights
+            _check("nm", matrices, rows, rank, sparsity=s, pattern="2:4")
             for scope in ["global", "layer"]:
-                _check("row", full, rows, rank, sparsity=s, pattern="row", scope=scope, max_layer_sparsity=s + 0.2)
+                _check("row", matrices, rows, rank, sparsity=s, pattern="row", scope=scope, max_layer_sparsity=s + 0.2)
         if kind == "random":
             for s in [0.6]:
-                _check("row split inputs", full, cols, rank, sparsity=s, pattern="row")
-                _check("nm split inputs", full, cols, rank, sparsity=s, pattern="2:4")
+                _check("row split inputs", matrices, cols, rank, sparsity=s, pattern="row")
+                _check("nm split inputs", matrices, cols, rank, sparsity=s, pattern="2:4")
                 _check("global split inputs", full, cols, rank, sparsity=s)
     local, layouts = _shard(_full("random"), cols, rank)
     for kwargs, match in [({"scope": "output"}, "split along its input dim"), ({"pattern": "8:16"}, "multiples of")]:

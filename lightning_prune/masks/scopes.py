@@ -39,7 +39,7 @@ from lightning_prune.masks.select import (
     _layouts,
     _prune_lowest,
 )
-from lightning_prune.shards import Layout
+from lightning_prune.shards import Layout, same_everywhere
 
 __all__ = ["SCOPES", "global_masks", "layer_masks", "output_masks"]
 
@@ -164,7 +164,11 @@ def output_masks(
     extra = _row_extras(sparsity, shapes)
     masks = {}
     for fqn, s in scores.items():
-        d = in_dims.get(fqn, 1) if s.dim() == 2 else 1
+        if s.dim() != 2:  # one row, maybe split over processes: the exact selection of its own lowest entries
+            n = math.floor(sparsity * shapes[fqn][1]) + extra[fqn]
+            masks.update(_each([(fqn, s, lay[fqn].sharded)], [n], same_everywhere({fqn: lay[fqn]})))
+            continue
+        d = in_dims.get(fqn, 1)
         rows = (s.reshape(1, -1) if s.dim() != 2 else s if d == 1 else s.t()).float()  # (out, in)
         if bool(rows.isnan().any()):
             raise ValueError(f"scores must not be NaN; found NaN in {fqn}.")
