@@ -1,5 +1,12 @@
-"""lightning_prune: prune language models while they train, with PyTorch Lightning callbacks."""
+"""lightning_prune: prune language models while they train, with PyTorch Lightning callbacks.
 
+Everything a user needs is exported here: the callbacks, the schedules, the criteria, the size target, the
+fine-tuning module, the one-shot tools and the export. The submodules hold the rest (documented in the API
+reference); modules whose names start with ``_`` are internals.
+"""
+
+from lightning_prune.adapters import merge_adapters
+from lightning_prune.calibration import wanda_masks
 from lightning_prune.callbacks import (
     Distillation,
     ExportPretrained,
@@ -9,38 +16,42 @@ from lightning_prune.callbacks import (
     PruningReport,
     ScheduledPruning,
     StructuredPruning,
+    TargetCheckpoint,
 )
-from lightning_prune.criteria import CRITERIA, Criterion, get_criterion
-from lightning_prune.masks import compute_masks
-from lightning_prune.registry import MaskRegistry, registry_of
+from lightning_prune.compensation import refit_ffn_
+from lightning_prune.criteria import Criterion, get_criterion
+from lightning_prune.export import export_pretrained
+from lightning_prune.finetune import FineTune
+from lightning_prune.neurons import calibrated_neuron_masks
 from lightning_prune.schedules import AtEpochs, AtSteps, Cubic, Linear, OneShot, Schedule
-from lightning_prune.selection import select_parameters
+from lightning_prune.structured import shrink_
 from lightning_prune.structured.target import SizeTarget
-from lightning_prune.trackers import RunningStats
 
 __all__ = [
-    "CRITERIA",
     "AtEpochs",
     "AtSteps",
     "Criterion",
     "Cubic",
     "Distillation",
     "ExportPretrained",
+    "FineTune",
     "HoldMasks",
     "ImportanceTracking",
-    "MaskRegistry",
-    "NeuronPruning",
-    "PruningReport",
     "Linear",
+    "NeuronPruning",
     "OneShot",
-    "RunningStats",
+    "PruningReport",
     "Schedule",
     "ScheduledPruning",
     "SizeTarget",
     "StructuredPruning",
-    "compute_masks",
+    "TargetCheckpoint",
+    "calibrated_neuron_masks",
+    "export_pretrained",
     "get_criterion",
-    "registry_of",
-    "select_parameters",
+    "merge_adapters",
+    "refit_ffn_",
+    "shrink_",
+    "wanda_masks",
 ]
 __version__ = "0.1.0"

@@ -25,3 +25,16 @@ def test_ruff(check):
     pytest.importorskip("ruff")
     out = _run("ruff", *check, "lightning_prune", "tests", "benchmarks", "recipes")
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+
+
+def test_the_readme_imports_only_what_the_package_exports():
+    import re
+
+    import lightning_prune
+
+    readme = (ROOT / "README.md").read_text()
+    assert not re.findall(r"from lightning_prune\.\w+ import", readme)  # no submodule imports in the quick start
+    imported = {n.strip() for m in re.findall(r"from lightning_prune import ([^\n]+)", readme) for n in m.split(",")}
+    assert imported and imported <= set(lightning_prune.__all__), imported - set(lightning_prune.__all__)
+    for name in lightning_prune.__all__:  # and the package exports nothing else at top level
+        assert not name.startswith("_") and getattr(lightning_prune, name) is not None

@@ -1,5 +1,6 @@
 """Lightning callbacks: thin hooks over the pure core."""
 
+from lightning_prune.callbacks.checkpoint import TargetCheckpoint
 from lightning_prune.callbacks.distillation import Distillation
 from lightning_prune.callbacks.export import ExportPretrained
 from lightning_prune.callbacks.hold import HoldMasks
@@ -18,4 +19,5 @@ __all__ = [
     "PruningReport",
     "ScheduledPruning",
     "StructuredPruning",
+    "TargetCheckpoint",
 ]
