@@ -67,6 +67,7 @@ class Distillation(Callback):
             neither a module nor ``"copy"``, a module with manual optimization, or a model it cannot find.
 
     Example:
+        >>> schedule = AtSteps({100: 0.25, 200: 0.5})
         >>> trainer = pl.Trainer(callbacks=[Distillation("copy", weight=0.5), StructuredPruning(0.5, schedule)])
     """
 

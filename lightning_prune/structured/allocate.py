@@ -16,9 +16,9 @@ was measured to cost (:mod:`.ablation`), which then ranks every step of that dim
 order its units.
 
 Example:
-    >>> full = size.params(size.full)
-    >>> units = allocate(size, units, scores, goal=0.5 * full, metric="params")
-    >>> early = allocate(size, units, scores, goal=0.5 * full, stop_at=0.9 * full)  # the plan's first steps
+    >>> full = size.params(size.full)  # doctest: +SKIP
+    >>> units = allocate(size, units, scores, goal=0.5 * full, metric="params")  # doctest: +SKIP
+    >>> early = allocate(size, units, scores, goal=0.5 * full, stop_at=0.9 * full)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ the neurons' is the size of the FFN activations, the others of the hidden states
 row at the commit; nothing is kept between passes but the staged sums, ``(n,)`` per row.
 
 Example:
-    >>> handles = observe(model, stats, ("neurons", "layers"), "taylor")
-    >>> ...  # train
-    >>> for h in handles:
+    >>> handles = observe(model, stats, ("neurons", "layers"), "taylor")  # doctest: +SKIP
+    >>> ...  # train  # doctest: +SKIP
+    >>> for h in handles:  # doctest: +SKIP
     ...     h.remove()
 """
 
