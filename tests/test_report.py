@@ -11,7 +11,7 @@ from helpers import trainer
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from lightning_prune import AtEpochs, NeuronPruning, PruningReport, ScheduledPruning
+from lightning_prune import AtEpochs, NeuronPruning, PruningReport, ScheduledPruning, StructuredPruning
 from lightning_prune.callbacks.report import greedy_continuation, pruned_label, spread
 from lightning_prune.data import TextDataModule
 from lightning_prune.lm import CausalLM
@@ -64,6 +64,18 @@ def test_final_model_is_labelled_by_what_happened_and_dense_is_before_it(tmp_pat
     text = report.text(summary)
     assert "No dense model of the same budget to compare with: no reference given" in text
     assert "it trained fewer steps than the final model" in text
+
+
+def test_structured_removal_is_reported_as_parameters_removed(tmp_path):
+    report, summary = _fit(tmp_path, [StructuredPruning(0.8, AtEpochs({1: 0.25, 2: 0.5}), dims=["neurons"])])
+    assert summary["final_label"] == "parameters removed"
+    assert [e["epoch"] for e in summary["events"]] == [1, 2]
+    first, last = (e["params_removed"] for e in summary["events"])
+    assert 0.0 < first < last and last == pytest.approx(0.2, abs=0.01)  # the target: 80 % of the parameters kept
+    assert summary["final"]["params_removed"] == last and summary["final"]["sparsity"] == 0.0
+    assert summary["dense_before_pruning"]["epoch"] == 0
+    rows = report.table(summary)
+    assert rows[0][5] == "parameters removed (structure)" and rows[2][5] == f"{last:.1%}"
 
 
 def test_without_pruning_the_single_row_is_dense(tmp_path):

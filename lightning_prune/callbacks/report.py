@@ -51,14 +51,16 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+CHANGES = {"sparsity": "weights pruned", "neurons_removed": "neurons removed", "params_removed": "parameters removed"}
+"""What a writer's events record of the model, by key: a weight sparsity (``ScheduledPruning``), the fraction of
+feed-forward neurons removed (``NeuronPruning``) and the fraction of parameters removed by structure
+(``StructuredPruning``)."""
+
+
 def pruned_label(record: dict[str, float]) -> str:
-    """What had happened to the model by ``record``: ``"dense"``, ``"weights pruned"``, ``"neurons removed"``, or
-    ``"weights pruned + neurons removed"``."""
-    done = [
-        what
-        for what, key in (("weights pruned", "sparsity"), ("neurons removed", "neurons_removed"))
-        if record.get(key, 0.0) > 0.0
-    ]
+    """What had happened to the model by ``record``: ``"dense"``, or what changed (:data:`CHANGES`) joined by
+    " + ", e.g. ``"weights pruned + neurons removed"``."""
+    done = [what for key, what in CHANGES.items() if record.get(key, 0.0) > 0.0]
     return " + ".join(done) or "dense"
 
 
@@ -154,8 +156,10 @@ class PruningReport(Callback):
 
     Each validation records the measured weight sparsity of a :class:`~lightning_prune.callbacks.ScheduledPruning`
     (``sparsity``) and the fraction of feed-forward neurons a :class:`~lightning_prune.callbacks.NeuronPruning` has
-    removed (``neurons_removed``). The last validation of the run is ``final`` in ``report.json``, labelled by what
-    had happened by then (``final_label``, :func:`pruned_label`: weights pruned, neurons removed, both, or dense).
+    removed (``neurons_removed``) and the fraction of parameters a :class:`~lightning_prune.callbacks.StructuredPruning`
+    has removed (``params_removed``), read from the writers' events in the model's registry. The last validation of
+    the run is ``final`` in ``report.json``, labelled by what had happened by then (``final_label``,
+    :func:`pruned_label`: what changed, or dense).
     ``dense_before_pruning`` is the last validation before either callback changed the model: it trained fewer steps
     than the final model, so it is no measure of what pruning cost. That measure is ``dense_same_budget``: the final
     validation of ``reference``, a dense run's ``report.json`` whose :func:`budget_of` equals this run's
@@ -217,13 +221,14 @@ class PruningReport(Callback):
         registry = getattr(self, "_registry", None)
         return [e for events in (registry.events.values() if registry is not None else ()) for e in events]
 
-    def _sparsity(self) -> float:
-        """The measured weight sparsity of the last weight-pruning event so far."""
-        weights = [e for e in self._events() if "sparsity" in e]
-        return max(weights, key=lambda e: e["step"])["sparsity"] if weights else 0.0
-
-    def _neurons_removed(self) -> float:
-        return max((float(e["removed"]) for e in self._events() if "removed" in e), default=0.0)
+    def _now(self) -> dict[str, float]:
+        """Per key of :data:`CHANGES`, its value at the last event so far (0 before any)."""
+        latest: dict[str, tuple[int, float]] = {}
+        for e in self.events(None):
+            for key in CHANGES:
+                if key in e and e["step"] >= latest.get(key, (-1, 0.0))[0]:
+                    latest[key] = (e["step"], e[key])
+        return {key: latest.get(key, (0, 0.0))[1] for key in CHANGES}
 
     def _sample(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
         tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
@@ -242,8 +247,7 @@ class PruningReport(Callback):
         record = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
-            "sparsity": self._sparsity(),
-            "neurons_removed": self._neurons_removed(),
+            **self._now(),
             "val_loss": float(trainer.callback_metrics["val/loss"]),
             "val_ppl": float(trainer.callback_metrics.get("val/ppl", float("nan"))),
         }
@@ -253,18 +257,22 @@ class PruningReport(Callback):
         rank_zero_info(  # a line per validation, also without a terminal's progress bar
             f"epoch {record['epoch']} step {record['step']}: val loss {record['val_loss']:.4f}, val ppl "
             f"{record['val_ppl']:.3f}, sparsity {record['sparsity']:.1%}"
-            + (f", neurons removed {record['neurons_removed']:.1%}" if record["neurons_removed"] else "")
+            + "".join(f", {CHANGES[k]} {record[k]:.1%}" for k in ("neurons_removed", "params_removed") if record[k])
         )
 
-    def events(self, trainer: pl.Trainer) -> list[dict[str, Any]]:
-        """Every change of the model, in step order: ``{"step", "epoch", "sparsity"}`` for weight pruning (the
-        measured sparsity) and ``{"step", "epoch", "neurons_removed"}`` for neuron removal."""
+    def events(self, trainer: pl.Trainer | None) -> list[dict[str, Any]]:
+        """Every change of the model, in step order: ``{"step", "epoch", key: value}`` with a key of :data:`CHANGES`
+        — ``sparsity`` for weight pruning (the measured sparsity), ``neurons_removed`` for neuron removal,
+        ``params_removed`` for structured removal."""
         found: list[dict[str, Any]] = []
         for e in self._events():
+            where = {"step": int(e["step"]), "epoch": int(e["epoch"])}
             if "sparsity" in e:
-                found.append({"step": int(e["step"]), "epoch": int(e["epoch"]), "sparsity": float(e["sparsity"])})
-            if "removed" in e:
-                found.append({"step": int(e["step"]), "epoch": int(e["epoch"]), "neurons_removed": float(e["removed"])})
+                found.append(where | {"sparsity": float(e["sparsity"])})
+            if "removed" in e:  # NeuronPruning: the fraction of neurons removed
+                found.append(where | {"neurons_removed": float(e["removed"])})
+            if "params_removed" in e:
+                found.append(where | {"params_removed": float(e["params_removed"])})
         return sorted(found, key=lambda e: e["step"])
 
     def _reference(self, budget: dict[str, Any], dense_run: bool) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -437,7 +445,11 @@ class PruningReport(Callback):
                     f"{summary['seconds']:.0f} s",
                 )
             )
+        structure = any(r.get("params_removed", 0.0) > 0.0 for _, r, _, _ in shown)
+        if structure:
+            rows[0] = (*header[:5], "parameters removed (structure)", *header[5:], "time")
         for label, r, count, seconds in shown:
+            removed = (f"{r.get('params_removed', 0.0):.1%}",) if structure else ()
             rows.append(
                 (
                     label,
@@ -445,6 +457,7 @@ class PruningReport(Callback):
                     f"{r['val_loss']:.4f}",
                     f"{r['sparsity']:.1%}",
                     f"{r.get('neurons_removed', 0.0):.1%}",
+                    *removed,
                     count,
                     seconds,
                 )
@@ -463,7 +476,7 @@ class PruningReport(Callback):
         if summary.get("dense_same_budget") is not None and summary["reference"].get("records"):
             ref = summary["reference"]["records"]
             out["reference_val_loss"] = ([r["step"] for r in ref], [r["val_loss"] for r in ref])
-        for key in ("sparsity", "neurons_removed"):
+        for key in CHANGES:
             changes = [e for e in events if key in e]
             if key == "sparsity" or changes:
                 steps = [0, *(e["step"] for e in changes), last]
@@ -490,10 +503,10 @@ class PruningReport(Callback):
         ax.legend(loc="upper right")
         twin = ax.twinx()
         lines["sparsity"] = twin.step(*curves["sparsity"], where="post", color="tab:red", label="sparsity")[0]
-        if "neurons_removed" in curves:
-            lines["neurons_removed"] = twin.step(
-                *curves["neurons_removed"], where="post", color="tab:green", label="neurons removed"
-            )[0]
+        for key, color in (("neurons_removed", "tab:green"), ("params_removed", "tab:purple")):
+            if key in curves:
+                lines[key] = twin.step(*curves[key], where="post", color=color, label=CHANGES[key])[0]
+        if "neurons_removed" in lines or "params_removed" in lines:
             twin.legend(loc="upper left")
         twin.set_ylabel("sparsity", color="tab:red")
         twin.set_ylim(0, 1)

@@ -251,8 +251,10 @@ class StructuredPruning(Lifecycle):
         metrics |= {f"structure/removed/{d}": v for d, v in removed.items()}
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=True, on_epoch=False, rank_zero_only=True)
+        params_removed = 1.0 - now["params"] / self.size.params(self.size.full)
         self.events.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "progress": progress, **now, **removed}
+            | {"params_removed": params_removed}
             | measured
         )
         self.seconds.append(time.perf_counter() - started)
