@@ -14,8 +14,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_prune.registry import registry_of
-from lightning_prune.selection import select_parameters
+from lightning_prune._registry import registry_of
+from lightning_prune._selection import select_parameters
 from lightning_prune.trackers import RunningStats
 
 __all__ = ["profile_table", "profile_update"]

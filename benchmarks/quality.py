@@ -68,9 +68,9 @@ from benchmarks.harness import (
 )
 from benchmarks.quality_summary import add_ratios, goals, plot, table
 from lightning_prune import AtEpochs, Cubic, ImportanceTracking, Schedule, ScheduledPruning
+from lightning_prune._selection import select_parameters
 from lightning_prune.data import TextDataModule
 from lightning_prune.lm import CausalLM
-from lightning_prune.selection import select_parameters
 
 __all__ = ["Config", "main", "run", "schedule_points"]
 

@@ -24,9 +24,9 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from benchmarks.harness import RESULTS, gpt2, markdown_table, write_json
+from lightning_prune._registry import registry_of
+from lightning_prune._selection import select_parameters
 from lightning_prune.masks import compute_masks, pack_mask
-from lightning_prune.registry import registry_of
-from lightning_prune.selection import select_parameters
 from lightning_prune.trackers import RunningStats
 
 __all__ = ["main", "run"]

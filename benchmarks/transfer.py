@@ -76,9 +76,9 @@ from benchmarks.transfer_runs import (
     run,
 )
 from benchmarks.transfer_summary import plot, summarize, table_md
+from lightning_prune._selection import select_parameters
 from lightning_prune.data import TextDataModule
 from lightning_prune.lm import CausalLM
-from lightning_prune.selection import select_parameters
 
 __all__ = ["main", "parse_args", "plan"]
 

@@ -30,12 +30,12 @@ from benchmarks.harness import (
 )
 from benchmarks.methods import ONESHOT_MAG, ONESHOT_WANDA
 from lightning_prune import AtEpochs, ImportanceTracking, OneShot, ScheduledPruning
+from lightning_prune._selection import select_parameters
 from lightning_prune.calibration import wanda_masks
 from lightning_prune.data import TextDataModule
 from lightning_prune.finetune import FineTune
 from lightning_prune.lm import CausalLM
 from lightning_prune.schedules import cubic_sparsity
-from lightning_prune.selection import select_parameters
 
 __all__ = [
     "PRETRAIN_FIELDS",

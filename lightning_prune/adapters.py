@@ -1,6 +1,6 @@
 """Adapters (PEFT: LoRA and its kin) on a pruned model.
 
-Pruning leaves adapters alone: the default selection (:mod:`lightning_prune.selection`) takes the frozen base weights
+Pruning leaves adapters alone: the default selection (:mod:`lightning_prune._selection`) takes the frozen base weights
 of a model with adapters and never an adapter's own parameters, so a ``lora_B`` that starts at zero is not pruned
 away. A criterion that judges weights by their gradients refuses the frozen base weights at setup, since they have
 none (``magnitude``, ``running_magnitude`` or ``wanda`` judge them).

@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning_prune._selection import in_features, is_conv1d
 from lightning_prune.masks import output_masks
 from lightning_prune.schedules import check_sparsity
-from lightning_prune.selection import in_features, is_conv1d
 
 __all__ = [
     "InputNormStats",

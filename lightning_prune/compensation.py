@@ -40,9 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_prune._selection import is_conv1d
+from lightning_prune._shards import is_sharded
 from lightning_prune.calibration import collect_activations
-from lightning_prune.selection import is_conv1d
-from lightning_prune.shards import is_sharded
 from lightning_prune.structured import ffn_output_modules
 
 __all__ = ["conditional_redundancy", "outgoing_weights", "refit_ffn_", "refit_outputs"]

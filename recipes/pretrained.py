@@ -68,13 +68,13 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_prune import AtEpochs, HoldMasks, ImportanceTracking, ScheduledPruning, get_criterion
+from lightning_prune._selection import select_parameters
 from lightning_prune.calibration import wanda_masks
 from lightning_prune.callbacks.report import format_table, spread
 from lightning_prune.data import kjv_text, split_text
 from lightning_prune.lm import warmup_cosine
 from lightning_prune.masks import apply_masks_, compute_masks, sparsity_report
 from lightning_prune.schedules import cubic_sparsity
-from lightning_prune.selection import select_parameters
 
 __all__ = [
     "SentenceDistill",

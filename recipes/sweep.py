@@ -40,10 +40,10 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_prune import ImportanceTracking, OneShot, ScheduledPruning, get_criterion
+from lightning_prune._selection import select_parameters
 from lightning_prune.callbacks.report import format_table
 from lightning_prune.cli import cli
 from lightning_prune.masks import apply_masks_, compute_masks, sparsity_report
-from lightning_prune.selection import select_parameters
 from lightning_prune.trackers import RunningStats
 
 __all__ = ["main", "sharp_rise"]

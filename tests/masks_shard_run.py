@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from lightning_prune._shards import Layout
 from lightning_prune.masks import compute_masks
-from lightning_prune.shards import Layout
 
 WORLD = 2
 SHAPES = {"q": (24, 16), "mlp": (40, 16), "odd": (7, 16), "o": (16, 24), "whole": (8, 16), "one": (1, 16), "vec": (40,)}

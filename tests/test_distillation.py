@@ -13,7 +13,7 @@ from test_structure_core import gpt2
 from torch.utils.data import DataLoader
 
 from lightning_prune import AtSteps, Distillation, ImportanceTracking, ScheduledPruning
-from lightning_prune.registry import registry_of
+from lightning_prune._registry import registry_of
 
 
 class OwnModule(pl.LightningModule):

@@ -38,3 +38,27 @@ def test_the_readme_imports_only_what_the_package_exports():
     assert imported and imported <= set(lightning_prune.__all__), imported - set(lightning_prune.__all__)
     for name in lightning_prune.__all__:  # and the package exports nothing else at top level
         assert not name.startswith("_") and getattr(lightning_prune, name) is not None
+
+
+def test_internals_are_underscored_and_the_api_reference_documents_only_public_modules():
+    import importlib
+
+    import lightning_prune
+
+    plumbing = ["_registry", "_shards", "_selection", "_compat", "callbacks._lifecycle"]
+    for name in plumbing:
+        importlib.import_module(f"lightning_prune.{name}")
+    for gone in ["registry", "shards", "selection", "callbacks.base"]:
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(f"lightning_prune.{gone}")
+    # internals are reachable from no top-level name but their own module
+    exported = {getattr(lightning_prune, n) for n in lightning_prune.__all__}
+    assert not {"MaskRegistry", "compute_masks", "RunningStats", "registry_of"} & set(lightning_prune.__all__)
+    assert all(getattr(obj, "__module__", "").startswith("lightning_prune") for obj in exported)
+    documented = [
+        line.split()[1]
+        for md in (ROOT / "docs" / "api").glob("*.md")
+        for line in md.read_text().splitlines()
+        if line.startswith(":::")
+    ]
+    assert documented and not [d for d in documented if any(part.startswith("_") for part in d.split("."))]

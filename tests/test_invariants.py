@@ -37,8 +37,8 @@ from test_resume import StopAfter
 from torch import nn
 
 from lightning_prune import AtEpochs, Cubic, ImportanceTracking, NeuronPruning, ScheduledPruning
+from lightning_prune._registry import registry_of
 from lightning_prune.lm import CausalLM
-from lightning_prune.registry import registry_of
 
 DRAWS = int(os.environ.get("LIGHTNING_PRUNE_DRAWS", "60"))
 GRADIENT = ("taylor", "platon", "movement", "gradient")

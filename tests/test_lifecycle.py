@@ -1,5 +1,5 @@
 """One lifecycle for every callback, one mask registry per model: masks hold wherever weights are written, and what
-survives a second fit, a resume and ``validate`` is decided the same way everywhere (callbacks/base.py)."""
+survives a second fit, a resume and ``validate`` is decided the same way everywhere (callbacks/_lifecycle.py)."""
 
 import lightning.pytorch as pl
 import pytest
@@ -9,8 +9,8 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, Sto
 from test_neurons import CFG, _loader
 
 from lightning_prune import AtEpochs, AtSteps, ImportanceTracking, NeuronPruning, ScheduledPruning
+from lightning_prune._registry import registry_of
 from lightning_prune.lm import CausalLM
-from lightning_prune.registry import registry_of
 
 
 def _pruned_entries_are_zero(pruning: ScheduledPruning, tensors: dict[str, torch.Tensor]) -> None:

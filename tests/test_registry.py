@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_prune.registry import MaskRegistry, registry_of
+from lightning_prune._registry import MaskRegistry, registry_of
 
 T, F = True, False
 

@@ -2,7 +2,7 @@ import pytest
 from helpers import TinyLM
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from lightning_prune.selection import in_dim, select_parameters
+from lightning_prune._selection import in_dim, select_parameters
 
 
 def test_default_picks_linear_weights_inside_blocks_including_multihead_attention():

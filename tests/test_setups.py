@@ -20,9 +20,9 @@ from lightning_prune import (
     OneShot,
     ScheduledPruning,
 )
+from lightning_prune._registry import registry_of
 from lightning_prune.compensation import conditional_redundancy
 from lightning_prune.lm import CausalLM
-from lightning_prune.registry import registry_of
 from lightning_prune.trackers import RunningStats
 
 

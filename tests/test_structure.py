@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
 from lightning_prune import AtEpochs, AtSteps, ExportPretrained, NeuronPruning, SizeTarget, StructuredPruning
+from lightning_prune._registry import registry_of
 from lightning_prune.lm import CausalLM
-from lightning_prune.registry import registry_of
 from lightning_prune.structured import SizeModel
 
 BUILD = {"gpt2": lambda: gpt2(n_embd=16, n_inner=16, n_positions=16, vocab_size=32), "llama": llama, "mixtral": mixtral}

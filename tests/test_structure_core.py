@@ -184,8 +184,8 @@ def test_units_combine_and_report_what_was_removed_where():
 
 
 def test_the_registry_carries_published_units_to_the_export_until_the_writer_is_forgotten():
+    from lightning_prune._registry import registry_of
     from lightning_prune.callbacks.export import published_units
-    from lightning_prune.registry import registry_of
 
     model = gpt2()
     registry = registry_of(model)

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from benchmarks.methods import MP_BEST, MP_LTH
+from lightning_prune._selection import select_parameters
 from lightning_prune.finetune import distillation_loss
 from lightning_prune.lm import CausalLM
-from lightning_prune.selection import select_parameters
 
 __all__ = [
     "DISTILL_TEMPERATURE",

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_prune._compat import ConditionalCheckpoint
-from lightning_prune.registry import registry_of
+from lightning_prune._registry import registry_of
 
 __all__ = ["TargetCheckpoint"]
 
 
 class TargetCheckpoint(ConditionalCheckpoint):
     """A ``ModelCheckpoint`` (same arguments) that writes nothing until every pruning callback of the model has reached
-    its final target (each publishes its progress in the model's :class:`~lightning_prune.registry.MaskRegistry`):
+    its final target (each publishes its progress in the model's :class:`~lightning_prune._registry.MaskRegistry`):
     with ``monitor="val/loss"`` it keeps the best checkpoints *of the pruned model*, never a dense one from before.
     With ``save_last=True`` Lightning still writes ``last.ckpt`` at the end of training and on an exception, for
     resuming.

@@ -15,9 +15,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import nn
 from typing_extensions import override
 
+from lightning_prune._registry import registry_of
 from lightning_prune.adapters import is_peft_model, merge_adapters
 from lightning_prune.export import export_pretrained, make_permanent_, nonzero_report
-from lightning_prune.registry import registry_of
 from lightning_prune.structured.units import Units, combine_units, shrink_units_
 from lightning_prune.tokenizers import build_tokenizer, encode_corpus
 
@@ -73,7 +73,7 @@ class ExportPretrained(Callback):
 
     The model is found wherever it lives in the LightningModule (``self.model``, ``self.net``, …; ``attr`` names it
     when there are several), and the masks are every writer's, read from the model's
-    :class:`~lightning_prune.registry.MaskRegistry`. Where writers (:class:`~lightning_prune.callbacks.NeuronPruning`,
+    :class:`~lightning_prune._registry.MaskRegistry`. Where writers (:class:`~lightning_prune.callbacks.NeuronPruning`,
     :class:`~lightning_prune.callbacks.StructuredPruning`) published removed units in the registry
     (``registry.units``), a copy of the model with the units every writer removed physically cut out (smaller layers,
     fewer heads, blocks, features or experts; the config updated) is saved instead, and ``export.json`` says what was

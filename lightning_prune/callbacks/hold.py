@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import Lifecycle
+from lightning_prune.callbacks._lifecycle import Lifecycle
 from lightning_prune.callbacks.pruning import dump_masks, masks_in_state
 
 __all__ = ["HoldMasks", "checkpoint_masks", "place_masks"]
@@ -73,7 +73,7 @@ def place_masks(masks: Mapping[str, Tensor], names: Mapping[str, tuple[int, ...]
 class HoldMasks(Lifecycle):
     """Hold fixed masks while a model trains: pruned entries stay exactly zero in the weights, their gradients, the
     optimizer state and averaged copies, through every step — on any LightningModule, as the pruning callbacks hold
-    theirs (through the model's :class:`~lightning_prune.registry.MaskRegistry`). For fine-tuning or recovering a
+    theirs (through the model's :class:`~lightning_prune._registry.MaskRegistry`). For fine-tuning or recovering a
     pruned model, or continuing from another run.
 
     The masks are checked against the model at ``on_fit_start`` (after ``configure_model`` and sharding) and kept in

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import Lifecycle
+from lightning_prune.callbacks._lifecycle import Lifecycle
 from lightning_prune.criteria import get_criterion
 from lightning_prune.neurons import NeuronStats, neuron_masks, neuron_weight_masks
 from lightning_prune.schedules import AtEpochs, Schedule
@@ -45,7 +45,7 @@ class NeuronPruning(Lifecycle):
     their gradients). When the schedule's target exceeds the fraction removed so far, each layer loses its
     lowest-scored neurons down to ``round(target · n)`` removed (from statistics averaged over the processes,
     decided on process 0 and broadcast); a removed neuron's weight rows and columns and biases are written into the
-    model's :class:`~lightning_prune.registry.MaskRegistry` and held at zero like every other mask, and the neuron
+    model's :class:`~lightning_prune._registry.MaskRegistry` and held at zero like every other mask, and the neuron
     masks are published in ``registry.units`` for an export to cut them out. The masked
     model computes exactly what the physically smaller model computes: :meth:`shrink_` (or
     :class:`~lightning_prune.callbacks.ExportPretrained`) removes the neurons for real after training.

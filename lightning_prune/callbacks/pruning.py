@@ -12,12 +12,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import Lifecycle, steps_per_epoch
+from lightning_prune._selection import in_dim, reads_inputs, select_parameters
+from lightning_prune._shards import count_zeros, local
+from lightning_prune.callbacks._lifecycle import Lifecycle, steps_per_epoch
 from lightning_prune.criteria import CRITERIA, get_criterion
 from lightning_prune.masks import SCOPES, compute_masks, pack_mask, parse_pattern, unpack_mask
 from lightning_prune.schedules import AtEpochs, Schedule, check_sparsity
-from lightning_prune.selection import in_dim, reads_inputs, select_parameters
-from lightning_prune.shards import count_zeros, local
 from lightning_prune.trackers import RunningStats
 
 __all__ = ["GRADIENT_STATS", "ScheduledPruning", "check_selection", "dump_masks", "masks_in_state"]
@@ -30,12 +30,12 @@ class ScheduledPruning(Lifecycle):
     ``trainer.current_epoch`` (``unit="epoch"``); when its target exceeds the sparsity already reached, scores
     are computed by the criterion (already-pruned entries score −inf, so they stay pruned), new masks are
     computed (under DDP on process 0 and broadcast; under FSDP2 shard by shard, with counts combined across
-    processes) and written into the model's :class:`~lightning_prune.registry.MaskRegistry`, which zeroes the
+    processes) and written into the model's :class:`~lightning_prune._registry.MaskRegistry`, which zeroes the
     weights and the optimizer's state (Adam moments, momentum) of pruned entries and holds them at zero through
     every later step. Entries pruned by any other writer (``NeuronPruning``, ``FineTune``) count towards the
     target, so zeros are counted once. Parameters keep their names: masks live in this callback's
     ``state_dict`` (bit-packed bool tensors keyed by fqn), never in the model. See
-    :mod:`lightning_prune.callbacks.base` for what survives a resume, ``validate`` and a second ``fit``.
+    :mod:`lightning_prune.callbacks._lifecycle` for what survives a resume, ``validate`` and a second ``fit``.
 
     Args:
         schedule: a :class:`~lightning_prune.schedules.Schedule`, or ``{epoch: sparsity}`` for
@@ -127,7 +127,7 @@ class ScheduledPruning(Lifecycle):
             )
         self.schedule = schedule
 
-    # ---- the lifecycle (see callbacks/base.py) -------------------------------------------------------------
+    # ---- the lifecycle (see callbacks/_lifecycle.py) -------------------------------------------------------------
 
     @override
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

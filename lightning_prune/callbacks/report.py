@@ -24,8 +24,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from typing_extensions import override
 
+from lightning_prune._registry import registry_of
 from lightning_prune.export import nonzero_report
-from lightning_prune.registry import registry_of
 
 __all__ = ["PruningReport", "budget_of", "format_table", "greedy_continuation", "pruned_label"]
 

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import Lifecycle
+from lightning_prune.callbacks._lifecycle import Lifecycle
 from lightning_prune.callbacks.neurons import find_transformer
 from lightning_prune.schedules import AtEpochs, Schedule
 from lightning_prune.structured.ablation import HeldInputs, lm_loss, probes, rates, zeroed
@@ -51,7 +51,7 @@ class StructuredPruning(Lifecycle):
     the pass's inputs; per event (1 + blocks kept + other dimensions) × ``loss_batches`` forward passes without
     gradients (for a 4-block Llama with 4 batches, 32 forward passes: about 8 training steps).
 
-    The entries the removed units own are written into the model's :class:`~lightning_prune.registry.MaskRegistry`
+    The entries the removed units own are written into the model's :class:`~lightning_prune._registry.MaskRegistry`
     and held at exactly zero through every step; the units are published in ``registry.units``, from which
     :class:`~lightning_prune.callbacks.ExportPretrained` cuts them out of a copy (:meth:`shrink_` does it here).
     The masked model computes what the shrunk one does for neurons, heads and layers (pre-norm blocks); for hidden

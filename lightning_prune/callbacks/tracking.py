@@ -11,10 +11,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_prune._compat import loss_scale, steps_with_amp_scaling
-from lightning_prune.callbacks.base import Lifecycle
-from lightning_prune.registry import registry_of
-from lightning_prune.selection import in_dim, owners, reads_inputs, select_parameters
-from lightning_prune.shards import local
+from lightning_prune._registry import registry_of
+from lightning_prune._selection import in_dim, owners, reads_inputs, select_parameters
+from lightning_prune._shards import local
+from lightning_prune.callbacks._lifecycle import Lifecycle
 from lightning_prune.trackers import STATS, RunningStats, snapshot_weights
 
 __all__ = ["ImportanceTracking"]
@@ -47,7 +47,7 @@ class ImportanceTracking(Lifecycle):
         window: the time-weighted average uses the last ``window`` epoch snapshots (None: all).
         weighting: snapshot weights c(i): ``"sqrt"`` (√i, the default), ``"linear"``, ``"uniform"`` or a callable.
         parameters: fqn glob patterns of the weights to track (default: the transformer default of
-            :func:`~lightning_prune.selection.select_parameters`).
+            :func:`~lightning_prune._selection.select_parameters`).
         exclude: fqn glob patterns to leave out.
 
     Raises:
@@ -85,7 +85,7 @@ class ImportanceTracking(Lifecycle):
         self._module: torch.nn.Module | None = None
         super().__init__()
 
-    # ---- the lifecycle (see callbacks/base.py) -------------------------------------------------------------
+    # ---- the lifecycle (see callbacks/_lifecycle.py) -------------------------------------------------------------
 
     @override
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

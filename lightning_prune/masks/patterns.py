@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_prune._shards import Layout, all_reduce_
 from lightning_prune.masks.scopes import SCOPES, global_masks, layer_masks, output_masks
 from lightning_prune.masks.select import _full_numel, _layouts
-from lightning_prune.shards import Layout, all_reduce_
 
 __all__ = ["compute_masks", "nm_masks", "parse_pattern", "row_masks"]
 

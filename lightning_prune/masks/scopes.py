@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from lightning_prune._shards import Layout, same_everywhere
 from lightning_prune.masks.select import (
     _apportion,
     _bounded_counts,
@@ -39,7 +40,6 @@ from lightning_prune.masks.select import (
     _layouts,
     _prune_lowest,
 )
-from lightning_prune.shards import Layout, same_everywhere
 
 __all__ = ["SCOPES", "global_masks", "layer_masks", "output_masks"]
 

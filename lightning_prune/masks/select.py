@@ -11,7 +11,7 @@ then (for sharded tensors) by rank within the process group, then by flat positi
 process this is exactly a stable sort over the concatenation of all scores. NaN scores are not allowed: the
 selections raise ``ValueError``.
 
-Sharded tensors: with ``layouts`` (:class:`lightning_prune.shards.Layout` per fqn) every process passes its local
+Sharded tensors: with ``layouts`` (:class:`lightning_prune._shards.Layout` per fqn) every process passes its local
 shards; the per-shard histograms and counts (never the scores or masks) are summed over the process group, and
 each process gets the masks of its own shards.
 
@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lightning_prune.shards import Layout, all_reduce_, same_everywhere
+from lightning_prune._shards import Layout, all_reduce_, same_everywhere
 
 Item = tuple[str, Tensor, bool]  # (fqn, local scores, sharded)
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.selection import is_conv1d
+from lightning_prune._selection import is_conv1d
 from lightning_prune.structured.families import family_of
 from lightning_prune.structured.layout import BlockLayout, block_layouts, stream_layout
 from lightning_prune.structured.masks import (

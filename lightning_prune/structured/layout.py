@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.selection import in_features, is_conv1d
+from lightning_prune._selection import in_features, is_conv1d
 from lightning_prune.structured.families import Family, family_of
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.selection import is_conv1d
+from lightning_prune._selection import is_conv1d
 from lightning_prune.structured.config import config_updates
 from lightning_prune.structured.cuts import Cut, expert_cuts, head_cuts, hidden_cuts, neuron_cuts
 from lightning_prune.structured.families import family_of

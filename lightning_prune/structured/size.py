@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from lightning_prune.selection import is_conv1d
+from lightning_prune._selection import is_conv1d
 from lightning_prune.structured.cuts import Cut, expert_cuts, head_cuts, hidden_cuts, neuron_cuts
 from lightning_prune.structured.families import family_of
 from lightning_prune.structured.layout import block_layouts

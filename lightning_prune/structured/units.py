@@ -3,7 +3,7 @@ shrink that cuts them out, how several writers combine, and a report of what was
 
 A :class:`Units` holds bool keep masks in the shapes of :mod:`lightning_prune.structured.masks` (``None``: that
 dimension untouched). It is what a structured pruning callback holds, checkpoints and publishes in the model's
-:class:`~lightning_prune.registry.MaskRegistry` (``registry.units``), and what an export shrinks a copy by.
+:class:`~lightning_prune._registry.MaskRegistry` (``registry.units``), and what an export shrinks a copy by.
 
 Example:
     >>> from transformers import GPT2Config, GPT2LMHeadModel

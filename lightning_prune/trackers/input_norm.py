@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_prune.shards import Layout
+from lightning_prune._shards import Layout
 from lightning_prune.trackers.base import Statistic
 
 __all__ = ["InputNorm", "passes_seen"]

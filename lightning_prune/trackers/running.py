@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from lightning_prune._compat import foreach_mul
+from lightning_prune._shards import Layout
 from lightning_prune.masks import all_finite
-from lightning_prune.shards import Layout
 from lightning_prune.trackers.accumulate import Accumulator, float32
 from lightning_prune.trackers.base import Statistic, Step, StepStatistic
 from lightning_prune.trackers.checkpoint import dump, load

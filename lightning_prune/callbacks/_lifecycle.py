@@ -25,7 +25,7 @@ hook              what happens, the same for every callback
 The schedule position is ``trainer.global_step``/``current_epoch``; a callback prunes only when the schedule's
 target exceeds the sparsity it has reached, so a resumed or repeated fit never prunes twice.
 
-Masks are written into the model's :class:`~lightning_prune.registry.MaskRegistry`, which holds them through
+Masks are written into the model's :class:`~lightning_prune._registry.MaskRegistry`, which holds them through
 every step. Every callback enforces them exactly (weights, optimizer state, averaged copies of the model kept
 by weight-averaging callbacks) at ``on_train_start``, before and after every validation epoch, at
 ``on_train_end`` and before a checkpoint is written, so the order of callbacks does not matter.
@@ -51,9 +51,9 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_prune._compat import average_model, saves_distributed_checkpoint
-from lightning_prune.registry import MaskRegistry, registry_of
+from lightning_prune._registry import MaskRegistry, registry_of
+from lightning_prune._shards import Layout
 from lightning_prune.schedules import Schedule
-from lightning_prune.shards import Layout
 
 __all__ = ["SHARDED_PREFIX", "Lifecycle", "check_schedule_fits", "check_strategy", "shadows"]
 

@@ -16,7 +16,7 @@ a pruned entry becomes +0.0 whatever arrived there — a NaN or infinite gradien
 entries are untouched bit for bit (a non-finite value there stays the user's).
 
 Masks are ``bool`` on the parameter's *local* tensor (the whole tensor, or this process's shard of a ``DTensor``;
-see :mod:`lightning_prune.shards`): one byte per parameter, nothing else is kept.
+see :mod:`lightning_prune._shards`): one byte per parameter, nothing else is kept.
 
 Structure travels beside the masks: a writer that removes whole units (neurons, heads, layers, hidden features,
 experts) *publishes* them in :attr:`MaskRegistry.units` (:meth:`MaskRegistry.publish`), so that an export can cut
@@ -47,8 +47,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_prune._compat import inner_optimizer, version
+from lightning_prune._shards import Layout, layout_of, local
 from lightning_prune.masks import clear_
-from lightning_prune.shards import Layout, layout_of, local
 
 __all__ = ["MaskRegistry", "registry_of"]
 
@@ -106,7 +106,7 @@ class MaskRegistry:
             masks.update({f: m.to(local(self.params[f]).device) for f, m in masks.items()})
 
     def layout(self, fqn: str) -> Layout:
-        """The :class:`~lightning_prune.shards.Layout` of a resolved parameter."""
+        """The :class:`~lightning_prune._shards.Layout` of a resolved parameter."""
         if fqn not in self.layouts:
             self.layouts[fqn] = layout_of(self.params[fqn])
         return self.layouts[fqn]
