@@ -18,6 +18,7 @@ from torch import nn
 
 from benchmarks.harness import DISTILL_TEMPERATURE, DISTILL_WEIGHT, gpt2, llama, perplexity, quiet, seed_all, trainer
 from benchmarks.harness.data import text_module
+from benchmarks.methods import MINITRON, SCRATCH_PRE
 from lightning_prune import Cubic, Distillation, SizeTarget, StructuredPruning
 from lightning_prune.lm import CausalLM
 from lightning_prune.structured import SizeModel, Units, allocate, shrink_units_
@@ -28,11 +29,10 @@ from lightning_prune.structured.stats import UnitStats
 __all__ = ["METHODS", "QUICK", "SHARES", "Config", "build", "pretrain", "run", "shape_of"]
 
 DENSE = "dense fine-tuning"
-ONESHOT = "one-shot activation + FT + distillation (Minitron)"
+ONESHOT = MINITRON
 DEPTH = "ours depth-only + distillation: taylor"
 WIDTH = "ours width-only + distillation: taylor"
 SCRATCH = "small shape from scratch (fine-tuning tokens)"
-SCRATCH_PRE = "small shape from scratch (pretraining + fine-tuning tokens)"
 OURS = [f"ours{d}: {c}" for c in ("taylor", "activation") for d in ("", " + distillation")]
 SHARES = "ours + distillation: activation, dimensions by shares (no measured loss)"  # the allocation before
 METHODS = (DENSE, *OURS, SHARES, ONESHOT, DEPTH, WIDTH, SCRATCH, SCRATCH_PRE)

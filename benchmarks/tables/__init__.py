@@ -32,6 +32,7 @@ TABLES: dict[str, Callable[[Path], str]] = {  # name → table from the JSON und
     "mi-ablation": neurons.mi_ablation,
     "structured": structured.structured,
     "structured-speed": structured.structured_speed,
+    "structured-cost": structured.structured_cost,
 }
 
 

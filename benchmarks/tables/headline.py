@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benchmarks.markdown import markdown_table, pct
-from benchmarks.methods import MP_BEST, MP_LTH, MP_ROW, ONESHOT_WANDA
+from benchmarks.methods import MINITRON, MP_BEST, MP_LTH, MP_ROW, ONESHOT_WANDA, SCRATCH_PRE
 from benchmarks.tables.source import load, result
 
 __all__ = ["headline"]
@@ -74,6 +76,24 @@ def _speed(root: Path) -> list[str]:
     ]
 
 
+def _structured(root: Path) -> list[str]:
+    summary = result(root, "structured")["summary"]
+    family = {"gpt2": "GPT-2", "llama": "Llama"}
+    best = " / ".join(dict.fromkeys(fam["goals"]["best_of_ours"] for fam in summary.values()))
+
+    def ratios(pick: Callable[[dict[str, Any]], str]) -> str:
+        return " / ".join(f"{fam['rows'][pick(fam)]['ratio']['mean']:.3f}" for fam in summary.values())
+
+    ours = ratios(lambda fam: fam["goals"]["best_of_ours"])
+    minitron, scratch = ratios(lambda fam: MINITRON), ratios(lambda fam: SCRATCH_PRE)
+    return [
+        f"a pretrained {' / '.join(family.get(f, f) for f in summary)} cut to half its parameters while fine-tuned",
+        f"{ours} × dense ({best}); Minitron's one-shot recipe {minitron}, the small shape pretrained from "
+        f"scratch {scratch}",
+        "`benchmarks.structured`",
+    ]
+
+
 def _overhead(root: Path) -> list[str]:
     doc = result(root, "overhead")
     rows, model = {r["config"]: r["ratio_vs_plain"] for r in doc["rows"]}, doc["conditions"]["model"]
@@ -99,5 +119,5 @@ def _scale(root: Path) -> list[str]:
 
 def headline(root: Path) -> str:
     """One line per benchmark: what was measured, its headline figures beside the baselines, and by what."""
-    rows = [f(root) for f in (_main, _transfer, _quality, _pretrained, _speed, _overhead, _scale)]
+    rows = [f(root) for f in (_main, _transfer, _quality, _pretrained, _structured, _speed, _overhead, _scale)]
     return markdown_table(["what", "measured", "by"], rows)
