@@ -296,6 +296,7 @@ class TextDataModule(LightningDataModule):
         _check_tokenizer(tokenizer, vocab_size)
         # vocab_size is the model's hyperparameter (linked from the tokenizer); logging it here too would clash
         self.save_hyperparameters(ignore=["vocab_size"] if isinstance(tokenizer, str) else ["vocab_size", "tokenizer"])
+        self.hparams["source"] = source  # the corpus used, also when the CLI's given arguments left it unset
         self.source, self.files, self.dataset = source, files, dataset
         self.dataset_config, self.dataset_split, self.text_column = dataset_config, dataset_split, text_column
         self.tokenizer_spec, self._vocab_size, self.cache_dir = tokenizer, vocab_size, cache_dir

@@ -157,6 +157,15 @@ def test_shipped_dense_reference_was_measured_with_the_main_recipe_budget():
     assert [r["epoch"] for r in reference["records"]] == list(range(recipe["trainer"]["max_epochs"]))
 
 
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="recipes/main_dense.json not measured yet (see recipes/main.yaml)")
+def test_the_main_recipe_as_shipped_has_the_data_budget_of_its_dense_reference(tmp_path):
+    c = cli(["--config", str(RECIPES / "main.yaml"), *_redirect(tmp_path)], run=False)  # no data overrides
+    data = {k: v for k, v in dict(c.datamodule.hparams).items() if k not in ("num_workers", "cache_dir")}
+    shipped = json.loads(SHIPPED.read_text())["budget"]["data"]
+    assert data["source"] == "kjv"  # the default corpus is recorded as used, not as the unset argument
+    assert {k: data.get(k) for k in shipped} == shipped
+
+
 def test_block_size_beyond_the_model_context_is_rejected(tmp_path):
     args = ["fit", "--config", str(RECIPES / "main.yaml"), *FAST, *_redirect(tmp_path), "--data.block_size=256"]
     with pytest.raises(ValueError, match="256.*128|128.*256"):
