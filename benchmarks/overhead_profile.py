@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lightning_prune._registry import registry_of
 from lightning_prune._selection import select_parameters
+from lightning_prune.masks import all_finite
 from lightning_prune.trackers import RunningStats
 
 __all__ = ["profile_table", "profile_update"]
@@ -97,9 +98,7 @@ def stats_parts(params: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Call
     abs_w, abs_g = torch._foreach_abs(ws), torch._foreach_abs(gs)
     parts: dict[str, Callable[[], object]] = {
         "RunningStats.update (total)": lambda: stats.update(params),
-        "finite check: _foreach_norm(grads, inf) + stack + isfinite + sync": lambda: bool(
-            torch.isfinite(torch.stack(torch._foreach_norm(gs, ord=math.inf))).all()
-        ),
+        "finite check: all_finite(grads) (_foreach_norm 2, stack, isfinite, sync)": lambda: all_finite(gs),
         "_foreach_abs(weights)": lambda: torch._foreach_abs(ws),
         "_foreach_abs(grads)": lambda: torch._foreach_abs(gs),
         "_foreach_lerp_(state, |w|) incl. cast": lambda: _lerp(state, abs_w, dtype),
@@ -118,8 +117,8 @@ def candidate_parts(gs: list[Tensor], pruned: list[Tensor]) -> dict[str, Callabl
     keep_bool = [~m for m in pruned]
     index = [m.view(-1).nonzero().squeeze(1) for m in pruned]  # flat positions of pruned entries
     return {
-        "finite check via _foreach_norm(grads, 2) + stack + isfinite + sync": lambda: bool(
-            torch.isfinite(torch.stack(torch._foreach_norm(gs))).all()
+        "finite check via _foreach_norm(grads, inf) + stack + isfinite + sync": lambda: bool(
+            torch.isfinite(torch.stack(torch._foreach_norm(gs, ord=math.inf))).all()
         ),
         "finite check via _foreach_max(|g|) reusing abs_grad's |g| + sync": lambda: bool(
             torch.isfinite(torch.stack(torch._foreach_max(abs_g))).all()
