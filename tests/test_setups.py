@@ -193,6 +193,26 @@ def test_an_epoch_schedule_past_a_step_bounded_run_is_refused():
     assert not pruning.events
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: [ScheduledPruning(AtEpochs({1: 0.3, 3: 0.5}))],
+        lambda: [NeuronPruning(AtEpochs({3: 0.5}))],
+        lambda: [ImportanceTracking(), ScheduledPruning(AtSteps({2: 0.5}), "time_weighted")],
+    ],
+    ids=["epoch-schedule", "neurons-epoch-schedule", "time-weighted-in-first-epoch"],
+)
+def test_a_trainer_with_max_steps_alone_knows_its_epochs_at_setup(make):
+    # max_steps without max_epochs: Lightning does not load the data for its own estimate; the checks still run
+    callbacks = make()
+    with pytest.raises(ValueError, match=r"epoch|first epoch"):
+        if isinstance(callbacks[-1], NeuronPruning):
+            trainer(callbacks=callbacks, max_steps=12).fit(CausalLM(**CFG), _loader(64))
+        else:
+            trainer(callbacks=callbacks, max_steps=12).fit(TinyLM(), token_loader())
+    assert not callbacks[-1].events
+
+
 def test_row_pattern_on_one_dimensional_parameters_is_refused_before_training():
     pruning = ScheduledPruning(AtEpochs({1: 0.5}), pattern="row", parameters=["*.weight"])
     with pytest.raises(ValueError, match=r"norm\.weight.*not 2-D"):

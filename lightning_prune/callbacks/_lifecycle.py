@@ -68,6 +68,14 @@ def steps_per_epoch(trainer: pl.Trainer) -> int | None:
     except Exception:  # no training data attached yet
         return None
     batches = trainer.num_training_batches
+    if not math.isfinite(batches) and trainer.state.fn == "fit":
+        # with max_steps alone (max_epochs -1) Lightning answers max_steps without loading the data: load it as
+        # its own estimate does otherwise, so that epoch schedules and epoch-based checks are known at setup
+        try:
+            trainer.fit_loop.setup_data()
+        except Exception:
+            return None
+        batches = trainer.num_training_batches
     if not math.isfinite(batches):
         return None
     return max(1, math.ceil(int(batches) / max(1, trainer.accumulate_grad_batches)))
