@@ -335,6 +335,19 @@ def test_depth_renumbers_layers_for_the_cache_and_slices_per_layer_config(tmp_pa
     assert decodes_like_a_full_pass(reload(model, "gemma3_text", tmp_path))
 
 
+@pytest.mark.parametrize("case", ["qwen2", "qwen3", "gemma2", "gemma3_text", "llama"])
+def test_a_config_with_per_layer_lists_accepts_fewer_blocks(case):
+    from dataclasses import replace
+
+    from lightning_prune.structured import SizeModel
+    from lightning_prune.structured.config import config_accepts
+
+    model = build(case)
+    full = SizeModel.from_model(model).full
+    dropped = replace(full, layers=(False, *full.layers[1:]))
+    assert config_accepts(model)(dropped)  # layer_types is shortened with the blocks, as the shrink does
+
+
 @pytest.mark.parametrize(
     ("overrides", "dense_after"), [({"mlp_only_layers": [1]}, [0]), ({"decoder_sparse_step": 2}, [1])]
 )

@@ -269,6 +269,8 @@ def config_accepts(model: nn.Module) -> Callable[[Any], bool]:
 
     def updates(counts: Any) -> dict[str, Any]:
         out: dict[str, Any] = {"num_hidden_layers": sum(counts.layers)}
+        if not all(counts.layers):  # per-layer lists (layer_types, …) shortened as the real shrink does
+            out.update(_layers(model, family, torch.tensor(counts.layers, dtype=torch.bool)))
         if counts.neurons != lay.n_neurons and not lay.n_experts:
             out[family.ffn_key] = counts.neurons
         if counts.groups != lay.n_kv_heads:
