@@ -348,6 +348,19 @@ def test_a_config_with_per_layer_lists_accepts_fewer_blocks(case):
     assert config_accepts(model)(dropped)  # layer_types is shortened with the blocks, as the shrink does
 
 
+@pytest.mark.parametrize("case", ["mixtral", "qwen3_moe"])
+def test_experts_models_keep_hidden_sizes_their_expert_kernels_run(case):
+    from dataclasses import replace
+
+    from lightning_prune.structured import SizeModel
+    from lightning_prune.structured.config import config_accepts
+
+    model = build(case)
+    full, accepts = SizeModel.from_model(model).full, config_accepts(model)
+    assert not [h for h in range(1, full.hidden) if accepts(replace(full, hidden=h)) and h % 8]
+    assert accepts(replace(full, hidden=full.hidden - 8))
+
+
 @pytest.mark.parametrize(
     ("overrides", "dense_after"), [({"mlp_only_layers": [1]}, [0]), ({"decoder_sparse_step": 2}, [1])]
 )

@@ -287,8 +287,13 @@ def config_accepts(model: nn.Module) -> Callable[[Any], bool]:
                 out[family.top_k_key] = counts.experts
         return out
 
+    moe = any(x.n_experts for x in layouts)
+
     def accepts(counts: Any) -> bool:
         key = (counts.neurons, counts.groups, sum(counts.layers), counts.hidden, counts.experts)
+        if moe and counts.hidden != width and counts.hidden % 8:
+            # transformers' grouped experts kernel needs rows of a multiple of 16 bytes (8 entries in 16 bits)
+            return False
         if key not in cache:
             try:
                 _validate(model, updates(counts))
