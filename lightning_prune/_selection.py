@@ -68,15 +68,20 @@ def _candidates(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Parameter]]:
 
 
 def adapter_parameters(model: nn.Module) -> set[str]:
-    """fqns of adapter parameters: everything of a PEFT tuner layer (a module with a ``base_layer``, such as
-    LoRA's) except what lies in its ``base_layer``."""
+    """fqns a model with adapters must not prune: everything of a PEFT tuner layer (a module with a ``base_layer``,
+    such as LoRA's) except what lies in its ``base_layer``, and the frozen original of a module PEFT trains a copy of
+    (``modules_to_save``: the copy computes, the original is unused while the adapter is active; the copy is pruned
+    like any trained weight)."""
     adapters = set()
     for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
         base = getattr(module, "base_layer", None)
         if isinstance(base, nn.Module) and base is not module:
-            prefix = f"{name}." if name else ""
             inside = {id(p) for p in base.parameters()}
             adapters |= {prefix + f for f, p in module.named_parameters() if id(p) not in inside}
+        original = getattr(module, "original_module", None)
+        if isinstance(original, nn.Module) and isinstance(getattr(module, "modules_to_save", None), nn.ModuleDict):
+            adapters |= {f"{prefix}original_module.{f}" for f, _ in original.named_parameters()}
     return adapters
 
 

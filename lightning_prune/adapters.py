@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import torch
@@ -34,8 +35,10 @@ def is_peft_model(model: nn.Module) -> bool:
 
 def merged_name(fqn: str) -> str:
     """The name a base weight of a PEFT model has once its adapters are merged:
-    ``base_model.model.model.layers.0.q_proj.base_layer.weight`` → ``model.layers.0.q_proj.weight``."""
-    return fqn.removeprefix("base_model.model.").replace(".base_layer.", ".")
+    ``base_model.model.model.layers.0.q_proj.base_layer.weight`` → ``model.layers.0.q_proj.weight``, and a trained
+    copy of ``modules_to_save`` (``….down_proj.modules_to_save.default.weight``) → ``….down_proj.weight``."""
+    name = fqn.removeprefix("base_model.model.").replace(".base_layer.", ".")
+    return re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)
 
 
 @torch.no_grad()

@@ -384,7 +384,7 @@ def test_every_held_tensor_is_cleared_exactly_whatever_it_holds():
     assert not torch.equal(model.weight[keep], kept[keep])  # the kept entries trained
 
 
-def _lora_model():
+def _lora_model(**lora):
     peft = pytest.importorskip("peft")
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -398,16 +398,24 @@ def _lora_model():
         max_position_embeddings=16,
     )
     base = LlamaForCausalLM(config)
-    return peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    lora = {"target_modules": ["q_proj", "v_proj", "down_proj"], **lora}
+    return peft.get_peft_model(base, peft.LoraConfig(r=4, **lora))
 
 
-def test_lora_adapters_are_never_pruned_and_the_merged_export_is_as_sparse(tmp_path):
+@pytest.mark.parametrize(
+    "lora",
+    [{}, {"target_modules": ["q_proj", "v_proj"], "modules_to_save": ["down_proj"]}],
+    ids=["lora", "lora-and-a-trained-copy"],
+)
+def test_lora_adapters_are_never_pruned_and_the_merged_export_is_as_sparse(tmp_path, lora):
     import json
 
     from transformers import AutoModelForCausalLM
 
+    from lightning_prune.adapters import merged_name
+
     pl.seed_everything(0, verbose=False)
-    lm = CausalLM(model=_lora_model(), lr=1e-2, warmup_steps=1)
+    lm = CausalLM(model=_lora_model(**lora), lr=1e-2, warmup_steps=1)
     pruning = ScheduledPruning(AtSteps({1: 0.5}), "magnitude")
     export = ExportPretrained(str(tmp_path / "out"))
     trainer(max_steps=4, callbacks=[pruning, export]).fit(lm, _loader())
@@ -421,9 +429,13 @@ def test_lora_adapters_are_never_pruned_and_the_merged_export_is_as_sparse(tmp_p
     assert report["max_logit_difference"] < 1e-5
     merged = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "out").named_parameters())
     assert "model.layers.0.self_attn.q_proj.weight" in merged  # a plain transformers model
+    assert not any("original_module" in f for f in pruning.masks)  # unused while the trained copy computes
+    zeros = 0
     for f, keep in pruning.masks.items():
-        name = f.removeprefix("model.base_model.model.").replace(".base_layer.", ".")
+        name = merged_name(f.removeprefix("model."))
         assert torch.all(merged[name][~keep.cpu()] == 0), name  # the adapters' update did not refill them
+        zeros += int((merged[name] == 0).sum())
+    assert zeros == round(0.5 * sum(k.numel() for k in pruning.masks.values()))  # the export is exactly as sparse
 
 
 def test_gradient_criteria_refuse_the_frozen_base_weights_of_an_adapted_model():
