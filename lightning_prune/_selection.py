@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
 __all__ = [
+    "find_model",
     "HEAD_PATTERNS",
     "adapter_parameters",
     "in_dim",
@@ -189,3 +190,38 @@ def _names_hint(model: nn.Module, pattern: str) -> str:
     if tied:
         return f"it names shared (tied) parameters, which are selected by their first name: {', '.join(tied[:4])}."
     return f"fqns look like {list(names.values())[:4]}."
+
+
+def find_model(
+    module: nn.Module, test: Callable[[nn.Module], bool], attr: str | None, what: str
+) -> tuple[str, nn.Module]:
+    """``(fqn, model)`` of the model ``test`` recognises inside ``module`` (or ``module`` itself): the submodule
+    ``attr`` names, else the one found outside any other found one; among several, the one with trainable
+    parameters (a frozen teacher beside its student is never chosen).
+
+    Raises:
+        ValueError: if ``attr`` names no submodule, none is found, or several are and more than one trains (naming
+            them and ``attr=``).
+    """
+    if attr is not None:
+        try:
+            return attr, module.get_submodule(attr)
+        except AttributeError as err:
+            raise ValueError(f"attr={attr!r} names no submodule of {type(module).__name__}.") from err
+    found: list[tuple[str, nn.Module]] = []
+    for name, sub in module.named_modules():
+        if any(f == "" or name.startswith(f + ".") for f, _ in found):
+            continue  # inside a model already found
+        if test(sub):
+            found.append((name, sub))
+    if not found:
+        raise ValueError(f"{type(module).__name__} holds no {what}; pass attr='<its attribute>'.")
+    if len(found) > 1:
+        trained = [(n, m) for n, m in found if any(p.requires_grad for p in m.parameters())]
+        if len(trained) == 1:
+            return trained[0]
+        raise ValueError(
+            f"{type(module).__name__} holds several {what}s ({', '.join(repr(n or '.') for n, _ in found)}), and "
+            "more than one trains: pass attr='<its attribute>' to say which one."
+        )
+    return found[0]

@@ -442,3 +442,43 @@ def test_gradient_criteria_refuse_the_frozen_base_weights_of_an_adapted_model():
     pruning = ScheduledPruning(AtSteps({1: 0.5}), "taylor")
     with pytest.raises(ValueError, match=r"base_layer\.weight.*frozen.*LoRA"):
         trainer(max_steps=2, callbacks=[ImportanceTracking(), pruning]).fit(CausalLM(model=_lora_model()), _loader())
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=32, n_layer=2, n_embd=16, n_head=2, n_positions=16, n_inner=32))
+
+
+class _TwoModels(pl.LightningModule):
+    """A student and a teacher of the same family in one module, the teacher first and frozen unless told."""
+
+    def __init__(self, frozen_teacher=True):
+        super().__init__()
+        self.teacher, self.net = _gpt2(), _gpt2()
+        self.teacher.requires_grad_(not frozen_teacher)
+
+
+def test_the_model_to_prune_is_the_one_that_trains_or_the_one_named():
+    from lightning_prune.callbacks.export import find_pretrained
+    from lightning_prune.callbacks.neurons import find_transformer
+
+    module = _TwoModels()
+    assert find_transformer(module)[0] == "net" and find_pretrained(module)[0] == "net"  # never the frozen teacher
+    both = _TwoModels(frozen_teacher=False)
+    with pytest.raises(ValueError, match=r"several.*'teacher', 'net'.*attr="):
+        find_transformer(both)
+    assert find_transformer(both, "teacher")[1] is both.teacher
+    with pytest.raises(ValueError, match="attr='student' names no submodule"):
+        find_transformer(both, "student")
+
+
+def test_masks_that_fit_two_places_are_refused_not_placed_by_chance():
+    from lightning_prune.callbacks.hold import place_masks
+
+    names = {f"{tower}.0.weight": (4, 4) for tower in ("query_tower", "doc_tower")}
+    with pytest.raises(ValueError, match=r"several places \(\['doc_tower', 'query_tower'\]\)"):
+        place_masks({"enc.0.weight": torch.ones(4, 4, dtype=torch.bool)}, names)
+    assert list(place_masks({"enc.0.weight": torch.ones(4, 4, dtype=torch.bool)}, {"a.0.weight": (4, 4)})) == [
+        "a.0.weight"
+    ]

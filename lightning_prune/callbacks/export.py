@@ -16,6 +16,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_prune._registry import registry_of
+from lightning_prune._selection import find_model
 from lightning_prune.adapters import is_peft_model, merge_adapters
 from lightning_prune.export import export_pretrained, make_permanent_, nonzero_report
 from lightning_prune.structured.units import Units, combine_units, shrink_units_
@@ -26,22 +27,17 @@ __all__ = ["ExportPretrained", "find_pretrained", "published_units", "relative_m
 
 def find_pretrained(module: nn.Module, attr: str | None = None) -> tuple[str, nn.Module]:
     """``(fqn, model)`` of the ``transformers`` (or PEFT) model inside a LightningModule: the submodule ``attr`` names,
-    else the first submodule (or ``module`` itself) with ``save_pretrained`` and a ``config``, wherever it lives.
+    else the submodule (or ``module`` itself) with ``save_pretrained`` and a ``config``, wherever it lives (among
+    several, the one that trains: :func:`~lightning_prune._selection.find_model`).
 
     Raises:
-        ValueError: if there is none (or ``attr`` names no submodule).
+        ValueError: if there is none, ``attr`` names no submodule, or several train.
     """
-    if attr is not None:
-        try:
-            return attr, module.get_submodule(attr)
-        except AttributeError as err:
-            raise ValueError(f"attr={attr!r} names no submodule of {type(module).__name__}.") from err
-    for name, sub in module.named_modules():
-        if callable(getattr(sub, "save_pretrained", None)) and hasattr(sub, "config"):
-            return name, sub
-    raise ValueError(
-        f"{type(module).__name__} holds no transformers model (a submodule with save_pretrained and a config) to "
-        "export; pass attr='<its attribute>' or export it yourself with lightning_prune.export.export_pretrained."
+    return find_model(
+        module,
+        lambda sub: callable(getattr(sub, "save_pretrained", None)) and hasattr(sub, "config"),
+        attr,
+        "transformers model (a submodule with save_pretrained and a config)",
     )
 
 

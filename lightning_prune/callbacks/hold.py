@@ -45,7 +45,7 @@ def place_masks(masks: Mapping[str, Tensor], names: Mapping[str, tuple[int, ...]
     holding the same transformer under ``net``, or on the bare model).
 
     Raises:
-        ValueError: if no such placement fits every mask's name and shape (naming what did not fit).
+        ValueError: if no such placement fits every mask's name and shape (naming what did not fit), or several do.
     """
 
     def fits(placed: Mapping[str, Tensor]) -> bool:
@@ -59,10 +59,16 @@ def place_masks(masks: Mapping[str, Tensor], names: Mapping[str, tuple[int, ...]
         if fits(base):
             return base
         first = next(iter(base), "")
-        for prefix in {n[: -len(first)] for n in names if n.endswith("." + first)}:  # put under another module
-            placed = {prefix + f: m for f, m in base.items()}
-            if fits(placed):
-                return placed
+        prefixes = sorted({n[: -len(first)] for n in names if n.endswith("." + first)})  # under another module
+        placements = [p for p in ({prefix + f: m for f, m in base.items()} for prefix in prefixes) if fits(p)]
+        if len(placements) > 1:
+            where = [next(iter(p))[: -len(first)].rstrip(".") for p in placements]
+            raise ValueError(
+                f"the masks fit the module's parameters in several places ({where}): give masks by the module's own "
+                "parameter names."
+            )
+        if placements:
+            return placements[0]
     bad = [f"{f} {tuple(m.shape)}" for f, m in masks.items() if not (f in names and tuple(m.shape) == names[f])]
     raise ValueError(
         f"the masks do not fit the module's parameters: {bad[:5]} (its fqns look like {list(names)[:3]}); give masks "

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_prune._selection import find_model
 from lightning_prune.callbacks._lifecycle import Lifecycle
 from lightning_prune.criteria import get_criterion
 from lightning_prune.neurons import NeuronStats, neuron_masks, neuron_weight_masks
@@ -21,20 +22,24 @@ from lightning_prune.structured.cuts import neuron_cuts
 __all__ = ["NeuronPruning", "find_transformer"]
 
 
-def find_transformer(module: nn.Module) -> tuple[str, nn.Module]:
-    """``(fqn, model)`` of the first submodule (or ``module`` itself) that is a ``transformers`` model whose blocks
-    the library can describe (:func:`~lightning_prune.structured.is_supported`), wherever it lives.
+def find_transformer(module: nn.Module, attr: str | None = None) -> tuple[str, nn.Module]:
+    """``(fqn, model)`` of the ``transformers`` model whose blocks the library can describe
+    (:func:`~lightning_prune.structured.is_supported`): the submodule ``attr`` names, else the one found wherever it
+    lives (among several, the one that trains: :func:`~lightning_prune._selection.find_model`).
 
     Raises:
-        ValueError: if there is none.
+        ValueError: if there is none, several train, or the model ``attr`` names cannot be described.
     """
-    for name, sub in module.named_modules():
-        if hasattr(sub, "config") and hasattr(sub, "base_model") and is_supported(sub):
-            return name, sub
-    raise ValueError(
-        f"NeuronPruning needs a transformers model whose blocks it can describe inside {type(module).__name__}: "
-        f"{', '.join(FAMILIES)}, or any model with Llama's module names."
+    what = (
+        f"transformers model whose blocks can be described ({', '.join(FAMILIES)}, or any model with Llama's "
+        "module names)"
     )
+    name, model = find_model(
+        module, lambda sub: hasattr(sub, "config") and hasattr(sub, "base_model") and is_supported(sub), attr, what
+    )
+    if not (hasattr(model, "config") and is_supported(model)):
+        raise ValueError(f"attr={attr!r} names {type(model).__name__}, not a {what}.")
+    return name, model
 
 
 class NeuronPruning(Lifecycle):
@@ -58,6 +63,8 @@ class NeuronPruning(Lifecycle):
         decay: EMA decay of the running activation statistics.
         samples: token activations kept per layer for ``"mutual_information"``.
         threshold: normalised mutual information above which a pair of neurons counts as redundant.
+        attr: the attribute path of the model to prune in the LightningModule (default: the ``transformers`` model
+            found in it; among several, the one that trains).
 
     Raises:
         ValueError: for an unknown criterion, a schedule past the run's end or removing every neuron, a model
@@ -75,12 +82,14 @@ class NeuronPruning(Lifecycle):
         decay: float = 0.99,
         samples: int = 256,
         threshold: float = 0.0,
+        attr: str | None = None,
     ) -> None:
         self._criterion = get_criterion(criterion, unit="neurons")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay!r}.")
         self.schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
         self.criterion, self.decay, self.n_samples, self.threshold = criterion, decay, samples, threshold
+        self.attr = attr
         self.sparsity = 0.0  # fraction of neurons removed so far (the schedule's last target reached)
         self.masks: list[Tensor] = []  # per layer, bool (n,), True keeps
         self.events: list[dict[str, float]] = []
@@ -98,7 +107,7 @@ class NeuronPruning(Lifecycle):
 
     @override
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:
-        self._prefix, self.model = find_transformer(pl_module)
+        self._prefix, self.model = find_transformer(pl_module, self.attr)
         ffn_output_modules(self.model)  # refuses blocks whose neurons it cannot hook (fused experts), with the reason
         self._sizes = [lay.n_neurons for lay in block_layouts(self.model)]
         end = self.schedule.end_sparsity()

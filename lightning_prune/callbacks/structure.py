@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_prune.callbacks._lifecycle import Lifecycle
+from lightning_prune.callbacks._lifecycle import Lifecycle, check_schedule_fits
 from lightning_prune.callbacks.neurons import find_transformer
 from lightning_prune.schedules import AtEpochs, Schedule
 from lightning_prune.structured.ablation import HeldInputs, lm_loss, probes, rates, zeroed
@@ -74,6 +74,8 @@ class StructuredPruning(Lifecycle):
         loss_batches: the last training batches on which each event measures the loss of its candidate removals
             (0: compare dimensions by the statistics alone). On a resume the held batches come from the
             checkpoint: process 0's, with several processes.
+        attr: the attribute path of the model to prune in the LightningModule (default: the ``transformers`` model
+            found in it; among several, the one that trains).
 
     Raises:
         ValueError: for a bad target, schedule, dimension, criterion, decay, tolerance or ``loss_batches``; at setup
@@ -95,6 +97,7 @@ class StructuredPruning(Lifecycle):
         decay: float = 0.99,
         tolerance: float = 0.01,
         loss_batches: int = 4,
+        attr: str | None = None,
     ) -> None:
         self.target = SizeTarget.of(target)
         self.schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
@@ -114,6 +117,7 @@ class StructuredPruning(Lifecycle):
             )
         self.requested = tuple(dims) if dims is not None else None
         self.criterion, self.decay, self.tolerance, self.loss_batches = criterion, decay, tolerance, loss_batches
+        self.attr = attr
         self.dims: tuple[str, ...] = ()
         self.units = Units()
         self.stats: UnitStats | None = None
@@ -131,22 +135,22 @@ class StructuredPruning(Lifecycle):
 
     @override
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.schedule.check_fits(trainer.max_epochs, trainer.max_steps)
+        check_schedule_fits(self.schedule, trainer)
         if self.schedule.first() == 0:
             raise ValueError(
                 f"{self.schedule} prunes at {self.schedule.unit} 0, before any statistics are gathered; start the "
                 f"schedule at {self.schedule.unit} 1 or later (calibrate one-shot with lightning_prune.structured)."
             )
         try:
-            find_transformer(pl_module)
+            find_transformer(pl_module, self.attr)
         except ValueError:
-            return  # built in configure_model: checked at on_fit_start
+            return  # built in configure_model (or not found): checked at on_fit_start
         self._configure(pl_module)
 
     def _configure(self, pl_module: pl.LightningModule) -> None:
         """Find the model, its size model and dimensions; check the target against them."""
         try:
-            self._prefix, self.model = find_transformer(pl_module)
+            self._prefix, self.model = find_transformer(pl_module, self.attr)
         except ValueError as err:
             raise ValueError(str(err).replace("NeuronPruning", "StructuredPruning", 1)) from None
         self.size = SizeModel.from_model(self.model, self.target.seq)
