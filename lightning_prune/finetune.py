@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_prune.callbacks.hold import HoldMasks
+from lightning_prune.callbacks.hold import HoldMasks, checkpoint_masks
 from lightning_prune.callbacks.pruning import masks_in_state
 from lightning_prune.export import bare_fqn
 from lightning_prune.lm import CausalLM
@@ -47,26 +47,22 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> T
 
 
 def masks_from_checkpoint(path: str | Path, state_key: str | None = None) -> dict[str, Tensor]:
-    """The masks a ``ScheduledPruning`` callback stored in a Lightning checkpoint.
+    """The masks a pruning run stored in a Lightning checkpoint.
 
     Args:
         path: the checkpoint file.
-        state_key: the callback's ``state_key``; default: the one ``ScheduledPruning`` state in the checkpoint.
+        state_key: one callback's ``state_key``; default: the union of every ``ScheduledPruning`` and ``HoldMasks``
+            state in the checkpoint (:func:`~lightning_prune.callbacks.hold.checkpoint_masks`), so a run with several
+            pruning callbacks gives all its masks.
 
     Raises:
-        KeyError: if the checkpoint holds no such callback state, or several and no ``state_key`` (the message lists
-            what it holds).
+        KeyError: if the checkpoint holds no such callback state (the message lists what it holds).
     """
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    callbacks = ckpt.get("callbacks", {})
-    found = [k for k in callbacks if isinstance(k, str) and k.startswith("ScheduledPruning")]
-    if state_key is None and len(found) == 1:
-        state_key = found[0]
+    if state_key is None:
+        return checkpoint_masks(path)
+    callbacks = torch.load(path, map_location="cpu", weights_only=False).get("callbacks", {})
     if state_key not in callbacks:
-        raise KeyError(
-            f"{path} holds no {state_key or 'single ScheduledPruning'!r} state; callback states found: "
-            f"{sorted(map(str, callbacks))}."
-        )
+        raise KeyError(f"{path} holds no {state_key!r} state; callback states found: {sorted(map(str, callbacks))}.")
     state = callbacks[state_key]
     return masks_in_state(state, {f: tuple(s) for f, s in state.get("shapes", {}).items()})
 

@@ -59,6 +59,23 @@ def test_masks_stay_exact_through_bf16_mixed_fine_tuning(distill):
         assert ft.teacher is not None and not any(t is ft.teacher for t in ft.modules())
 
 
+def test_fine_tune_from_a_checkpoint_of_several_pruning_callbacks_holds_them_all(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    lm = CausalLM(**CFG)
+    mlp = ScheduledPruning({1: 0.5}, parameters=["*mlp*.weight"], name="mlp")
+    attn = ScheduledPruning({1: 0.3}, parameters=["*attn*.weight"], name="attn")
+    t = trainer(max_epochs=2, callbacks=[mlp, attn])
+    t.fit(lm, _loader())
+    t.save_checkpoint(tmp_path / "pruned.ckpt")
+    masks = masks_from_checkpoint(tmp_path / "pruned.ckpt")
+    assert set(masks) == set(mlp.masks) | set(attn.masks)
+    assert set(masks_from_checkpoint(tmp_path / "pruned.ckpt", mlp.state_key)) == set(mlp.masks)
+    ft = FineTune(checkpoint=str(tmp_path / "pruned.ckpt"), **CFG)
+    trainer(max_epochs=1).fit(ft, _loader())
+    for fqn, keep in masks.items():
+        assert torch.all(ft.masked_parameters()[fqn.removeprefix("model.")][~keep] == 0), fqn
+
+
 def test_fine_tune_from_a_pruning_checkpoint(tmp_path):
     pl.seed_everything(0, verbose=False)
     lm = CausalLM(**CFG)
@@ -111,8 +128,10 @@ def test_bad_masks_and_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"distill_weight must be in \[0, 1\]"):
         FineTune(masks={}, model=dense.model, distill_weight=2.0)
     torch.save({"callbacks": {}, "state_dict": {}}, tmp_path / "empty.ckpt")
-    with pytest.raises(KeyError, match="holds no 'single ScheduledPruning' state"):
+    with pytest.raises(KeyError, match="holds no ScheduledPruning or HoldMasks state"):
         masks_from_checkpoint(tmp_path / "empty.ckpt")
+    with pytest.raises(KeyError, match="holds no 'ScheduledPruning\\[mine\\]' state"):
+        masks_from_checkpoint(tmp_path / "empty.ckpt", "ScheduledPruning[mine]")
 
 
 def test_distillation_mixes_the_lm_loss_and_the_kl_by_its_weight():
