@@ -154,6 +154,19 @@ def test_sparsity_is_logged_at_each_event_and_epoch(tiny, tmp_path):
     assert "sparsity/global" in events.Tags()["scalars"]
 
 
+def test_several_unnamed_callbacks_are_told_their_metrics_share_keys_and_named_ones_are_not(tiny):
+    fc1, fc2 = ["*fc1.weight"], ["*fc2.weight"]
+    with pytest.warns(UserWarning, match=r"2 ScheduledPruning callbacks without name= log the same metrics"):
+        _fit(
+            tiny, [ScheduledPruning({1: 0.8}, parameters=fc1), ScheduledPruning({1: 0.2}, parameters=fc2)], max_epochs=2
+        )
+    named = [ScheduledPruning({1: 0.8}, parameters=fc1, name="a"), ScheduledPruning({1: 0.2}, parameters=fc2, name="b")]
+    rec = Recorder()
+    _fit(tiny, named, max_epochs=2, logger=[rec])
+    last = [m for _, m in rec.metrics if "sparsity/a/global" in m][-1]
+    assert last["sparsity/a/global"] == pytest.approx(0.8, abs=1e-3) and "sparsity/global" not in last
+
+
 # ---- bad input ---------------------------------------------------------------------------------------------
 
 

@@ -132,6 +132,13 @@ class ScheduledPruning(Lifecycle):
     @override
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.schedule.check_fits(trainer.max_epochs, trainer.max_steps)
+        unnamed = [cb for cb in trainer.callbacks if isinstance(cb, ScheduledPruning) and not cb.name]
+        if len(unnamed) > 1 and unnamed[0] is self:
+            rank_zero_warn(
+                f"{len(unnamed)} ScheduledPruning callbacks without name= log the same metrics (sparsity/global, "
+                "sparsity/target: the largest of theirs is what callback_metrics, the progress bar and a "
+                "ModelCheckpoint monitor see); give each a name= to log them as sparsity/<name>/…."
+            )
         if self.criterion.stats:
             first, unit = self.schedule.first(), self.schedule.unit
             if first == 0:
