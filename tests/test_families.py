@@ -230,6 +230,21 @@ def test_hidden_entries_hold_removed_features_at_zero(case):
         assert head.weight is model.get_input_embeddings().weight  # still tied
 
 
+@pytest.mark.parametrize("case", sorted(HEAD_DIM_IN_CONFIG - {"starcoder2"}))  # LayerNorm: centring stays
+def test_a_model_trained_with_hidden_features_zeroed_is_what_the_shrunk_model_computes(tmp_path, case):
+    """Norms rescaled, and a scaled input embedding (Gemma) kept at the masked model's scale, tied head included:
+    exact but for the norms' epsilon (set negligible here)."""
+    from lightning_prune.structured import Units, shrink_units_
+
+    kind, kwargs = CASES[case]
+    model = make(kind, _auto(case), **{**kwargs, "rms_norm_eps": 1e-12})
+    ids = torch.randint(3, VOCAB, (2, 12))
+    keep = hidden_mask_from_scores(torch.rand(32), n_remove=8)
+    expected = outputs(zeroed(model, hidden_weight_masks(model, keep)), ids)
+    shrink_units_(model, Units(hidden=keep))
+    assert torch.allclose(outputs(reload(model, case, tmp_path), ids), expected, atol=1e-5)
+
+
 DERIVED_HEAD_DIM = sorted(set(CASES) - HEAD_DIM_IN_CONFIG)
 
 
