@@ -79,9 +79,11 @@ class StructuredPruning(Lifecycle):
 
     Raises:
         ValueError: for a bad target, schedule, dimension, criterion, decay, tolerance or ``loss_batches``; at setup
-            for dimensions the model cannot shrink, a target it cannot reach within ``tolerance`` with ``dims``, a
-            schedule past the run or at its first step; at the first event when the model's training passes give
-            no input_ids or labels to measure a loss on; and for a checkpoint of another model.
+            for dimensions the model cannot shrink, a target below the smallest model ``dims`` allow (within
+            ``tolerance``), a schedule past the run or at its first step; at the first event when the model's
+            training passes give no input_ids or labels to measure a loss on; and for a checkpoint of another model.
+            A target between the sizes the config can express may end outside ``tolerance`` (the greedy plan does
+            not search every combination); the last event then warns with the size reached.
 
     Example:
         >>> pruning = StructuredPruning(SizeTarget(fraction=0.5), Cubic(0.5, start=100, end=1000))
