@@ -162,6 +162,9 @@ class Lifecycle(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             check_strategy(trainer.strategy)
+            schedule = getattr(self, "schedule", None)
+            if isinstance(schedule, Schedule):  # again at on_fit_start, where the data is known in every setup
+                check_schedule_fits(schedule, trainer)
             self.check(trainer, pl_module)
 
     @override

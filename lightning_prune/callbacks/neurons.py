@@ -102,10 +102,6 @@ class NeuronPruning(Lifecycle):
     # ---- setup ---------------------------------------------------------------------------------------------
 
     @override
-    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.schedule.check_fits(trainer.max_epochs, trainer.max_steps)
-
-    @override
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:
         self._prefix, self.model = find_transformer(pl_module, self.attr)
         ffn_output_modules(self.model)  # refuses blocks whose neurons it cannot hook (fused experts), with the reason

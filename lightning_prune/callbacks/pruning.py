@@ -131,7 +131,6 @@ class ScheduledPruning(Lifecycle):
 
     @override
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.schedule.check_fits(trainer.max_epochs, trainer.max_steps)
         unnamed = [cb for cb in trainer.callbacks if isinstance(cb, ScheduledPruning) and not cb.name]
         if len(unnamed) > 1 and unnamed[0] is self:
             rank_zero_warn(

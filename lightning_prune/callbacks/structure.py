@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_prune.callbacks._lifecycle import Lifecycle, check_schedule_fits
+from lightning_prune.callbacks._lifecycle import Lifecycle
 from lightning_prune.callbacks.neurons import find_transformer
 from lightning_prune.schedules import AtEpochs, Schedule
 from lightning_prune.structured.ablation import HeldInputs, lm_loss, probes, rates, zeroed
@@ -137,7 +137,6 @@ class StructuredPruning(Lifecycle):
 
     @override
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        check_schedule_fits(self.schedule, trainer)
         if self.schedule.first() == 0:
             raise ValueError(
                 f"{self.schedule} prunes at {self.schedule.unit} 0, before any statistics are gathered; start the "
