@@ -30,6 +30,7 @@ __all__ = [
     "foreach_norm",
     "foreach_sub",
     "inner_optimizer",
+    "load_training_data",
     "local_shape_and_offset",
     "local_tensor",
     "loss_scale",
@@ -134,6 +135,12 @@ def average_model(callback: Any) -> nn.Module | None:
     keep, or None."""
     average = getattr(callback, "_average_model", None)
     return average if isinstance(average, nn.Module) else None
+
+
+def load_training_data(trainer: Any) -> None:
+    """Load the Trainer's training data now (its fit loop's ``setup_data``, as ``estimated_stepping_batches`` does
+    when ``max_epochs`` is set), so that ``num_training_batches`` is known before the fit starts."""
+    trainer.fit_loop.setup_data()
 
 
 def saves_distributed_checkpoint(strategy: Any) -> bool:

@@ -126,3 +126,29 @@ def test_the_local_shard_of_a_dtensor_is_its_storage(tmp_path):
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_the_training_data_loads_before_the_fit_with_max_steps_alone():
+    import lightning.pytorch as pl
+    from helpers import TinyLM, token_loader
+
+    from lightning_prune._compat import load_training_data
+
+    seen = []
+
+    class Probe(pl.Callback):
+        def setup(self, trainer, pl_module, stage):
+            assert trainer.estimated_stepping_batches == 3 and trainer.num_training_batches == float("inf")
+            load_training_data(trainer)
+            seen.append(trainer.num_training_batches)
+
+    trainer = pl.Trainer(
+        max_steps=3,
+        callbacks=[Probe()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(TinyLM(), token_loader(n=64, batch_size=8))
+    assert seen == [8]

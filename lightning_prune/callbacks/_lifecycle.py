@@ -50,7 +50,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_prune._compat import average_model, saves_distributed_checkpoint
+from lightning_prune._compat import average_model, load_training_data, saves_distributed_checkpoint
 from lightning_prune._registry import MaskRegistry, registry_of
 from lightning_prune._shards import Layout
 from lightning_prune.schedules import Schedule
@@ -72,7 +72,7 @@ def steps_per_epoch(trainer: pl.Trainer) -> int | None:
         # with max_steps alone (max_epochs -1) Lightning answers max_steps without loading the data: load it as
         # its own estimate does otherwise, so that epoch schedules and epoch-based checks are known at setup
         try:
-            trainer.fit_loop.setup_data()
+            load_training_data(trainer)
         except Exception:
             return None
         batches = trainer.num_training_batches
