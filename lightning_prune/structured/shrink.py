@@ -23,7 +23,7 @@ from lightning_prune._selection import is_conv1d
 from lightning_prune.structured.config import config_updates
 from lightning_prune.structured.cuts import Cut, expert_cuts, head_cuts, hidden_cuts, neuron_cuts
 from lightning_prune.structured.families import family_of
-from lightning_prune.structured.layout import block_layouts, blocks_of
+from lightning_prune.structured.layout import block_layouts, blocks_of, stream_layout
 from lightning_prune.structured.masks import hidden_size
 
 __all__ = ["shrink_", "shrink_experts_", "shrink_heads_", "shrink_hidden_", "shrink_layers_", "shrink_neurons_"]
@@ -124,17 +124,59 @@ def _shrink_experts(model: nn.Module, masks: Sequence[Tensor], updates: dict[str
         _recache_(modules, "top_k", int(getattr(model.config, top_k)), updates[top_k])
 
 
+@torch.no_grad()
+def norm_form(norm: nn.Module, width: int) -> str | None:
+    """How an RMS norm applies its weight: ``"w"``, Gemma's ``"1+w"``, or None (not recognised, e.g. no weight)."""
+    weight = getattr(norm, "weight", None)
+    if not isinstance(weight, Tensor):
+        return None
+    probe = norm(torch.ones(1, width, dtype=weight.dtype, device=weight.device))[0]  # an all-ones row has RMS 1
+    if torch.allclose(probe, weight, atol=1e-3):
+        return "w"
+    return "1+w" if torch.allclose(probe, 1 + weight, atol=1e-3) else None
+
+
+@torch.no_grad()
+def scale_norm_(norm: nn.Module, factor: float, form: str) -> None:
+    """Multiply what an RMS norm of :func:`norm_form` ``form`` outputs by ``factor``, through its weight."""
+    if form == "w":
+        norm.weight.mul_(factor)
+    else:
+        norm.weight.copy_((1 + norm.weight) * factor - 1)
+
+
 def _shrink_hidden(model: nn.Module, mask: Tensor) -> None:
     old = hidden_size(model)
     _apply_cuts_(model, hidden_cuts(model, mask))
     new = int(mask.sum())
     _recache_(list(model.modules()), "hidden", old, new)
-    embedding = model.get_input_embeddings()
-    if family_of(model).scaled_embedding:  # Gemma scales its input embedding by sqrt(hidden_size)
-        if isinstance(getattr(embedding, "embed_scale", None), Tensor):
-            embedding.embed_scale.fill_(new**0.5)
-        if hasattr(embedding, "scalar_embed_scale"):
-            embedding.scalar_embed_scale = new**0.5
+    if family_of(model).scaled_embedding:
+        _keep_embedding_scale_(model, old, new)
+
+
+@torch.no_grad()
+def _keep_embedding_scale_(model: nn.Module, old: int, new: int) -> None:
+    """Gemma scales its input embedding by ``sqrt(hidden_size)``, which a reload recomputes from the config: the
+    kept columns are scaled by ``sqrt(old / new)`` so each token still enters the stream as before, and a tied output
+    head (the same weight) is compensated in the final norm, so the logits do not grow with it.
+
+    Raises:
+        ValueError: for a tied head whose final norm has no weight to compensate in (nothing changes).
+    """
+    embedding, factor = model.get_input_embeddings(), (old / new) ** 0.5
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = head is not None and head.weight is embedding.weight
+    final = [m for m in (model.get_submodule(n) for n in stream_layout(model)[0]) if not isinstance(m, nn.Embedding)]
+    form = norm_form(final[-1], new) if tied and final else None
+    if tied and form is None:
+        raise ValueError(f"{type(model).__name__}: a tied output head without a final RMS norm to compensate in.")
+    if isinstance(getattr(embedding, "embed_scale", None), Tensor):
+        embedding.embed_scale.fill_(new**0.5)
+    if hasattr(embedding, "scalar_embed_scale"):
+        embedding.scalar_embed_scale = new**0.5
+    embedding.weight.mul_(factor)
+    if tied:
+        scale_norm_(final[-1], 1 / factor, form)
 
 
 def _shrink_layers(model: nn.Module, mask: Tensor) -> None:

@@ -30,10 +30,9 @@ from lightning_prune.structured.cuts import (
     layer_weight_masks,
     neuron_weight_masks,
 )
-from lightning_prune.structured.families import family_of
 from lightning_prune.structured.layout import block_layouts, stream_layout
 from lightning_prune.structured.masks import hidden_size
-from lightning_prune.structured.shrink import shrink_
+from lightning_prune.structured.shrink import norm_form, scale_norm_, shrink_
 
 __all__ = ["DIMENSIONS", "Units", "combine_units", "match_masked_norms_", "shrink_units_"]
 
@@ -199,19 +198,6 @@ def _norms_over_hidden(model: nn.Module) -> list[nn.Module]:
     return [model.get_submodule(n) for n in names]
 
 
-def _scale_norm_(norm: nn.Module, factor: float, d: int) -> bool:
-    """Multiply what an RMS norm outputs by ``factor`` through its weight; False when its form is not recognised."""
-    weight = norm.weight
-    probe = norm(torch.ones(1, d, dtype=weight.dtype, device=weight.device))[0]  # an all-ones row has RMS 1
-    if torch.allclose(probe, weight, atol=1e-3):
-        weight.mul_(factor)
-    elif torch.allclose(probe, 1 + weight, atol=1e-3):  # Gemma: (1 + weight)
-        weight.copy_((1 + weight) * factor - 1)
-    else:
-        return False
-    return True
-
-
 @torch.no_grad()
 def match_masked_norms_(model: nn.Module, hidden: Tensor) -> list[str]:
     """Rescale the RMS norms on the residual stream so that, after the ``hidden`` features are cut out, they compute
@@ -220,9 +206,8 @@ def match_masked_norms_(model: nn.Module, hidden: Tensor) -> list[str]:
 
     A norm whose output on an all-ones input is its weight is scaled by ``sqrt(d/k)``; one that computes
     ``(1 + weight)`` (Gemma) gets ``(1 + w)·sqrt(d/k) − 1``. LayerNorms (with a bias, or centring) are left alone:
-    centring over zeros cannot be undone by a scale. A family that scales its input embedding by
-    ``sqrt(hidden_size)`` (Gemma) gets ``sqrt(k)`` after the cut: the embedding is scaled by ``sqrt(d/k)`` to keep
-    ``sqrt(d)``, and a tied output head is compensated in the final norm.
+    centring over zeros cannot be undone by a scale. (An input embedding scaled by ``sqrt(hidden_size)``, Gemma's,
+    is kept at its scale by the shrink itself.)
 
     Returns:
         The class names of the norms left alone (empty when the shrink is exact).
@@ -236,17 +221,10 @@ def match_masked_norms_(model: nn.Module, hidden: Tensor) -> list[str]:
         weight = getattr(norm, "weight", None)
         if not isinstance(weight, Tensor) or weight.numel() != d or getattr(norm, "bias", None) is not None:
             skipped.append(type(norm).__name__)
-        elif not _scale_norm_(norm, scale, d):
+        elif (form := norm_form(norm, d)) is None:
             skipped.append(type(norm).__name__)
-    if family_of(model).scaled_embedding:
-        embedding = model.get_input_embeddings()
-        embedding.weight.mul_(scale)
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if head is not None and head.weight is embedding.weight:  # tied: the logits would grow by the same scale
-            final = [model.get_submodule(n) for n in stream_layout(model)[0]]
-            final = [m for m in final if not isinstance(m, nn.Embedding)]
-            if not final or not _scale_norm_(final[-1], 1 / scale, d):
-                skipped.append("tied output head")
+        else:
+            scale_norm_(norm, scale, form)
     return sorted(set(skipped))
 
 
