@@ -471,6 +471,8 @@ def test_the_model_to_prune_is_the_one_that_trains_or_the_one_named():
     assert find_transformer(both, "teacher")[1] is both.teacher
     with pytest.raises(ValueError, match="attr='student' names no submodule"):
         find_transformer(both, "student")
+    with pytest.raises(ValueError, match="attr='net.transformer.h' names ModuleList, not a transformers model"):
+        find_transformer(both, "net.transformer.h")
 
 
 def test_masks_that_fit_two_places_are_refused_not_placed_by_chance():

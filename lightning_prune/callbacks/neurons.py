@@ -37,7 +37,7 @@ def find_transformer(module: nn.Module, attr: str | None = None) -> tuple[str, n
     name, model = find_model(
         module, lambda sub: hasattr(sub, "config") and hasattr(sub, "base_model") and is_supported(sub), attr, what
     )
-    if not (hasattr(model, "config") and is_supported(model)):
+    if attr is not None and not (hasattr(model, "config") and is_supported(model)):
         raise ValueError(f"attr={attr!r} names {type(model).__name__}, not a {what}.")
     return name, model
 
