@@ -5,7 +5,7 @@ Examples:
     lightning-prune fit --config recipes/main.yaml --trainer.max_epochs 4 --schedule '{1: 0.3, 2: 0.6}'
     lightning-prune fit --config recipes/main.yaml --data.files '[my.txt]' --print_config
 
-``--dense true`` trains the same recipe without pruning: the pruning and tracking callbacks are dropped and
+``--dense true`` trains the same recipe without pruning: every pruning, holding and tracking callback is dropped and
 everything else (model, data, seed, steps, learning-rate schedule, report, export) stays. Its ``report.json`` is
 the same-budget reference that a pruned run's :class:`~lightning_prune.callbacks.PruningReport` compares with
 (``recipes/main_dense.json`` is written this way)::
@@ -18,17 +18,26 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_prune.callbacks import ImportanceTracking, NeuronPruning, ScheduledPruning
+from lightning_prune.callbacks import ScheduledPruning
+from lightning_prune.callbacks._lifecycle import Lifecycle
 from lightning_prune.data import TextDataModule, check_block_size
 from lightning_prune.lm import CausalLM
 from lightning_prune.schedules import AtEpochs
 
-__all__ = ["PRUNING_CALLBACKS", "PruneCLI", "cli", "main"]
+__all__ = ["PRUNING_CALLBACKS", "PruneCLI", "cli", "main", "without_pruning"]
 
-PRUNING_CALLBACKS = (ScheduledPruning, NeuronPruning, ImportanceTracking)  # what ``--dense true`` leaves out
+# what ``--dense true`` leaves out: every callback that writes, holds or tracks masks (every pruning writer, HoldMasks,
+# ImportanceTracking); the rest of the recipe (report, export, distillation, checkpoints) stays
+PRUNING_CALLBACKS = (Lifecycle,)
+
+
+def without_pruning(callbacks: list[Any]) -> list[Any]:
+    """The callbacks of a recipe less every one that prunes, holds or tracks (``--dense true``)."""
+    return [cb for cb in callbacks if not isinstance(cb, PRUNING_CALLBACKS)]
 
 
 class PruneCLI(LightningCLI):
@@ -55,7 +64,7 @@ class PruneCLI(LightningCLI):
         context = getattr(self.model, "context", None)
         check_block_size(self.datamodule.block_size, context)
         if self._get(self.config, "dense", False):
-            self.trainer.callbacks = [cb for cb in self.trainer.callbacks if not isinstance(cb, PRUNING_CALLBACKS)]
+            self.trainer.callbacks = without_pruning(self.trainer.callbacks)
         points = self._get(self.config, "schedule", None)
         if points is not None:
             pruning = [cb for cb in self.trainer.callbacks if isinstance(cb, ScheduledPruning)]

@@ -42,6 +42,19 @@ def check_sparsity(value: float, what: str = "sparsity") -> float:
     return float(value)
 
 
+def check_value(value: float, what: str) -> float:
+    """Return a schedule's value as a float if it lies in [0, 1], else raise ``ValueError``.
+
+    A schedule may reach 1: read as a fraction of the way to a size (``StructuredPruning``) that is the target
+    itself. A writer of weight sparsity refuses a schedule that ends at 1 (every weight pruned) on its own.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"{what} must be in [0, 1] (a fraction of zeros, or of the way to a size target), got {value!r}."
+        )
+    return float(value)
+
+
 def piecewise_sparsity(points: Mapping[int, float], t: int) -> float:
     """Sparsity of the latest point at or before ``t`` (0 before the first point)."""
     reached = [p for p in points if p <= t]
@@ -171,7 +184,7 @@ def _check_points(points: Mapping[int, float], unit: str) -> dict[int, float]:
     for t, s in sorted((int(t), s) for t, s in points.items()):
         if t < 0:
             raise ValueError(f"{unit} points must be >= 0, got {t}.")
-        clean[t] = check_sparsity(s, f"sparsity at {unit} {t}")
+        clean[t] = check_value(s, f"the value at {unit} {t}")
     values = list(clean.values())
     if any(b < a for a, b in zip(values, values[1:])):
         raise ValueError(f"sparsity must not decrease along the schedule (pruned weights stay pruned), got {clean}.")
@@ -219,8 +232,8 @@ class _Gradual(Schedule):
     unit: Unit = "step"  # "step" (global_step) or "epoch" (current_epoch)
 
     def __post_init__(self) -> None:
-        check_sparsity(self.final, "final")
-        check_sparsity(self.initial, "initial")
+        check_value(self.final, "final")
+        check_value(self.initial, "initial")
         if self.initial > self.final:
             raise ValueError(f"initial={self.initial} must not exceed final={self.final}.")
         if not 0 <= self.start < self.end:
@@ -262,7 +275,7 @@ class OneShot(Schedule):
     unit: Unit = "epoch"  # "step" or "epoch"
 
     def __post_init__(self) -> None:
-        check_sparsity(self.sparsity)
+        check_value(self.sparsity, "sparsity")
         if self.at < 0:
             raise ValueError(f"at must be >= 0, got {self.at}.")
         if self.unit not in ("step", "epoch"):

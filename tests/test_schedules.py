@@ -34,14 +34,22 @@ def test_one_shot():
     assert (s(2), s(3), s(9)) == (0.0, 0.7, 0.7)
 
 
-@pytest.mark.parametrize("bad", [1.0, -0.1, 1.5, float("nan")])
-def test_sparsity_outside_unit_interval_is_rejected(bad):
-    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_values_outside_the_unit_interval_are_rejected(bad):
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         AtEpochs({1: bad})
-    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         Cubic(final=bad, start=0, end=10)
-    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         OneShot(bad)
+
+
+def test_a_schedule_may_reach_one_and_a_weight_writer_refuses_it():
+    from lightning_prune import ScheduledPruning
+
+    assert (AtEpochs({1: 1.0})(1), Cubic(final=1.0, start=0, end=10)(10), OneShot(1.0)(0)) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"would prune every selected weight; sparsity is a fraction of zeros in \[0, 1\)"):
+        ScheduledPruning(AtEpochs({1: 1.0}))
 
 
 def test_decreasing_points_are_rejected():

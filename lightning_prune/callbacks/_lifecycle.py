@@ -4,7 +4,8 @@
 hook              what happens, the same for every callback
 ================  =========================================================================================
 ``__init__``      arguments validated; nothing about a model is known
-``setup("fit")``  arguments checked against the Trainer (a schedule past the run's end is an error)
+``setup("fit")``  arguments checked against the Trainer (a schedule past the run's end is an error, unless
+                  this instance already reached its final target on this model: a further fit continues)
 ``on_fit_start``  parameters resolved as they train now (after ``configure_model``, sharding, precision). If
                   the model is another object, or its selected parameters have other names or shapes, than
                   the ones this instance's state was made for, that state is dropped whole: masks,
@@ -163,7 +164,7 @@ class Lifecycle(Callback):
         if stage == "fit":
             check_strategy(trainer.strategy)
             schedule = getattr(self, "schedule", None)
-            if isinstance(schedule, Schedule):  # again at on_fit_start, where the data is known in every setup
+            if isinstance(schedule, Schedule) and not self.finished(pl_module):  # again at on_fit_start
                 check_schedule_fits(schedule, trainer)
             self.check(trainer, pl_module)
 
@@ -179,8 +180,15 @@ class Lifecycle(Callback):
             self.reset()
         self._owner, self._signature = weakref.ref(pl_module), signature
         schedule = getattr(self, "schedule", None)
-        if isinstance(schedule, Schedule):
+        if isinstance(schedule, Schedule) and not self.finished(pl_module):
             check_schedule_fits(schedule, trainer)
+
+    def finished(self, pl_module: pl.LightningModule) -> bool:
+        """Whether this instance's state is of ``pl_module`` and has reached its final target: a further fit of any
+        length continues it (masks held, nothing pruned again), so its schedule need not fit that run."""
+        owner = self._owner() if self._owner is not None else None
+        progress = registry_of(pl_module).progress.get(self.state_key) if owner is pl_module else None
+        return progress is not None and progress[0] >= progress[1]
 
     @override
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

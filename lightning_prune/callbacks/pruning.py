@@ -116,6 +116,11 @@ class ScheduledPruning(Lifecycle):
         """
         schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
         end = schedule.end_sparsity()
+        if end >= 1.0:
+            raise ValueError(
+                f"the schedule ends at sparsity {end}, which would prune every selected weight; sparsity is a fraction "
+                "of zeros in [0, 1)."
+            )
         if self.kind == "nm" and end > (self.m - self.n) / self.m:
             raise ValueError(
                 f"pattern {self.pattern!r} allows at most {(self.m - self.n) / self.m} sparsity, schedule ends at "

@@ -19,7 +19,7 @@ from lightning_prune.structured.ablation import HeldInputs, lm_loss, probes, rat
 from lightning_prune.structured.allocate import allocate, fewest_units
 from lightning_prune.structured.config import config_accepts
 from lightning_prune.structured.cuts import expert_cuts, head_cuts, hidden_cuts, neuron_cuts
-from lightning_prune.structured.dims import check_dims, shrinkable
+from lightning_prune.structured.dims import check_dims, shrinkable, ungraded_blocks
 from lightning_prune.structured.observe import observe, stat_sizes
 from lightning_prune.structured.size import SizeModel
 from lightning_prune.structured.stats import STRUCTURE_CRITERIA, UnitStats
@@ -160,6 +160,13 @@ class StructuredPruning(Lifecycle):
         self.dims = self.requested or tuple(shrinkable(self.model, self.size))
         if not self.dims:
             raise ValueError(f"this {self.model.config.model_type} model has no dimension its config can shrink.")
+        frozen = ungraded_blocks(self.model) if self.criterion == "taylor" else []
+        if frozen:
+            raise ValueError(
+                f"blocks {frozen} and everything before them are frozen, so their units get no gradient, which "
+                "criterion='taylor' reads: choose criterion='activation' (magnitudes need no gradient), or train the "
+                "input embeddings or an earlier block."
+            )
         full, metric = self.size.full, self.target.metric
         self.goal = self.target.goal(self.size.params(full), self.size.flops(full))
         floor = fewest_units(self.size, Units.full(self.model, self.dims), config_accepts(self.model))

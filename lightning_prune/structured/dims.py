@@ -18,7 +18,23 @@ from lightning_prune.structured.layout import block_layouts
 from lightning_prune.structured.size import SizeModel
 from lightning_prune.structured.units import DIMENSIONS
 
-__all__ = ["check_dims", "shrinkable", "why_not"]
+__all__ = ["check_dims", "shrinkable", "ungraded_blocks", "why_not"]
+
+
+def ungraded_blocks(model: nn.Module) -> list[int]:
+    """The blocks whose units get no gradient in training: frozen blocks with nothing trainable before them (input
+    embeddings and every earlier block frozen), so no activation in them requires a gradient. A criterion that reads
+    gradients (Taylor) has no statistics there; frozen blocks *after* a trainable parameter are fine (gradients flow
+    through frozen weights)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and any(p.requires_grad for p in embeddings.parameters()):
+        return []
+    out = []
+    for lay in block_layouts(model):
+        if any(p.requires_grad for p in model.get_submodule(lay.prefix).parameters()):
+            break
+        out.append(lay.index)
+    return out
 
 
 def why_not(model: nn.Module, size: SizeModel | None = None) -> dict[str, str]:
