@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,7 +51,7 @@ from lightning_prune._compat import inner_optimizer, version
 from lightning_prune._shards import Layout, layout_of, local
 from lightning_prune.masks import clear_
 
-__all__ = ["MaskRegistry", "registry_of"]
+__all__ = ["MaskRegistry", "Shrink", "registry_of"]
 
 _REGISTRIES: weakref.WeakKeyDictionary[nn.Module, MaskRegistry] = weakref.WeakKeyDictionary()
 
@@ -60,6 +61,67 @@ def registry_of(model: nn.Module) -> MaskRegistry:
     if model not in _REGISTRIES:
         _REGISTRIES[model] = MaskRegistry()
     return _REGISTRIES[model]
+
+
+@dataclass(frozen=True)
+class Shrink:
+    """A physical shrink of the model that the registry followed: how every record named by an fqn before it maps to
+    the model after it. A cut keeps the features ``keep`` (bool, ``(size,)``) of parameter ``fqn`` along ``dim``
+    (named as before the shrink); a rename maps an fqn to its name after removed blocks are renumbered (None: its
+    block is gone); fqns in neither are unchanged."""
+
+    cuts: tuple[tuple[str, int, Tensor], ...] = ()  # (fqn before, dim, bool keep)
+    renames: Mapping[str, str | None] = field(default_factory=dict)  # fqn before -> fqn after (None: removed)
+    prefix: str | None = None  # every unit published for the model at this fqn was cut out
+
+    def fqn(self, fqn: str) -> str | None:
+        """The name after the shrink (None: the parameter is gone)."""
+        return self.renames.get(fqn, fqn)
+
+    def mask(self, fqn: str, mask: Tensor) -> Tensor:
+        """A tensor shaped like parameter ``fqn`` before the shrink, cut as the parameter was."""
+        for name, dim, keep in self.cuts:
+            if name == fqn and mask.dim() > dim and mask.shape[dim] == keep.numel():
+                mask = mask.index_select(dim, keep.nonzero().flatten().to(mask.device)).contiguous()
+        return mask
+
+    def shape(self, fqn: str, shape: Sequence[int]) -> tuple[int, ...]:
+        """A parameter's shape after the shrink."""
+        out = list(shape)
+        for name, dim, keep in self.cuts:
+            if name == fqn and len(out) > dim and out[dim] == keep.numel():
+                out[dim] = int(keep.sum())
+        return tuple(out)
+
+    def record(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``{fqn: tensor}`` keyed and shaped as after the shrink (entries of removed blocks dropped)."""
+        out = {}
+        for fqn, mask in masks.items():
+            new = self.fqn(fqn)
+            if new is not None:
+                out[new] = self.mask(fqn, mask)
+        return out
+
+
+def block_renames(fqns: Iterable[str], blocks: Sequence[str], layers: Tensor | None) -> dict[str, str | None]:
+    """How fqns move when the blocks ``layers`` (bool keep, one per block) are removed and the rest renumbered:
+    ``blocks`` are the blocks' fqn prefixes before (``model.layers.0`` …); the j-th kept block takes the name of the
+    j-th block."""
+    if layers is None or bool(layers.all()):
+        return {}
+    new = {}
+    kept = 0
+    for i, keep in enumerate(layers.tolist()):
+        new[blocks[i] + "."] = (blocks[kept] + ".") if keep else None
+        kept += bool(keep)
+    out: dict[str, str | None] = {}
+    for fqn in fqns:
+        for old, moved in new.items():
+            if fqn.startswith(old):
+                if moved != old:
+                    out[fqn] = None if moved is None else moved + fqn[len(old) :]
+                break
+    return out
 
 
 class MaskRegistry:
@@ -75,6 +137,9 @@ class MaskRegistry:
         self.wanted: dict[str, set[str]] = {}  # fqn -> running statistics a pruning callback reads of it
         self.progress: dict[str, tuple[float, float]] = {}  # writer -> (target reached, final target)
         self.events: dict[str, list[dict[str, Any]]] = {}  # writer -> its pruning events ({"step", "epoch", ...})
+        self.grouped: dict[str, dict[str, int]] = {}  # writer -> fqn -> M of the N:M groups it keeps along inputs
+        self.shrinks: list[Shrink] = []  # the physical shrinks followed, in order (records before them map through)
+        self._model: weakref.ref[nn.Module] | None = None
         self._optimizers: list[Optimizer] = []
         self._handles: list[Any] = []
         self._grads_masked: tuple[int, int] | None = None  # (id, version) of the gradient last masked
@@ -87,6 +152,7 @@ class MaskRegistry:
 
         Masks that no longer fit (their parameter is gone or has another shape) are dropped with a warning.
         """
+        self._model = weakref.ref(model)
         self.params = dict(model.named_parameters())
         self.layouts = {}
         stale = sorted(f for f, m in self.keep.items() if not self._fits(f, m))
@@ -142,9 +208,8 @@ class MaskRegistry:
     def forget(self, writer: str) -> None:
         """Drop every mask of ``writer`` (entries it alone pruned are free to train again) and its published units."""
         fqns = list(self.writers.pop(writer, {}))
-        self.units.pop(writer, None)
-        self.progress.pop(writer, None)
-        self.events.pop(writer, None)
+        for record in (self.units, self.progress, self.events, self.grouped):
+            record.pop(writer, None)
         self._union(fqns)
 
     def publish(self, writer: str, units: Mapping[str, Any]) -> None:
@@ -161,6 +226,40 @@ class MaskRegistry:
                 f"units need a 'prefix' and only the dimensions {sorted(known - {'prefix'})}, got {sorted(units)}."
             )
         self.units[writer] = {k: _cpu(v) for k, v in units.items()}
+
+    def others(self, writer: str, prefix: str) -> Any:
+        """The units every writer but ``writer`` removed from the model at ``prefix``, as one
+        :class:`~lightning_prune.structured.units.Units` (a unit removed by any of them is removed), or None: what a
+        writer of units counts before it decides."""
+        from lightning_prune.structured.units import combine_units
+
+        return combine_units({w: u for w, u in self.units.items() if w != writer}, prefix)
+
+    def group(self, writer: str, fqns: Iterable[str], m: int) -> None:
+        """Declare that ``writer`` keeps N:M groups of ``m`` consecutive inputs in these parameters: a writer that
+        cuts input features out of them would break the groups, and refuses (see ``StructuredPruning``)."""
+        self.grouped[writer] = {f: m for f in fqns}
+
+    @torch.no_grad()
+    def shrunk_(self, shrink: Shrink) -> None:
+        """Follow a physical shrink of the model: every writer's masks, the union, the published units and the
+        wanted statistics are renamed and cut through ``shrink`` (one function for every record), the parameters
+        are found again, and the shrink is kept in :attr:`shrinks`, through which each callback maps its own state
+        at its next fit. Units published for the shrunk model are cut too; a writer whose units are all gone keeps
+        no unit record."""
+        for writer, masks in self.writers.items():
+            self.writers[writer] = shrink.record(masks)
+        self.keep = {}
+        self._union({f for masks in self.writers.values() for f in masks})
+        self.wanted = {new: stats for f, stats in self.wanted.items() if (new := shrink.fqn(f)) is not None}
+        for writer in list(self.grouped):
+            self.grouped[writer] = {n: m for f, m in self.grouped[writer].items() if (n := shrink.fqn(f)) is not None}
+        if shrink.prefix is not None:
+            self.units = {w: u for w, u in self.units.items() if u.get("prefix", "") != shrink.prefix}
+        self.shrinks.append(shrink)
+        model = self._model() if self._model is not None else None
+        if model is not None:
+            self.resolve(model)
 
     def _union(self, fqns: Iterable[str]) -> None:
         for fqn in fqns:

@@ -1,6 +1,6 @@
 """``FineTune``: recover a pruned model with its masks frozen, optionally distilling from the dense model.
 
-The masks come from a pruning run's checkpoint (the ``ScheduledPruning`` state in its ``callbacks``) or are
+The masks come from a pruning run's checkpoint (every writer's state in its ``callbacks``: entry masks and units) or are
 given directly (``{fqn: bool}``, True keeps). A :class:`~lightning_prune.callbacks.HoldMasks` it adds to the Trainer
 (``configure_callbacks``) holds them, exactly as the pruning callbacks hold theirs, and keeps them in its checkpoint
 state; they are saved in this module's own checkpoints too.
@@ -29,8 +29,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_prune.callbacks.hold import HoldMasks, checkpoint_masks
-from lightning_prune.callbacks.pruning import masks_in_state
+from lightning_prune.callbacks._record import read_checkpoint
+from lightning_prune.callbacks.hold import HoldMasks
 from lightning_prune.export import bare_fqn
 from lightning_prune.lm import CausalLM
 from lightning_prune.masks import apply_masks_
@@ -51,20 +51,14 @@ def masks_from_checkpoint(path: str | Path, state_key: str | None = None) -> dic
 
     Args:
         path: the checkpoint file.
-        state_key: one callback's ``state_key``; default: the union of every ``ScheduledPruning`` and ``HoldMasks``
-            state in the checkpoint (:func:`~lightning_prune.callbacks.hold.checkpoint_masks`), so a run with several
-            pruning callbacks gives all its masks.
+        state_key: one callback's ``state_key``; default: the union of every writer's masks in the checkpoint
+            (``ScheduledPruning``, ``NeuronPruning``, ``StructuredPruning``, ``HoldMasks``: one format for all), so a
+            run with several pruning callbacks gives all its masks.
 
     Raises:
         KeyError: if the checkpoint holds no such callback state (the message lists what it holds).
     """
-    if state_key is None:
-        return checkpoint_masks(path)
-    callbacks = torch.load(path, map_location="cpu", weights_only=False).get("callbacks", {})
-    if state_key not in callbacks:
-        raise KeyError(f"{path} holds no {state_key!r} state; callback states found: {sorted(map(str, callbacks))}.")
-    state = callbacks[state_key]
-    return masks_in_state(state, {f: tuple(s) for f, s in state.get("shapes", {}).items()})
+    return read_checkpoint(path, state_key).masks
 
 
 class FineTune(CausalLM):
@@ -72,7 +66,8 @@ class FineTune(CausalLM):
 
     Args:
         masks: ``{fqn: bool mask}`` (fqns of the bare model or of a ``CausalLM`` wrapping it).
-        checkpoint: a pruning run's checkpoint: its ``state_dict`` is loaded and its masks used.
+        checkpoint: a pruning run's checkpoint: its ``state_dict`` is loaded, every writer's masks are held and their
+            removed units published for an export to cut out (:class:`~lightning_prune.ExportPretrained`).
         teacher: the dense model to distil from (kept frozen, in eval mode); ``"copy"`` copies the model as it
             is before the masks are applied (useful when ``model`` is still dense).
         distill_weight: α in [0, 1]: the weight of the distillation term.
@@ -100,9 +95,12 @@ class FineTune(CausalLM):
             raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight!r}.")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+        self.units: list[dict[str, Any]] = []  # whole units the checkpoint's writers removed (for an export)
         if checkpoint is not None:
             self._load_pruned(checkpoint)
-            masks = masks_from_checkpoint(checkpoint) if masks is None else masks
+            record = read_checkpoint(checkpoint)
+            masks = record.masks if masks is None else masks
+            self.units = record.units
         if masks is None:
             raise ValueError("FineTune needs masks: pass masks={fqn: bool tensor} or checkpoint='pruned.ckpt'.")
         teacher = copy.deepcopy(self.model) if isinstance(teacher, str) and teacher == "copy" else teacher
@@ -157,7 +155,7 @@ class FineTune(CausalLM):
     @override
     def configure_callbacks(self) -> list[Callback]:
         """Its masks are held by a :class:`~lightning_prune.callbacks.HoldMasks` (as any LightningModule's can be)."""
-        return [HoldMasks({f"model.{f}": m for f, m in self.masks.items()}, name="FineTune")]
+        return [HoldMasks({f"model.{f}": m for f, m in self.masks.items()}, units=self.units, name="FineTune")]
 
     @override
     def on_fit_start(self) -> None:

@@ -100,7 +100,11 @@ def test_a_structured_checkpoint_is_recovered_by_hold_masks_finetune_and_masks_f
     again.load_state_dict(module.state_dict())
     trainer(max_steps=3, callbacks=[HoldMasks(checkpoint=tmp_path / "last.ckpt")]).fit(again, _loader(seed=1))
     assert _zeros(again, bias) == 1.0
-    ft = FineTune(checkpoint=str(tmp_path / "last.ckpt"), model=gpt2(n_layer=3, n_embd=16, n_inner=16, n_positions=16, vocab_size=32), warmup_steps=2)
+    ft = FineTune(
+        checkpoint=str(tmp_path / "last.ckpt"),
+        model=gpt2(n_layer=3, n_embd=16, n_inner=16, n_positions=16, vocab_size=32),
+        warmup_steps=2,
+    )
     trainer(max_steps=3).fit(ft, _loader(seed=1))
     assert _zeros(ft, bias) == 1.0
 

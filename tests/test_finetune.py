@@ -128,7 +128,7 @@ def test_bad_masks_and_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"distill_weight must be in \[0, 1\]"):
         FineTune(masks={}, model=dense.model, distill_weight=2.0)
     torch.save({"callbacks": {}, "state_dict": {}}, tmp_path / "empty.ckpt")
-    with pytest.raises(KeyError, match="holds no ScheduledPruning or HoldMasks state"):
+    with pytest.raises(KeyError, match="holds no pruning callback's state"):
         masks_from_checkpoint(tmp_path / "empty.ckpt")
     with pytest.raises(KeyError, match="holds no 'ScheduledPruning\\[mine\\]' state"):
         masks_from_checkpoint(tmp_path / "empty.ckpt", "ScheduledPruning[mine]")

@@ -48,7 +48,9 @@ def test_a_schedule_may_reach_one_and_a_weight_writer_refuses_it():
     from lightning_prune import ScheduledPruning
 
     assert (AtEpochs({1: 1.0})(1), Cubic(final=1.0, start=0, end=10)(10), OneShot(1.0)(0)) == (1.0, 1.0, 1.0)
-    with pytest.raises(ValueError, match=r"would prune every selected weight; sparsity is a fraction of zeros in \[0, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"would prune every selected weight; sparsity is a fraction of zeros in \[0, 1\)"
+    ):
         ScheduledPruning(AtEpochs({1: 1.0}))
 
 

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_prune._compat import average_model, load_training_data, saves_distributed_checkpoint
-from lightning_prune._registry import MaskRegistry, registry_of
+from lightning_prune._registry import MaskRegistry, Shrink, registry_of
 from lightning_prune._shards import Layout
 from lightning_prune.schedules import Schedule
 
@@ -121,8 +121,9 @@ def shadows(trainer: pl.Trainer, registry: MaskRegistry) -> list[dict[str, Tenso
 class Lifecycle(Callback):
     """Base of the library's callbacks: implements the lifecycle above once.
 
-    A subclass implements :meth:`check`, :meth:`resolve`, :meth:`reset`, :meth:`start`, :meth:`dump` and
-    :meth:`restore`; it never overrides the hooks that drive them.
+    A subclass implements :meth:`check`, :meth:`resolve`, :meth:`reset`, :meth:`start`, :meth:`dump`,
+    :meth:`restore` and, where its state outlives a physical shrink, :meth:`follow`; it never overrides the hooks
+    that drive them.
     """
 
     def __init__(self) -> None:
@@ -132,6 +133,7 @@ class Lifecycle(Callback):
         self._signature: dict[str, tuple[int, ...]] | None = None  # its selected parameters: fqn -> full shape
         self._ckpt_path: str | None = None
         self._loading_for_fit: bool | None = None  # set by on_load_checkpoint for the load_state_dict that follows
+        self._shrinks_seen = 0  # the registry's shrinks this instance's state already follows
         self.registry: MaskRegistry | None = None
 
     # ---- what a subclass provides --------------------------------------------------------------------------
@@ -157,6 +159,16 @@ class Lifecycle(Callback):
     def restore(self, state: Mapping[str, Any]) -> None:
         """Replace the state with a :meth:`dump` whose ``tensors`` are local again."""
 
+    def follow(self, shrink: Shrink) -> None:
+        """Map the state through a physical shrink of the model (:class:`~lightning_prune._registry.Shrink`), so a
+        later fit continues it. By default the parameters the state is made for are renamed and reshaped (masks
+        live in the registry, which followed already); state that cannot follow sets ``self._signature = None``
+        and starts afresh at the next fit."""
+        if self._signature is not None:
+            self._signature = {
+                new: shrink.shape(f, s) for f, s in self._signature.items() if (new := shrink.fqn(f)) is not None
+            }
+
     # ---- the lifecycle -------------------------------------------------------------------------------------
 
     @override
@@ -172,8 +184,12 @@ class Lifecycle(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.registry = registry_of(pl_module)
         self.registry.resolve(pl_module)
-        signature = self.resolve(trainer, pl_module)
         owner = self._owner() if self._owner is not None else None
+        if owner is pl_module:  # shrunk since this state was made: it follows first
+            for shrink in self.registry.shrinks[self._shrinks_seen :]:
+                self.follow(shrink)
+        self._shrinks_seen = len(self.registry.shrinks)
+        signature = self.resolve(trainer, pl_module)
         if owner is not pl_module or signature != self._signature:
             if self._signature is not None:
                 rank_zero_info(f"{type(self).__name__}: a new model or other parameters; its earlier state is dropped.")

@@ -7,36 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_prune._registry import Shrink
 from lightning_prune.callbacks._lifecycle import Lifecycle
-from lightning_prune.callbacks.pruning import dump_masks, masks_in_state
+from lightning_prune.callbacks._record import checkpoint_masks, dump_masks, masks_in_state, read_checkpoint
+from lightning_prune.structured.units import Units
 
 __all__ = ["HoldMasks", "checkpoint_masks", "place_masks"]
-
-
-def checkpoint_masks(path: str | Path) -> dict[str, Tensor]:
-    """Every entry mask a pruning run's Lightning checkpoint holds: the union of the masks of each
-    ``ScheduledPruning`` and ``HoldMasks`` state in it (``{fqn in its LightningModule: bool keep}``).
-
-    Raises:
-        KeyError: if the checkpoint holds no such state (the message lists the states it holds).
-    """
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    states = ckpt.get("callbacks", {})
-    found = {k: v for k, v in states.items() if str(k).split("{")[0].split("[")[0] in ("ScheduledPruning", "HoldMasks")}
-    if not found:
-        raise KeyError(
-            f"{path} holds no ScheduledPruning or HoldMasks state; callback states: {sorted(map(str, states))}."
-        )
-    masks: dict[str, Tensor] = {}
-    for state in found.values():
-        shapes = {f: tuple(s) for f, s in state.get("shapes", {}).items()}
-        for f, keep in masks_in_state(state, shapes).items():
-            masks[f] = masks[f] & keep if f in masks else keep
-    return masks
 
 
 def place_masks(masks: Mapping[str, Tensor], names: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:
@@ -76,6 +55,16 @@ def place_masks(masks: Mapping[str, Tensor], names: Mapping[str, tuple[int, ...]
     )
 
 
+def _moved(given: str, placed: str) -> tuple[str, str]:
+    """``(old, new)``: the leading components of ``given`` that ``placed`` has instead (the rest is the same)."""
+    a, b = given.split("."), placed.split(".")
+    same = 0
+    while same < min(len(a), len(b)) and a[-1 - same] == b[-1 - same]:
+        same += 1
+    old, new = a[: len(a) - same], b[: len(b) - same]
+    return ("".join(f"{x}." for x in old), "".join(f"{x}." for x in new))
+
+
 class HoldMasks(Lifecycle):
     """Hold fixed masks while a model trains: pruned entries stay exactly zero in the weights, their gradients, the
     optimizer state and averaged copies, through every step — on any LightningModule, as the pruning callbacks hold
@@ -88,7 +77,11 @@ class HoldMasks(Lifecycle):
     Args:
         masks: ``{fqn: bool keep mask}`` by the LightningModule's parameter names (or the names inside its model,
             or another module's with one prefix more or less: see :func:`place_masks`).
-        checkpoint: a pruning run's Lightning checkpoint: every entry mask it holds (:func:`checkpoint_masks`).
+        checkpoint: a pruning run's Lightning checkpoint: every entry mask it holds and every unit its writers
+            removed, whichever callbacks wrote them (``ScheduledPruning``, ``NeuronPruning``, ``StructuredPruning``,
+            ``HoldMasks``).
+        units: whole units to publish for an export to cut out (``[{"prefix": fqn of the transformers model,
+            dimension: keep masks}]``, as writers publish them; default: the checkpoint's).
         name: distinguishes several instances (``state_key``).
 
     Raises:
@@ -100,15 +93,22 @@ class HoldMasks(Lifecycle):
     """
 
     def __init__(
-        self, masks: Mapping[str, Tensor] | None = None, checkpoint: str | Path | None = None, name: str | None = None
+        self,
+        masks: Mapping[str, Tensor] | None = None,
+        checkpoint: str | Path | None = None,
+        units: list[Mapping[str, Any]] | None = None,
+        name: str | None = None,
     ) -> None:
         if masks is None and checkpoint is None:
             raise ValueError("HoldMasks needs masks={fqn: bool tensor} or checkpoint='pruned.ckpt'.")
-        given = checkpoint_masks(checkpoint) if masks is None else {}
+        record = read_checkpoint(checkpoint) if checkpoint is not None else None
+        given = dict(record.masks) if record is not None and masks is None else {}
         given.update({f: m.bool() for f, m in (masks or {}).items()})
         self.given = {f: m.cpu() for f, m in given.items()}
+        self.units = [dict(u) for u in (units if units is not None else record.units if record is not None else [])]
         self.name = name
         self._placed: dict[str, Tensor] = {}  # the given masks by the module's names (full shapes)
+        self._moved: tuple[str, str] = ("", "")  # (prefix of the given names, of the module's) where they differ
         super().__init__()
 
     @property
@@ -120,18 +120,45 @@ class HoldMasks(Lifecycle):
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:
         names = {f: self.registry.layout(f).shape for f in self.registry.params}
         self._placed = place_masks(self.given, names)
+        self._moved = _moved(next(iter(self.given), ""), next(iter(self._placed), ""))
         return {f: tuple(m.shape) for f, m in self._placed.items()}
+
+    def _publish(self) -> None:
+        """The units given, by the module's names, for an export to cut out (one record per model)."""
+        old, new = self._moved
+        by_prefix: dict[str, Units] = {}
+        for record in self.units:
+            prefix = str(record.get("prefix", ""))
+            dotted = f"{prefix}." if prefix else ""
+            if old and dotted.startswith(old):
+                dotted = dotted[len(old) :]
+            prefix = (new + dotted).rstrip(".")
+            units = Units.from_dict(record)
+            by_prefix[prefix] = by_prefix[prefix] & units if prefix in by_prefix else units
+        for i, (prefix, units) in enumerate(by_prefix.items()):
+            key = self.state_key if i == 0 else f"{self.state_key}/{prefix}"
+            self.registry.publish(key, {"prefix": prefix, **units.to_dict()})
 
     @override
     def reset(self) -> None:
         if self.registry is not None:
+            for key in [k for k in self.registry.units if k.startswith(f"{self.state_key}/")]:
+                self.registry.forget(key)
             self.registry.forget(self.state_key)
+
+    @override
+    def follow(self, shrink: Shrink) -> None:
+        super().follow(shrink)
+        self._placed = shrink.record(self._placed)
+        self.given = dict(self._placed)  # by the module's own names from now on
+        self.units, self._moved = [], ("", "")  # (the shrink cut every published unit out)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         if self.state_key not in self.registry.writers:  # (a second fit keeps what it holds)
             self._write({f: self.registry.layout(f).slice(m) for f, m in self._placed.items()})
+            self._publish()
 
     def _write(self, local: Mapping[str, Tensor]) -> None:
         self.registry.write(self.state_key, {f: m.to(self.registry.local(f).device) for f, m in local.items()})
@@ -144,7 +171,8 @@ class HoldMasks(Lifecycle):
 
     @override
     def dump(self) -> dict[str, Any]:
-        return dump_masks(self.masks, self.registry, {f: tuple(m.shape) for f, m in self._placed.items()})
+        state = dump_masks(self.masks, self.registry, {f: tuple(m.shape) for f, m in self._placed.items()})
+        return {**state, "published": self.registry.units.get(self.state_key)}
 
     @override
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -155,5 +183,7 @@ class HoldMasks(Lifecycle):
                 f"the checkpoint's held masks are for {sorted(shapes)[:5]}, this fit holds {sorted(mine)[:5]}."
             )
         local = masks_in_state(state, {f: tuple(self.registry.local(f).shape) for f in shapes})
-        self.registry.forget(self.state_key)
+        self.reset()
         self._write(local)
+        if state.get("published"):
+            self.registry.publish(self.state_key, state["published"])

@@ -13,11 +13,13 @@ from typing_extensions import override
 
 from lightning_prune._selection import find_model
 from lightning_prune.callbacks._lifecycle import Lifecycle
+from lightning_prune.callbacks._record import dump_writer
+from lightning_prune.callbacks._shrink import shrink_trained_
 from lightning_prune.criteria import get_criterion
 from lightning_prune.neurons import NeuronStats, neuron_masks, neuron_weight_masks
 from lightning_prune.schedules import AtEpochs, Schedule
 from lightning_prune.structured import FAMILIES, block_layouts, ffn_output_modules, is_supported, shrink_
-from lightning_prune.structured.cuts import neuron_cuts
+from lightning_prune.structured.units import Units
 
 __all__ = ["NeuronPruning", "find_transformer"]
 
@@ -233,17 +235,14 @@ class NeuronPruning(Lifecycle):
     def shrink_(self, model: nn.Module | None = None) -> nn.Module:
         """Physically remove the neurons from ``model`` (default: the trained one) and update its config.
 
-        Shrinking the trained model also cuts every writer's masks of the shrunk weights in the model's registry the
-        same way, so the entries pruned in what remains (by ``ScheduledPruning``, say) stay pruned in a later fit."""
+        Shrinking the trained model cuts out every writer's units of it and maps every record through the shrink, as
+        :meth:`StructuredPruning.shrink_ <lightning_prune.StructuredPruning.shrink_>` does, so the entries other
+        writers pruned in what remains (by ``ScheduledPruning``, say) stay pruned in a later fit."""
         if model is not None and model is not self.model:
             return shrink_(model, neuron_masks=self.masks)
-        cuts = neuron_cuts(self.model, self.masks)
-        shrink_(self.model, neuron_masks=self.masks)
+        shrink_trained_(self.model, self._prefix, self.registry, Units(neurons=self.masks))
         if self.registry is not None:
-            self.registry.units.pop(self.state_key, None)  # the neurons are gone: nothing left to cut on export
-            prefix = f"{self._prefix}." if self._prefix else ""
-            for cut in cuts:
-                self.registry.cut_(prefix + cut.fqn, cut.dim, cut.keep)
+            self.registry.forget(self.state_key)
         return self.model
 
     # ---- checkpoint ----------------------------------------------------------------------------------------
@@ -251,6 +250,7 @@ class NeuronPruning(Lifecycle):
     @override
     def dump(self) -> dict[str, Any]:
         return {
+            **dump_writer(self.registry, self.state_key),  # what recovery reads, in every writer's format
             "masks": [m.clone() for m in self.masks],
             "sparsity": self.sparsity,
             "events": [dict(e) for e in self.events],

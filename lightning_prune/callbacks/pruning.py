@@ -15,6 +15,7 @@ from typing_extensions import override
 from lightning_prune._selection import in_dim, reads_inputs, select_parameters
 from lightning_prune._shards import count_zeros, local
 from lightning_prune.callbacks._lifecycle import Lifecycle, steps_per_epoch
+from lightning_prune.callbacks._record import dump_masks, masks_in_state
 from lightning_prune.criteria import CRITERIA, get_criterion
 from lightning_prune.masks import SCOPES, compute_masks, pack_mask, parse_pattern, unpack_mask
 from lightning_prune.schedules import AtEpochs, Schedule, check_sparsity
@@ -413,29 +414,3 @@ def check_selection(
             d = in_dims[f]
             if p.shape[d] % m:
                 raise ValueError(f"{f}: input dim of size {p.shape[d]} is not divisible by M={m} ({pattern}).")
-
-
-def dump_masks(masks: Mapping[str, Tensor], registry: Any, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
-    """A checkpoint state of local masks: bit-packed ``tensors`` (saved shard by shard by the lifecycle), ``where``
-    their parameter is, which are ``packed``, and the full ``shapes`` of the parameters they are for."""
-    packed = [f for f, m in masks.items() if _packable(m, registry.layout(f))]
-    return {
-        "tensors": {f: pack_mask(m) if f in packed else m.clone() for f, m in masks.items()},
-        "where": {f: f for f in masks},
-        "packed": packed,
-        "shapes": {f: list(s) for f, s in shapes.items()},
-    }
-
-
-def masks_in_state(state: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:
-    """``{fqn: bool keep}`` from a ``ScheduledPruning`` state (bit-packed ``tensors``, or the plain ``masks`` of
-    older checkpoints), unpacked to ``shapes`` (the local shapes, or the full ones for a single-file state)."""
-    if "tensors" not in state:
-        return {f: m.bool() for f, m in state["masks"].items()}
-    packed = set(state.get("packed", ()))
-    return {f: unpack_mask(t, shapes[f]) if f in packed else t.bool() for f, t in state["tensors"].items()}
-
-
-def _packable(mask: Tensor, layout: Any) -> bool:
-    """A mask is bit-packed along its last dim when it has one to spare and is not split along it."""
-    return mask.dim() >= 2 and layout.dim != mask.dim() - 1

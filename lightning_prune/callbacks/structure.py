@@ -13,12 +13,13 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_prune.callbacks._lifecycle import Lifecycle
+from lightning_prune.callbacks._record import dump_writer
+from lightning_prune.callbacks._shrink import shrink_trained_
 from lightning_prune.callbacks.neurons import find_transformer
 from lightning_prune.schedules import AtEpochs, Schedule
 from lightning_prune.structured.ablation import HeldInputs, lm_loss, probes, rates, zeroed
 from lightning_prune.structured.allocate import allocate, fewest_units
 from lightning_prune.structured.config import config_accepts
-from lightning_prune.structured.cuts import expert_cuts, head_cuts, hidden_cuts, neuron_cuts
 from lightning_prune.structured.dims import check_dims, shrinkable, ungraded_blocks
 from lightning_prune.structured.observe import observe, stat_sizes
 from lightning_prune.structured.size import SizeModel
@@ -371,23 +372,15 @@ class StructuredPruning(Lifecycle):
     def shrink_(self, model: nn.Module | None = None) -> nn.Module:
         """Physically remove the units from ``model`` (default: the trained one) and update its config.
 
-        Shrinking the trained model cuts every other writer's masks of the shrunk weights the same way (for neurons,
-        heads, hidden features and experts; masks of blocks renumbered after removed layers are re-read at the next
-        fit, and dropped with a warning where they no longer fit), and drops this callback's own."""
+        Shrinking the trained model cuts out every writer's units of it (as an export does) and maps every record
+        through the shrink (:func:`~lightning_prune.callbacks._shrink.shrink_trained_`): other writers' masks are cut
+        and renamed with the blocks renumbered after removed layers, so each stays on its own weights, and a
+        further fit continues them. This callback's own state is spent: a further fit starts it afresh."""
         if model is not None and model is not self.model:
             return shrink_units_(model, self.units)
-        u = self.units
-        cuts = neuron_cuts(self.model, u.neurons) if u.neurons is not None else []
-        cuts += head_cuts(self.model, u.heads) if u.heads is not None else []
-        cuts += hidden_cuts(self.model, u.hidden) if u.hidden is not None else []
-        cuts += expert_cuts(self.model, u.experts) if u.experts is not None else []
-        shrink_units_(self.model, u)
+        shrink_trained_(self.model, self._prefix, self.registry, self.units)
         if self.registry is not None:
             self.registry.forget(self.state_key)
-            prefix = f"{self._prefix}." if self._prefix else ""
-            for cut in cuts:
-                if cut.keep.dim() == 1:
-                    self.registry.cut_(prefix + cut.fqn, cut.dim, cut.keep)
         return self.model
 
     # ---- checkpoint ----------------------------------------------------------------------------------------
@@ -395,6 +388,7 @@ class StructuredPruning(Lifecycle):
     @override
     def dump(self) -> dict[str, Any]:
         return {
+            **dump_writer(self.registry, self.state_key),  # what recovery reads, in every writer's format
             "dims": list(self.dims),
             "units": self.units.to_dict(),
             "reached": self.reached,

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_prune._compat import loss_scale, steps_with_amp_scaling
-from lightning_prune._registry import registry_of
+from lightning_prune._registry import Shrink, registry_of
 from lightning_prune._selection import in_dim, owners, reads_inputs, select_parameters
 from lightning_prune._shards import local
 from lightning_prune.callbacks._lifecycle import Lifecycle
@@ -114,6 +114,10 @@ class ImportanceTracking(Lifecycle):
     @override
     def reset(self) -> None:
         self.stats = None
+
+    @override
+    def follow(self, shrink: Shrink) -> None:
+        self._signature = None  # statistics of removed features mean nothing for the smaller model: start afresh
 
     def needed_stats(self) -> tuple[str, ...]:
         """The requested statistics plus those the pruning callbacks of this fit read."""
