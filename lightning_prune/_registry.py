@@ -137,7 +137,7 @@ class MaskRegistry:
         self.wanted: dict[str, set[str]] = {}  # fqn -> running statistics a pruning callback reads of it
         self.progress: dict[str, tuple[float, float]] = {}  # writer -> (target reached, final target)
         self.events: dict[str, list[dict[str, Any]]] = {}  # writer -> its pruning events ({"step", "epoch", ...})
-        self.grouped: dict[str, dict[str, int]] = {}  # writer -> fqn -> M of the N:M groups it keeps along inputs
+        self.grouped: dict[str, dict[str, tuple[int, int]]] = {}  # writer -> fqn -> (axis, M) of its N:M groups
         self.shrinks: list[Shrink] = []  # the physical shrinks followed, in order (records before them map through)
         self._model: weakref.ref[nn.Module] | None = None
         self._optimizers: list[Optimizer] = []
@@ -235,10 +235,11 @@ class MaskRegistry:
 
         return combine_units({w: u for w, u in self.units.items() if w != writer}, prefix)
 
-    def group(self, writer: str, fqns: Iterable[str], m: int) -> None:
-        """Declare that ``writer`` keeps N:M groups of ``m`` consecutive inputs in these parameters: a writer that
-        cuts input features out of them would break the groups, and refuses (see ``StructuredPruning``)."""
-        self.grouped[writer] = {f: m for f in fqns}
+    def group(self, writer: str, axes: Mapping[str, int], m: int) -> None:
+        """Declare that ``writer`` keeps N:M groups of ``m`` consecutive entries along axis ``axes[fqn]`` of these
+        parameters: a writer that cuts features out along that axis would break the groups, and refuses (see
+        ``StructuredPruning``)."""
+        self.grouped[writer] = {f: (int(d), int(m)) for f, d in axes.items()}
 
     @torch.no_grad()
     def shrunk_(self, shrink: Shrink) -> None:

@@ -181,13 +181,14 @@ def neuron_masks(
 ) -> list[Tensor]:
     """Keep masks ``(n,)`` per layer removing ``round(sparsity · n)`` neurons of every layer, by ``criterion``.
 
-    Neurons already removed in ``current`` stay removed (they count toward the target). ``weights`` (``{fqn in
+    Neurons already removed in ``current`` stay removed (they count toward the target; a layer already past it
+    loses none more). ``weights`` (``{fqn in
     model: tensor}``, e.g. the running |w| of :class:`~lightning_prune.ImportanceTracking`) replaces the current
     weights in ``weight_norm``.
 
     Raises:
-        ValueError: for an unknown criterion, a sparsity outside [0, 1), statistics not yet gathered, or fewer
-            neurons to remove than are already removed.
+        ValueError: for an unknown criterion, a sparsity outside [0, 1) or that removes every neuron of a layer, or
+            statistics not yet gathered.
     """
     crit = get_criterion(criterion, unit="neurons")
     if not 0.0 <= sparsity < 1.0:
@@ -197,9 +198,7 @@ def neuron_masks(
     masks = []
     for i, n in enumerate(stats.sizes):
         keep = torch.ones(n, dtype=torch.bool) if current is None else current[i].bool().cpu()
-        n_remove = round(sparsity * n) - int((~keep).sum())
-        if n_remove < 0:
-            raise ValueError(f"layer {i} has {int((~keep).sum())} neurons removed already, above {sparsity} of {n}.")
+        n_remove = max(0, round(sparsity * n) - int((~keep).sum()))  # removed beyond the target already: none more
         if round(sparsity * n) >= n:
             raise ValueError(f"sparsity {sparsity} removes all {n} neurons of layer {i}; keep at least one.")
         idx = keep.nonzero().flatten()  # candidates: the neurons still kept

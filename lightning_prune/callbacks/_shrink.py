@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from lightning_prune._registry import MaskRegistry, Shrink, block_renames
-from lightning_prune.structured.cuts import expert_cuts, head_cuts, hidden_cuts, neuron_cuts
 from lightning_prune.structured.layout import block_layouts
-from lightning_prune.structured.units import Units, combine_units, shrink_units_
+from lightning_prune.structured.units import Units, combine_units, shrink_units_, unit_cuts
 
 __all__ = ["shrink_trained_"]
 
@@ -27,10 +26,7 @@ def shrink_trained_(model: nn.Module, prefix: str, registry: MaskRegistry | None
     units = own if units is None else units & own
     dotted = f"{prefix}." if prefix else ""
     blocks = [dotted + lay.prefix for lay in block_layouts(model)]
-    cuts = neuron_cuts(model, units.neurons) if units.neurons is not None else []
-    cuts += head_cuts(model, units.heads) if units.heads is not None else []
-    cuts += hidden_cuts(model, units.hidden) if units.hidden is not None else []
-    cuts += expert_cuts(model, units.experts) if units.experts is not None else []
+    cuts = unit_cuts(model, units.dims(), units)
     shrink_units_(model, units)
     if registry is not None:
         names = set(registry.params) | {f for masks in registry.writers.values() for f in masks}

@@ -162,8 +162,12 @@ class NeuronPruning(Lifecycle):
     def prune(self, trainer: pl.Trainer, target: float) -> None:
         """Remove neurons down to ``target`` in every layer (decided on process 0) and hold them at zero."""
         self._sync(trainer)
+        others = self.registry.others(self.state_key, self._prefix)  # neurons other writers removed count once
+        current = self.masks
+        if others is not None and others.neurons is not None:
+            current = [m & o for m, o in zip(self.masks, others.neurons, strict=True)]
         masks = neuron_masks(
-            self.model, self.stats, self.criterion, target, self.masks, self.threshold, self._running_weights(trainer)
+            self.model, self.stats, self.criterion, target, current, self.threshold, self._running_weights(trainer)
         )
         masks = trainer.strategy.broadcast([m.cpu() for m in masks], src=0)
         self.masks = [m.bool().cpu() & old for m, old in zip(masks, self.masks, strict=True)]  # never un-remove

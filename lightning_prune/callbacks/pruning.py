@@ -192,6 +192,8 @@ class ScheduledPruning(Lifecycle):
                     "ImportanceTracking() to the Trainer's callbacks."
                 )
             self.registry.want(self._params, self.criterion.stats)  # tracked whatever the tracker's own selection
+        if self.kind == "nm":  # a writer that cuts these inputs out would break the groups: it reads this and refuses
+            self.registry.group(self.state_key, self._in_dims, self.m)
         if "time_weighted" in self.criterion.stats and self.schedule.unit == "step":
             per_epoch = steps_per_epoch(trainer)
             if per_epoch is not None and self.schedule.first() < per_epoch:

@@ -25,7 +25,7 @@ from lightning_prune.structured.observe import observe, stat_sizes
 from lightning_prune.structured.size import SizeModel
 from lightning_prune.structured.stats import STRUCTURE_CRITERIA, UnitStats
 from lightning_prune.structured.target import SizeTarget
-from lightning_prune.structured.units import DIMENSIONS, Units, shrink_units_
+from lightning_prune.structured.units import DIMENSIONS, Units, shrink_units_, unit_cuts
 
 __all__ = ["StructuredPruning"]
 
@@ -193,8 +193,26 @@ class StructuredPruning(Lifecycle):
         if self.registry is not None:
             self.registry.forget(self.state_key)
 
+    def _check_groups(self) -> None:
+        """Refuse to cut features out along an axis another writer keeps N:M groups on (the export would not keep
+        the pattern the model trained with)."""
+        prefix = f"{self._prefix}." if self._prefix else ""
+        grouped = {f: g for axes in self.registry.grouped.values() for f, g in axes.items()}
+        broken = sorted(
+            {prefix + c.fqn for c in unit_cuts(self.model, self.dims) if grouped.get(prefix + c.fqn, (-1,))[0] == c.dim}
+        )
+        if broken:
+            writers = sorted(w for w, axes in self.registry.grouped.items() if set(axes) & set(broken))
+            raise ValueError(
+                f"{writers} keep N:M groups along the inputs of {broken[:4]}{' …' if len(broken) > 4 else ''}, which "
+                f"removing {[d for d in self.dims if d in ('neurons', 'heads', 'hidden')]} cuts, so the export would "
+                "lose the pattern: use StructuredPruning with dims=('layers',) or ('experts',) beside it, or apply the "
+                "N:M pattern in a later fit of the shrunk model (StructuredPruning.shrink_())."
+            )
+
     @override
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_groups()
         self.stats.to(pl_module.device)
         self._write()
         self._publish()
@@ -233,12 +251,13 @@ class StructuredPruning(Lifecycle):
                 f"through those units; start the schedule later."
             )
         scores, stop_at, accepts = self._scores(), self.goal_at(progress), config_accepts(self.model)
+        start = self.union()  # what every writer removed: the size counts it, the plan removes on top of it
         dim_rates, measured = None, {}
         if self.held is not None and self.measure()[self.target.metric] > stop_at:  # (else nothing is removed)
-            dim_rates, measured = self._measure(trainer, scores, stop_at, accepts)
+            dim_rates, measured = self._measure(trainer, scores, stop_at, accepts, start)
         units = allocate(  # the first steps of the plan to the final size, down to this event's goal
             self.size,
-            self.units,
+            start,
             scores,
             self.goal,
             self.target.metric,
@@ -246,10 +265,11 @@ class StructuredPruning(Lifecycle):
             tolerance=self.tolerance,
             accepts=accepts,
             stop_at=stop_at,
+            dims=self.dims,
             rates=dim_rates,
         )
         units = Units.from_dict(trainer.strategy.broadcast(units.to_dict(), src=0))
-        self.units = self.units & units  # never un-remove
+        self.units = self.units & Units(**{d: getattr(units, d) for d in self.dims})  # never un-remove
         self._write()
         self.reached = progress
         self.enforce(trainer)
@@ -274,7 +294,7 @@ class StructuredPruning(Lifecycle):
         self._publish()
 
     def _measure(
-        self, trainer: pl.Trainer, scores: dict[str, Any], stop_at: float, accepts: Any
+        self, trainer: pl.Trainer, scores: dict[str, Any], stop_at: float, accepts: Any, start: Units
     ) -> tuple[dict[str, float], dict[str, Any]]:
         """Measure the loss of this event's candidate removals (:mod:`~lightning_prune.structured.ablation`) on
         the held batches, averaged over the processes; set the blocks' scores to their measured losses (in place).
@@ -283,11 +303,11 @@ class StructuredPruning(Lifecycle):
             ``({dimension: loss per unit of size}, {"loss": the loss now, "probes": [...]})`` for the event.
         """
         metric = self.target.metric
-        plan = probes(self.size, self.units, scores, self.goal, stop_at, metric, self.tolerance, accepts)
+        plan = probes(self.size, start, scores, self.goal, stop_at, metric, self.tolerance, accepts, self.dims)
         prefix = f"{self._prefix}." if self._prefix else ""
         losses = [lm_loss(self.model, self.held)]
         for probe in plan:
-            owned = {prefix + f: m for f, m in probe.weight_masks(self.model, self.units).items()}
+            owned = {prefix + f: m for f, m in probe.weight_masks(self.model, start).items()}
             local = {f: self.registry.layout(f).slice(m) for f, m in owned.items()}
             with zeroed({f: self.registry.local(f) for f in local}, local):
                 losses.append(lm_loss(self.model, self.held))
@@ -296,7 +316,7 @@ class StructuredPruning(Lifecycle):
             device = self.stats.skipped.device
             values = trainer.strategy.reduce(values.to(device), reduce_op="mean").cpu()
         base, increases = float(values[0]), (values[1:] - values[0]).tolist()
-        dim_rates, layer_losses = rates(plan, increases, self.units)
+        dim_rates, layer_losses = rates(plan, increases, start)
         if layer_losses is not None:
             scores["layers"] = layer_losses
         dim_rates = {d: dim_rates.get(d, float("inf")) for d in self.dims if d != "layers"}  # no probe: no step
@@ -343,9 +363,14 @@ class StructuredPruning(Lifecycle):
 
     # ---- what was removed ----------------------------------------------------------------------------------
 
+    def union(self) -> Units:
+        """The units removed by this writer and every other writer of the model (read from the registry)."""
+        others = self.registry.others(self.state_key, self._prefix) if self.registry is not None else None
+        return self.units if others is None else self.units & others
+
     def measure(self) -> dict[str, int]:
-        """``{"params", "flops"}`` of the model once the removed units are cut out."""
-        counts = self.size.counts(self.units)
+        """``{"params", "flops"}`` of the model once every writer's removed units are cut out."""
+        counts = self.size.counts(self.union())
         return {"params": self.size.params(counts), "flops": self.size.flops(counts)}
 
     def removed(self) -> dict[str, float]:

@@ -103,6 +103,7 @@ def probes(
     metric: str = "params",
     tolerance: float = 0.01,
     accepts: Callable[[Counts], bool] | None = None,
+    dims: Sequence[str] | None = None,
 ) -> list[Probe]:
     """The candidate removals of an event (see the module docstring): per dimension but ``layers`` its least
     important units worth :func:`chunk_size`, and every kept block alone (while more than one is kept).
@@ -115,13 +116,14 @@ def probes(
         metric: ``"params"`` or ``"flops"``.
         tolerance: as in :func:`~.allocate.allocate`, for landing a probe on its size.
         accepts: whether the config can express a :class:`~.size.Counts`.
+        dims: the dimensions to probe (default: every dimension in use; the others stay as they are).
     """
     now = size.size(size.counts(units), metric)
     chunk = chunk_size(size, units, goal, stop_at, metric, accepts)
     out: list[Probe] = []
     if chunk <= 0:
         return out
-    for dim in units.dims():
+    for dim in units.dims() if dims is None else dims:
         if dim == "layers":
             kept = units.layers.nonzero().flatten().tolist()
             for i in kept if len(kept) > 1 else []:

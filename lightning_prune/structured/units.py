@@ -24,17 +24,22 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prune.structured.cuts import (
+    Cut,
+    expert_cuts,
     expert_weight_masks,
+    head_cuts,
     head_weight_masks,
+    hidden_cuts,
     hidden_weight_masks,
     layer_weight_masks,
+    neuron_cuts,
     neuron_weight_masks,
 )
 from lightning_prune.structured.layout import block_layouts, stream_layout
 from lightning_prune.structured.masks import hidden_size
 from lightning_prune.structured.shrink import norm_form, scale_norm_, shrink_
 
-__all__ = ["DIMENSIONS", "Units", "combine_units", "match_masked_norms_", "shrink_units_"]
+__all__ = ["DIMENSIONS", "Units", "combine_units", "match_masked_norms_", "shrink_units_", "unit_cuts"]
 
 DIMENSIONS = ("neurons", "heads", "layers", "hidden", "experts")
 
@@ -177,6 +182,17 @@ class Units:
                 entry["removed_per_layer"] = [(~m).nonzero().flatten().tolist() for m in masks]
             out[d] = entry
         return out
+
+
+def unit_cuts(model: nn.Module, dims: Iterable[str], units: Units | None = None) -> list[Cut]:
+    """The cuts a shrink of ``units`` (default: every unit of ``dims``, as if any could go) makes to ``model``'s
+    parameters: which parameters lose features along which axis, for neurons, heads, hidden features and experts."""
+    units = units if units is not None else Units.full(model, dims)
+    cuts = neuron_cuts(model, units.neurons) if units.neurons is not None else []
+    cuts += head_cuts(model, units.heads) if units.heads is not None else []
+    cuts += hidden_cuts(model, units.hidden) if units.hidden is not None else []
+    cuts += expert_cuts(model, units.experts) if units.experts is not None else []
+    return cuts
 
 
 def combine_units(published: Mapping[str, Mapping[str, Any]], prefix: str) -> Units | None:
