@@ -155,16 +155,24 @@ def test_a_structured_schedule_may_end_at_the_whole_way():
         ScheduledPruning(AtSteps({2: 1.0}))
 
 
-def test_lora_models_are_found_through_the_adapter_and_adapters_are_not_counted(tmp_path):
+@pytest.mark.parametrize(
+    "targets, dims",
+    [(["q_proj", "v_proj"], ("neurons",)), (["q_proj", "o_proj", "up_proj", "down_proj"], ("neurons", "heads"))],
+    ids=["attention-adapters", "adapters-on-cut-layers"],
+)
+def test_lora_models_are_found_through_the_adapter_and_adapters_are_not_counted(tmp_path, targets, dims):
     peft = pytest.importorskip("peft")
     pl.seed_everything(0, verbose=False)
     base = llama(num_hidden_layers=2, intermediate_size=32)
     dense = sum(p.numel() for p in base.parameters())
-    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
     module = CausalLM(model=model, warmup_steps=2)
-    structured = StructuredPruning(0.7, AtSteps({3: 1.0}), dims=("neurons",), criterion="activation", loss_batches=0)
+    structured = StructuredPruning(0.7, AtSteps({3: 1.0}), dims=dims, criterion="activation", loss_batches=0)
     trainer(max_steps=5, callbacks=[structured, ExportPretrained(str(tmp_path))]).fit(module, _loader())
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     n = sum(p.numel() for p in reloaded.parameters())
-    assert abs(n / (0.7 * dense) - 1) <= 0.011, (n, dense)
-    assert json.loads((tmp_path / "export.json").read_text())
+    assert abs(n / (0.7 * dense) - 1) <= 0.011, (n, dense)  # the base model's size: adapters are merged
+    assert json.loads((tmp_path / "export.json").read_text())["removed"]["base_model.model"]["neurons"]
+    ids = torch.randint(0, 32, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(input_ids=ids).logits, module.model.eval()(input_ids=ids).logits)

@@ -199,8 +199,12 @@ def test_unknown_criterion_scope_pattern_and_sparsity_are_rejected():
         ScheduledPruning({1: 0.5}, scope="tensor")
     with pytest.raises(ValueError, match="pattern must be"):
         ScheduledPruning({1: 0.5}, pattern="blocks")
-    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         ScheduledPruning({1: 1.2})
+    with pytest.raises(
+        ValueError, match=r"would prune every selected weight; sparsity is a fraction of zeros in \[0, 1\)"
+    ):
+        ScheduledPruning({1: 1.0})
     with pytest.raises(ValueError, match="allows at most 0.5"):
         ScheduledPruning({1: 0.7}, pattern="2:4")
     with pytest.raises(ValueError, match="below the schedule's final"):

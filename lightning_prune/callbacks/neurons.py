@@ -36,12 +36,24 @@ def find_transformer(module: nn.Module, attr: str | None = None) -> tuple[str, n
         f"transformers model whose blocks can be described ({', '.join(FAMILIES)}, or any model with Llama's "
         "module names)"
     )
-    name, model = find_model(
-        module, lambda sub: hasattr(sub, "config") and hasattr(sub, "base_model") and is_supported(sub), attr, what
-    )
+
+    def test(sub: nn.Module) -> bool:  # (an adapter wrapper, PEFT's, is looked through to the model it wraps)
+        return hasattr(sub, "config") and hasattr(sub, "base_model") and not _adapter_wrapper(sub) and is_supported(sub)
+
+    name, model = find_model(module, test, attr, what)
+    if attr is not None and _adapter_wrapper(model):
+        inner = [(n, m) for n, m in model.named_modules() if n and test(m)]
+        if len(inner) == 1:
+            name, model = f"{attr}.{inner[0][0]}", inner[0][1]
     if attr is not None and not (hasattr(model, "config") and is_supported(model)):
         raise ValueError(f"attr={attr!r} names {type(model).__name__}, not a {what}.")
     return name, model
+
+
+def _adapter_wrapper(module: nn.Module) -> bool:
+    """Whether ``module`` wraps a model with adapters (PEFT's ``PeftModel`` and its tuner models, such as
+    ``LoraModel``), rather than being the ``transformers`` model they wrap."""
+    return type(module).__module__.split(".")[0] == "peft"
 
 
 class NeuronPruning(Lifecycle):

@@ -63,9 +63,30 @@ class Cut(NamedTuple):
     keep: Tensor
 
 
+def _adapter_cuts(module: nn.Module, fqn: str, keep: Tensor, side: str) -> list[Cut]:
+    """Cuts of a PEFT LoRA layer's adapters: ``lora_A`` (r, in) loses input columns, ``lora_B`` (out, r) output rows
+    (and its bias), DoRA's magnitude (out,) its outputs."""
+    cuts = []
+    if side == "in":
+        for name in getattr(module, "lora_A", {}):
+            cuts.append(Cut(f"{fqn}.lora_A.{name}.weight", 1, keep))
+        return cuts
+    for name, sub in getattr(module, "lora_B", {}).items():
+        cuts.append(Cut(f"{fqn}.lora_B.{name}.weight", 0, keep))
+        if getattr(sub, "bias", None) is not None:
+            cuts.append(Cut(f"{fqn}.lora_B.{name}.bias", 0, keep))
+    for name, sub in getattr(module, "lora_magnitude_vector", {}).items():
+        cuts += [Cut(f"{fqn}.lora_magnitude_vector.{name}.{p}", 0, keep) for p, _ in sub.named_parameters()]
+    return cuts
+
+
 def _linear(model: nn.Module, fqn: str, keep: Tensor, side: str) -> list[Cut]:
-    """Cuts of a Linear or Conv1D layer's outputs (``side="out"``, with the bias) or inputs (``"in"``)."""
+    """Cuts of a Linear or Conv1D layer's outputs (``side="out"``, with the bias) or inputs (``"in"``); of a PEFT
+    LoRA layer, its base layer's and its adapters'."""
     module = model.get_submodule(fqn)
+    base = getattr(module, "base_layer", None)
+    if isinstance(base, nn.Module) and base is not module:
+        return _linear(model, f"{fqn}.base_layer", keep, side) + _adapter_cuts(module, fqn, keep, side)
     conv = is_conv1d(module)
     if side == "in":
         return [Cut(f"{fqn}.weight", 0 if conv else 1, keep)]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from lightning_prune._selection import is_conv1d
+from lightning_prune._selection import adapter_parameters, is_conv1d
 from lightning_prune.structured.cuts import Cut, expert_cuts, head_cuts, hidden_cuts, neuron_cuts
 from lightning_prune.structured.families import family_of
 from lightning_prune.structured.layout import block_layouts
@@ -124,10 +124,13 @@ class SizeModel:
         """
         layouts = block_layouts(model)
         prefixes = [f"{lay.prefix}." for lay in layouts]
-        first = {id(p): n for n, p in model.named_parameters()}
-        params = {n: p for n, p in model.named_parameters()}
+        adapters = adapter_parameters(model)  # merged into the base weights on export: not part of the size
+        first = {id(p): n for n, p in model.named_parameters() if n not in adapters}
+        params = {n: p for n, p in model.named_parameters() if n not in adapters}
         axes = {n: [Axis(None, s) for s in p.shape] for n, p in params.items()}
         for dim, cut, units in _probe_cuts(model):
+            if cut.fqn in adapters:
+                continue
             name = first[id(model.get_parameter(cut.fqn))]
             axes[name][cut.dim] = Axis(dim, cut.keep.shape[-1] // units)
         param_terms = [Term(_layer_of(n, prefixes), 1, tuple(a)) for n, a in axes.items()]
