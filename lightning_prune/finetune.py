@@ -1,7 +1,7 @@
 """``FineTune``: recover a pruned model with its masks frozen, optionally distilling from the dense model.
 
 The masks come from a pruning run's checkpoint (the ``ScheduledPruning`` state in its ``callbacks``) or are
-given directly (``{fqn: bool}``, True keeps). A :class:`~lightning_prune.callbacks.HoldMasks` it adds to the Trainer
+given directly (``{fqn: bool}``, True keeps). A [`HoldMasks`][lightning_prune.HoldMasks] it adds to the Trainer
 (``configure_callbacks``) holds them, exactly as the pruning callbacks hold theirs, and keeps them in its checkpoint
 state; they are saved in this module's own checkpoints too.
 
@@ -12,7 +12,7 @@ Lottery-ticket rewinding (Frankle et al. 2019): ``rewind_to`` holds early weight
 checkpoint path); at the start of fine-tuning the surviving weights of the selected parameters are reset to
 them, the pruned ones stay zero.
 
-Example:
+Examples:
     >>> ft = FineTune(model=pruned_model, masks=masks, teacher=dense_model, distill_weight=0.5)  # doctest: +SKIP
 """
 
@@ -52,7 +52,7 @@ def masks_from_checkpoint(path: str | Path, state_key: str | None = None) -> dic
     Args:
         path: the checkpoint file.
         state_key: one callback's ``state_key``; default: the union of every ``ScheduledPruning`` and ``HoldMasks``
-            state in the checkpoint (:func:`~lightning_prune.callbacks.hold.checkpoint_masks`), so a run with several
+            state in the checkpoint (`checkpoint_masks`), so a run with several
             pruning callbacks gives all its masks.
 
     Raises:
@@ -68,7 +68,7 @@ def masks_from_checkpoint(path: str | Path, state_key: str | None = None) -> dic
 
 
 class FineTune(CausalLM):
-    """A :class:`~lightning_prune.lm.CausalLM` whose masks are frozen while it fine-tunes.
+    """A [`CausalLM`][lightning_prune.lm.CausalLM] whose masks are frozen while it fine-tunes.
 
     Args:
         masks: ``{fqn: bool mask}`` (fqns of the bare model or of a ``CausalLM`` wrapping it).
@@ -78,7 +78,7 @@ class FineTune(CausalLM):
         distill_weight: α in [0, 1]: the weight of the distillation term.
         temperature: T > 0 of the softened distributions.
         rewind_to: early weights (a state dict or a Lightning checkpoint path) to reset the survivors to.
-        **kwargs: everything :class:`~lightning_prune.lm.CausalLM` takes (model, config, lr, ...).
+        **kwargs: everything [`CausalLM`][lightning_prune.lm.CausalLM] takes (model, config, lr, ...).
 
     Raises:
         ValueError: if no masks are given, a mask names a parameter the model lacks or has another shape, or
@@ -156,7 +156,7 @@ class FineTune(CausalLM):
 
     @override
     def configure_callbacks(self) -> list[Callback]:
-        """Its masks are held by a :class:`~lightning_prune.callbacks.HoldMasks` (as any LightningModule's can be)."""
+        """Its masks are held by a [`HoldMasks`][lightning_prune.HoldMasks] (as any LightningModule's can be)."""
         return [HoldMasks({f"model.{f}": m for f, m in self.masks.items()}, name="FineTune")]
 
     @override
