@@ -153,7 +153,7 @@ def _conditional_checkpoint() -> type:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     class ConditionalCheckpoint(ModelCheckpoint):
-        """Lightning's ``ModelCheckpoint`` that also skips saving while :meth:`hold` says so (through its private
+        """Lightning's ``ModelCheckpoint`` that also skips saving while `hold` says so (through its private
         ``_should_skip_saving_checkpoint``, the one place every save path asks)."""
 
         def hold(self, trainer: Any) -> bool:

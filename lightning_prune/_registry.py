@@ -6,26 +6,26 @@ that makes pruned entries exact zeros:
 
 - after every ``optimizer.step`` (a step post-hook per optimizer) and in the gradients before it (a pre-hook),
   with one fused pass over all held tensors each time: 2 passes per step in all;
-- on demand (:meth:`MaskRegistry.enforce_`): in the weights, in every optimizer state tensor shaped like a weight
+- on demand (`MaskRegistry.enforce_`): in the weights, in every optimizer state tensor shaped like a weight
   (Adam's moments, momentum), and in *shadow* copies of the model (the averaged model of a weight-averaging
   callback), so no copy of the weights can bring a pruned entry back.
 
-Every pass clears exactly (:func:`~lightning_prune.masks.clear_`: the tensors' integer views times the bool masks):
+Every pass clears exactly (`clear_`: the tensors' integer views times the bool masks):
 a pruned entry becomes +0.0 whatever arrived there — a NaN or infinite gradient included (a regulariser such as
 ``sqrt(sum w²)`` over a pruned row has gradient 0/0 there) — so masks never make a finite run non-finite, and kept
 entries are untouched bit for bit (a non-finite value there stays the user's).
 
 Masks are ``bool`` on the parameter's *local* tensor (the whole tensor, or this process's shard of a ``DTensor``;
-see :mod:`lightning_prune._shards`): one byte per parameter, nothing else is kept.
+see `_shards`): one byte per parameter, nothing else is kept.
 
 Structure travels beside the masks: a writer that removes whole units (neurons, heads, layers, hidden features,
-experts) *publishes* them in :attr:`MaskRegistry.units` (:meth:`MaskRegistry.publish`), so that an export can cut
+experts) *publishes* them in `MaskRegistry.units` (`MaskRegistry.publish`), so that an export can cut
 them out physically without knowing which callback removed them. ``units[writer]`` is
 ``{"prefix": fqn of the transformers model, "neurons": [...], "heads": [...], "layers": ..., "hidden": ...,
-"experts": [...]}`` with bool keep masks in the shapes of :mod:`lightning_prune.structured` (absent or None: that
-dimension untouched).
+"experts": [...]}`` with bool keep masks in the shapes of [`lightning_prune.structured`][lightning_prune.structured]
+(absent or None: that dimension untouched).
 
-Example:
+Examples:
     >>> model = torch.nn.Linear(2, 2)
     >>> registry = registry_of(model)
     >>> registry.resolve(model)
@@ -172,7 +172,7 @@ class MaskRegistry:
             masks.update({f: m.to(local(self.params[f]).device) for f, m in masks.items()})
 
     def layout(self, fqn: str) -> Layout:
-        """The :class:`~lightning_prune._shards.Layout` of a resolved parameter."""
+        """The `Layout` of a resolved parameter."""
         if fqn not in self.layouts:
             self.layouts[fqn] = layout_of(self.params[fqn])
         return self.layouts[fqn]
@@ -229,7 +229,7 @@ class MaskRegistry:
 
     def others(self, writer: str, prefix: str) -> Any:
         """The units every writer but ``writer`` removed from the model at ``prefix``, as one
-        :class:`~lightning_prune.structured.units.Units` (a unit removed by any of them is removed), or None: what a
+        [`Units`][lightning_prune.structured.Units] (a unit removed by any of them is removed), or None: what a
         writer of units counts before it decides."""
         from lightning_prune.structured.units import combine_units
 
@@ -245,7 +245,7 @@ class MaskRegistry:
     def shrunk_(self, shrink: Shrink) -> None:
         """Follow a physical shrink of the model: every writer's masks, the union, the published units and the
         wanted statistics are renamed and cut through ``shrink`` (one function for every record), the parameters
-        are found again, and the shrink is kept in :attr:`shrinks`, through which each callback maps its own state
+        are found again, and the shrink is kept in `shrinks`, through which each callback maps its own state
         at its next fit. Units published for the shrunk model are cut too; a writer whose units are all gone keeps
         no unit record."""
         for writer, masks in self.writers.items():
@@ -353,7 +353,7 @@ class MaskRegistry:
         return self.trackers.get(trainer)
 
     def at_target(self) -> bool:
-        """Whether every writer has reached its final target (see :attr:`progress`)."""
+        """Whether every writer has reached its final target (see `progress`)."""
         return all(reached >= final for reached, final in self.progress.values())
 
     def want(self, fqns: Iterable[str], stats: Iterable[str]) -> None:

@@ -3,7 +3,7 @@
 The default selects the 2-D weights of ``nn.Linear`` layers, ``transformers``' ``Conv1D`` layers (GPT-2) and
 ``nn.MultiheadAttention``'s ``in_proj_weight`` that sit inside numbered blocks (a numbered module holding layers,
 e.g. ``transformer.h.3.mlp.c_fc.weight``; not the layers of an ``nn.Sequential`` themselves, ``net.3.weight``).
-Embeddings, norms, biases and the output head are left out: a layer whose name matches :data:`HEAD_PATTERNS`. A
+Embeddings, norms, biases and the output head are left out: a layer whose name matches `HEAD_PATTERNS`. A
 model without numbered blocks falls back to all such weights except those shaped like an embedding matrix and the
 last one (the output layer).
 
@@ -17,7 +17,7 @@ Parameters as users have them:
 - adapter parameters (the ``lora_A``/``lora_B``… of a PEFT tuner layer, everything of it but its
   ``base_layer``) are never in the default selection.
 
-Example:
+Examples:
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     >>> list(select_parameters(model, ["0.weight"]))
     ['0.weight']
@@ -170,7 +170,7 @@ def select_parameters(
 
 
 def owners(model: nn.Module, fqns: Sequence[str]) -> dict[str, tuple[nn.Module, nn.Parameter]]:
-    """``{fqn: (owning module, parameter)}`` for parameters named by fqn (as :func:`select_parameters` returns them).
+    """``{fqn: (owning module, parameter)}`` for parameters named by fqn (as `select_parameters` returns them).
 
     Raises:
         ValueError: for an fqn the model lacks.

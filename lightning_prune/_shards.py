@@ -2,13 +2,13 @@
 
 Everything the library keeps per parameter (statistics, masks) lives on the *local* tensor: the whole tensor in
 one process or under DDP, this process's shard under FSDP2 (``fully_shard``, ``ModelParallelStrategy``). A
-:class:`Layout` says where that local tensor sits in the full one, so that decisions that need the whole tensor
+`Layout` says where that local tensor sits in the full one, so that decisions that need the whole tensor
 (a global threshold, a tie broken by position) combine small per-shard counts with one collective instead of
 gathering the tensor.
 
 Supported placements: a 1-D device mesh with ``Shard(d)`` or ``Replicate()``; anything else raises at setup.
 
-Example:
+Examples:
     >>> layout = layout_of(torch.zeros(4, 3))
     >>> layout.shape, layout.offset, layout.dim, layout.group
     ((4, 3), (0, 0), None, None)
@@ -86,7 +86,7 @@ def local(t: Tensor) -> Tensor:
 
 
 def layout_of(t: Tensor) -> Layout:
-    """The :class:`Layout` of a tensor or ``DTensor``.
+    """The `Layout` of a tensor or ``DTensor``.
 
     Raises:
         ValueError: for a ``DTensor`` on a mesh of more than one dim, or with a placement other than ``Shard`` and

@@ -1,16 +1,16 @@
 """Adapters (PEFT: LoRA and its kin) on a pruned model.
 
-Pruning leaves adapters alone: the default selection (:mod:`lightning_prune._selection`) takes the frozen base weights
+Pruning leaves adapters alone: the default selection (`_selection`) takes the frozen base weights
 of a model with adapters and never an adapter's own parameters, so a ``lora_B`` that starts at zero is not pruned
 away. A criterion that judges weights by their gradients refuses the frozen base weights at setup, since they have
 none (``magnitude``, ``running_magnitude`` or ``wanda`` judge them).
 
 Merging (``merge_and_unload``) adds each adapter's low-rank update to its base weight, which would fill the pruned
-entries again. :func:`merge_adapters` merges and then writes the masks back, so the merged model is exactly as sparse
-as the pruned base weights were; the adapters' update at pruned entries is dropped (the unmerged model computes that
-part, the merged one does not).
+entries again. [`merge_adapters`][lightning_prune.merge_adapters] merges and then writes the masks back, so the merged
+model is exactly as sparse as the pruned base weights were; the adapters' update at pruned entries is dropped (the
+unmerged model computes that part, the merged one does not).
 
-Example:
+Examples:
     >>> merged, masks = merge_adapters(peft_model, masks)  # doctest: +SKIP
     >>> merged.save_pretrained("pruned")  # doctest: +SKIP
 """

@@ -1,13 +1,13 @@
 """Calibration passes: forward hooks that collect activations and input norms, and Wanda scores and masks.
 
-Every hook is registered inside :func:`forward_hooks`, a context manager that removes all handles in a
-``finally`` block, so a failing batch never leaves a hook behind.
+Every hook is registered inside [`forward_hooks`][lightning_prune.calibration.forward_hooks], a context manager that
+removes all handles in a ``finally`` block, so a failing batch never leaves a hook behind.
 
 Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Language Models"): the score of
 weight ``W_ij`` (output i, input j) is ``|W_ij| · ‖X_j‖₂`` where ``‖X_j‖₂`` is the L2 norm of input feature j
 over all calibration tokens; each output row keeps its top ``(1 - sparsity)`` fraction.
 
-Example:
+Examples:
     >>> layer = torch.nn.Linear(4, 2)
     >>> norms = collect_input_norms({"layer": layer}, lambda: layer(torch.randn(3, 4)))
     >>> norms["layer"].count
@@ -206,7 +206,7 @@ class InputNormStats:
         return {"sq_sum": self.sq_sum.clone(), "count": self.count}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`.
+        """Restore a `state_dict`.
 
         Raises:
             ValueError: if the stored feature count differs.
@@ -223,7 +223,8 @@ def collect_input_norms(
     run: nn.Module | Callable[[], Any],
     batches: Iterable[Any] | None = None,
 ) -> dict[str, InputNormStats]:
-    """One :class:`InputNormStats` per module, filled from the calibration forward passes (``no_grad``)."""
+    """One [`InputNormStats`][lightning_prune.calibration.InputNormStats] per module, filled from the calibration
+    forward passes (``no_grad``)."""
     stats = {name: InputNormStats(in_features(m)) for name, m in modules.items()}
     with forward_hooks(modules, lambda name, m, i, o: stats[name].add_batch(i[0])), torch.no_grad():
         _run(run, batches)
@@ -245,7 +246,7 @@ def wanda_scores(weight: Tensor, input_norm: Tensor) -> Tensor:
 
 def wanda_mask(weight: Tensor, input_norm: Tensor, sparsity: float) -> Tensor:
     """Bool keep mask ``(out, in)``: per output row, the ``round(sparsity · in)`` lowest Wanda scores are removed
-    (:func:`lightning_prune.masks.output_masks`, as ``scope="output"`` does during training).
+    (`lightning_prune.masks.output_masks`, as ``scope="output"`` does during training).
 
     Ties are broken by position: among equal scores the lower input index is removed first.
 
@@ -268,7 +269,8 @@ def wanda_masks(
         model: called as ``model(**batch)`` or ``model(batch)``.
         batches: calibration batches.
         sparsity: fraction of each output row to remove.
-        modules: ``{name: Linear or Conv1D}``; :func:`linear_modules` (all but ``lm_head``) when None.
+        modules: ``{name: Linear or Conv1D}``; [`linear_modules`][lightning_prune.calibration.linear_modules] (all but
+            ``lm_head``) when None.
     """
     modules = linear_modules(model) if modules is None else modules
     stats = collect_input_norms(modules, model, batches)

@@ -1,4 +1,4 @@
-"""The ``lightning-prune`` command: LightningCLI over :class:`~lightning_prune.lm.CausalLM` and the text data.
+"""The ``lightning-prune`` command: LightningCLI over [`CausalLM`][lightning_prune.lm.CausalLM] and the text data.
 
 Examples:
     lightning-prune fit --config recipes/main.yaml
@@ -7,11 +7,13 @@ Examples:
 
 ``--dense true`` trains the same recipe without pruning: every pruning, holding and tracking callback is dropped and
 everything else (model, data, seed, steps, learning-rate schedule, report, export) stays. Its ``report.json`` is
-the same-budget reference that a pruned run's :class:`~lightning_prune.callbacks.PruningReport` compares with
-(``recipes/main_dense.json`` is written this way)::
+the same-budget reference that a pruned run's [`PruningReport`][lightning_prune.PruningReport] compares with
+(``recipes/main_dense.json`` is written this way):
 
-    lightning-prune fit --config recipes/main.yaml --dense true --trainer.default_root_dir runs/main_dense \\
-        --trainer.logger.init_args.save_dir runs/main_dense
+```bash
+lightning-prune fit --config recipes/main.yaml --dense true --trainer.default_root_dir runs/main_dense \\
+    --trainer.logger.init_args.save_dir runs/main_dense
+```
 """
 
 from __future__ import annotations

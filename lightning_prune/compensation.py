@@ -5,26 +5,31 @@ weights ``W`` (n × d, one row per neuron). Removing a neuron deletes its term `
 predict ``a_i`` well (it is *redundant given the kept set*), refitting their outgoing weights recovers most of
 that term; if not, the term is lost whatever pairwise redundancy said. Two pieces:
 
-* :func:`conditional_redundancy` picks the neurons to remove by backward elimination on the activation
+* [`conditional_redundancy`][lightning_prune.compensation.conditional_redundancy] picks the neurons to remove by
+backward elimination on the activation
   covariance ``Σ``. With ``P = Σ⁻¹`` over the kept set, ``1 / P_ii`` is the variance of ``a_i`` that the other
   kept neurons do not explain linearly (for Gaussian activations ``I(a_i; kept) = −½·log(1 − R²_i)``). Without
   outgoing weights it removes the most predictable neuron first; with them it removes the one whose loss
   costs the least output, ``‖w_i‖² / P_ii`` — the squared block-output error per token of removing ``i`` after
   the refit (the structured form of Optimal Brain Surgeon). ``P`` is downdated after each removal, so every
   choice is conditioned on what is kept.
-* :func:`refit_outputs` hands the removed part over: the kept rows of ``W`` and the bias are refitted by least
+* [`refit_outputs`][lightning_prune.compensation.refit_outputs] hands the removed part over: the kept rows of ``W`` and
+the bias are refitted by least
   squares so that ``A_kept·W' + b' ≈ A·W + b`` on calibration tokens (``bias_only``: only the removed neurons'
   mean output moves into the bias).
 
 Both work on plain (unsharded) tensors; run them on calibration activations from
-:func:`lightning_prune.calibration.collect_activations` (the input of the block's output projection), or let
-:func:`refit_ffn_` collect them for every block of a ``transformers`` model. One-shot use::
+[`lightning_prune.calibration.collect_activations`][lightning_prune.calibration.collect_activations] (the input of the
+block's output projection), or let [`refit_ffn_`][lightning_prune.refit_ffn_] collect them for every block of a
+``transformers`` model. One-shot use:
 
-    masks = calibrated_neuron_masks(model, batches, 0.5, "redundancy")  # lightning_prune.neurons
-    refit_ffn_(model, batches, masks)
-    shrink_(model, neuron_masks=masks)  # lightning_prune.structured
+```python
+masks = calibrated_neuron_masks(model, batches, 0.5, "redundancy")  # lightning_prune.neurons
+refit_ffn_(model, batches, masks)
+shrink_(model, neuron_masks=masks)  # lightning_prune.structured
+```
 
-Example:
+Examples:
     >>> acts = torch.randn(512, 8)
     >>> acts[:, 1] = 2 * acts[:, 0]  # neuron 1 repeats neuron 0
     >>> keep = conditional_redundancy(acts, 1)
@@ -68,9 +73,9 @@ def conditional_redundancy(acts: Tensor, n_remove: int, w_out: Tensor | None = N
     Args:
         acts: ``(T, n)`` activations, T > n for a well-posed covariance (``ridge`` keeps it invertible).
         n_remove: neurons to remove, 0 <= n_remove < n.
-        w_out: ``(n, d)`` outgoing weights (:func:`outgoing_weights`); when given, the score is the output error
-            ``‖w_i‖² / P_ii``, otherwise the unexplained fraction of variance ``1 / (P_ii Σ_ii)`` (0 for a neuron
-            whose activation does not vary: a dead neuron goes first).
+        w_out: ``(n, d)`` outgoing weights ([`outgoing_weights`][lightning_prune.compensation.outgoing_weights]); when
+            given, the score is the output error ``‖w_i‖² / P_ii``, otherwise the unexplained fraction of variance
+            ``1 / (P_ii Σ_ii)`` (0 for a neuron whose activation does not vary: a dead neuron goes first).
         ridge: added to the covariance's diagonal, as a fraction of the mean variance.
 
     Returns:
@@ -117,9 +122,10 @@ def conditional_redundancy(acts: Tensor, n_remove: int, w_out: Tensor | None = N
 def refit_outputs(module: nn.Module, acts: Tensor, keep: Tensor, bias_only: bool = False, ridge: float = 1e-6) -> None:
     """Refit an output projection in place so the kept neurons reproduce its output without the removed ones.
 
-    The kept rows of :func:`outgoing_weights` and the bias are set to the least-squares fit of
-    ``A·W + b`` from ``A_kept`` over the calibration tokens; the removed rows are left as they were (remove them
-    with :func:`lightning_prune.structured.shrink_` or mask them). Without a bias the fit has no intercept.
+    The kept rows of [`outgoing_weights`][lightning_prune.compensation.outgoing_weights] and the bias are set to the
+    least-squares fit of ``A·W + b`` from ``A_kept`` over the calibration tokens; the removed rows are left as they were
+    (remove them with [`lightning_prune.structured.shrink_`][lightning_prune.shrink_] or mask them). Without a bias the
+    fit has no intercept.
 
     Args:
         module: ``nn.Linear`` or ``transformers`` ``Conv1D`` whose input is the neuron activations.
@@ -172,21 +178,23 @@ def refit_ffn_(
     """Refit every feed-forward block's output projection for the neurons ``masks`` keep (one per block).
 
     Activations of all blocks are collected in one pass of the unchanged model over ``batches`` (memory
-    ``tokens · n · 4`` bytes per block), then each block is refitted with :func:`refit_outputs`. Follow with
-    :func:`lightning_prune.structured.shrink_` (or hold the neurons at zero) to remove the neurons.
+    ``tokens · n · 4`` bytes per block), then each block is refitted with
+    [`refit_outputs`][lightning_prune.compensation.refit_outputs]. Follow with
+    [`lightning_prune.structured.shrink_`][lightning_prune.shrink_] (or hold the neurons at zero) to remove the neurons.
 
     Args:
         model: a GPT-2, Llama or BERT ``transformers`` model, called as ``model(**batch)`` or ``model(batch)``.
         batches: calibration batches.
         masks: ``(n,)`` bool keep masks, one per block in order
-            (e.g. from :func:`lightning_prune.neurons.calibrated_neuron_masks`).
-        bias_only: see :func:`refit_outputs`.
+            (e.g. from [`lightning_prune.neurons.calibrated_neuron_masks`][lightning_prune.calibrated_neuron_masks]).
+        bias_only: see [`refit_outputs`][lightning_prune.compensation.refit_outputs].
 
     Returns:
         ``{fqn of the output projection: (T, n) activations used}``.
 
     Raises:
-        ValueError: if the number of masks is not the number of blocks, or see :func:`refit_outputs`.
+        ValueError: if the number of masks is not the number of blocks, or see
+            [`refit_outputs`][lightning_prune.compensation.refit_outputs].
     """
     modules = ffn_output_modules(model)
     if len(masks) != len(modules):

@@ -1,45 +1,46 @@
 """Importance criteria, weights and neurons in one registry. A higher score means more important.
 
-A :class:`Criterion` is a named score function, the running statistics it reads and the *unit* it scores:
+A [`Criterion`][lightning_prune.Criterion] is a named score function, the running statistics it reads and the *unit* it
+scores:
 
 - ``unit="weights"``: ``fn(fqn, weight, stats) -> scores`` shaped like the weight, where ``stats`` is the run's
-  :class:`~lightning_prune.trackers.RunningStats` (None for criteria that need none);
+  `RunningStats` (None for criteria that need none);
 - ``unit="neurons"``: ``fn(layer, inputs) -> scores (n,)`` over one block's feed-forward neurons, where
-  ``inputs`` is a :class:`NeuronInputs` (running neuron statistics, the layer's weights); a criterion that selects
-  rather than ranks (mutual information: one of each redundant pair) also gives ``select``.
+  ``inputs`` is a [`NeuronInputs`][lightning_prune.criteria.NeuronInputs] (running neuron statistics, the layer's
+  weights); a criterion that selects rather than ranks (mutual information: one of each redundant pair) also gives
+  ``select``.
 
 Weights (``get_criterion(name)``):
 
-=====================  ===========================================  =============================================
-name                   score                                        source
-=====================  ===========================================  =============================================
-``magnitude``          |w| now (one snapshot)                       Han et al. 2015, "Learning both weights..."
-``running_magnitude``  EMA of |w| over steps                        running statistics of this library
-``time_weighted``      Σ_i √i·|w_i| / Σ_i √i over epoch snapshots   Islam et al., arXiv 2502.17071
-``gradient``           EMA of |g| over steps                        gradient-magnitude saliency
-``taylor``             Σ_t |w_t·g_t|                                Molchanov et al. 2019, first-order Taylor
-``movement``           −Σ_t w_t·g_t                                 Sanh et al. 2020, "Movement Pruning"
-``wanda``              |w_ij| · √EMA(mean_t x_j²) over passes      Sun et al. 2023 (Wanda), as a running statistic
-``platon``             Ī·Ū: EMA of |w·g| × EMA of its deviation     Zhang et al. 2022 (PLATON), upper confidence bound
-``random``             uniform noise, seeded per fqn                baseline
-=====================  ===========================================  =============================================
+| name | score | source |
+| --- | --- | --- |
+| ``magnitude`` | `|w|` now (one snapshot) | Han et al. 2015, "Learning both weights..." |
+| ``running_magnitude`` | EMA of `|w|` over steps | running statistics of this library |
+| ``time_weighted`` | Σ_i √i·`|w_i|` / Σ_i √i over epoch snapshots | Islam et al., arXiv 2502.17071 |
+| ``gradient`` | EMA of `|g|` over steps | gradient-magnitude saliency |
+| ``taylor`` | Σ_t `|w_t·g_t|` | Molchanov et al. 2019, first-order Taylor |
+| ``movement`` | −Σ_t w_t·g_t | Sanh et al. 2020, "Movement Pruning" |
+| ``wanda`` | `|w_ij|` · √EMA(mean_t x_j²) over passes | Sun et al. 2023 (Wanda), as a running statistic |
+| ``platon`` | Ī·Ū: EMA of `|w·g|` × EMA of its deviation | Zhang et al. 2022 (PLATON), upper confidence bound |
+| ``random`` | uniform noise, seeded per fqn | baseline |
 
-Neurons (``get_criterion(name, unit="neurons")``, :class:`~lightning_prune.NeuronPruning`):
+Neurons (``get_criterion(name, unit="neurons")``, [`NeuronPruning`][lightning_prune.NeuronPruning]):
 
-======================  =======================================================================================
-``activation``          running mean |activation|
-``taylor``              running mean |activation · ∂L/∂activation| (Molchanov et al. 2017)
-``weight_norm``         ‖incoming weights‖₂ · ‖outgoing weights‖₂ (the tracker's running |w| when it keeps it)
-``mutual_information``  one of each redundant pair goes first (arXiv 2406.00030), then the lowest activation
-======================  =======================================================================================
+| name | score |
+| --- | --- |
+| ``activation`` | running mean `|activation|` |
+| ``taylor`` | running mean `|activation · ∂L/∂activation|` (Molchanov et al. 2017) |
+| ``weight_norm`` | ‖incoming weights‖₂ · ‖outgoing weights‖₂ (the tracker's running `|w|` when it keeps it) |
+| ``mutual_information`` | one of each redundant pair goes first (arXiv 2406.00030), then the lowest activation |
 
 PLATON's betas (β₁ = 0.85 of Ī, β₂ = 0.95 of Ū, the paper's) are
-:data:`~lightning_prune.trackers.PLATON_BETAS`; see :mod:`lightning_prune.trackers` for the recursion.
+`PLATON_BETAS`; see `lightning_prune.trackers` for the recursion.
 
 A user criterion is any callable ``fn(fqn, weight, stats) -> Tensor`` (give it a ``stats`` attribute, a tuple of
-statistic names, to have the tracker keep what it reads), or a :class:`Criterion` added with :func:`register`.
+statistic names, to have the tracker keep what it reads), or a [`Criterion`][lightning_prune.Criterion] added with
+[`register`][lightning_prune.criteria.register].
 
-Example:
+Examples:
     >>> crit = get_criterion("magnitude")
     >>> crit("w", torch.tensor([-2.0, 1.0]), None)
     tensor([2., 1.])
@@ -208,7 +209,8 @@ NEURON_CRITERIA = names("neurons")
 
 
 def get_criterion(criterion: str | Criterion | ScoreFn, unit: str = "weights") -> Criterion:
-    """Resolve a criterion name (of ``unit``), :class:`Criterion` or plain callable (a weights criterion).
+    """Resolve a criterion name (of ``unit``), [`Criterion`][lightning_prune.Criterion] or plain callable (a weights
+    criterion).
 
     Raises:
         ValueError: for an unknown name (the message lists the known ones) or a criterion of another unit.

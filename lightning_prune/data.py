@@ -3,11 +3,11 @@
 The corpus is one string. The validation text is its **last** ``val_fraction`` of characters, the cut
 moved forward to the next line start (so no line is split); the training text is everything before. The
 split uses no RNG, so it is identical on every call and every process. Each part is tokenized
-(:mod:`lightning_prune.tokenizers`) and packed into non-overlapping blocks of ``block_size`` tokens (the
+(`lightning_prune.tokenizers`) and packed into non-overlapping blocks of ``block_size`` tokens (the
 remainder is dropped). Batches are ``{"input_ids": (B, T), "labels": (B, T)}`` with ``labels == input_ids``:
 the model shifts labels itself, as ``transformers`` causal LMs do.
 
-Example:
+Examples:
     >>> dm = TextDataModule(source="pydoc", block_size=128, batch_size=4)
     >>> dm.setup("fit")
     >>> batch = next(iter(dm.train_dataloader()))
@@ -144,7 +144,7 @@ def split_text(text: str, val_fraction: float) -> tuple[str, str]:
 
     Deterministic (no RNG) and ``train + val == text``.
 
-    Example:
+    Examples:
         >>> split_text("a\\nb\\nc\\nd\\n", 0.5)
         ('a\\nb\\n', 'c\\nd\\n')
     """
@@ -176,7 +176,7 @@ def check_block_size(block_size: int, model_context: int | None = None) -> int:
     Raises:
         ValueError: naming both numbers when the block does not fit.
 
-    Example:
+    Examples:
         >>> check_block_size(512, model_context=1024)
         512
     """
@@ -255,7 +255,7 @@ class TextDataModule(LightningDataModule):
         ValueError: for any bad argument, naming the value and what is allowed.
         FileNotFoundError: for a missing file in ``files``.
 
-    Example:
+    Examples:
         >>> dm = TextDataModule(source="pydoc", tokenizer="bpe", vocab_size=1024, block_size=64)
         >>> dm.vocab_size <= 1024
         True
@@ -344,7 +344,8 @@ class TextDataModule(LightningDataModule):
         self.val_dataset = BlockDataset(pack_blocks(val_ids, self.block_size, "Validation text"))
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches; the order follows ``seed`` and the epoch (see :class:`EpochShuffle`)."""
+        """Shuffled batches; the order follows ``seed`` and the epoch (see
+        [`EpochShuffle`][lightning_prune.data.EpochShuffle])."""
         return self._loader(self.train_dataset, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -3,12 +3,13 @@
 Plain ``transformers`` reloads the result with the same outputs (``AutoModelForCausalLM`` for a causal LM, the
 class named in the saved config or ``AutoModel`` for an encoder such as ``BertModel``); zeros are stored as zeros
 (safetensors is dense), so the saving on disk comes from compression or from structured removal
-(:mod:`lightning_prune.structured`), and :func:`export_pretrained` reports both the non-zero count and the bytes
-on disk. Given the tokenizer the model was trained with, it is saved beside the model as a ``transformers``
-tokenizer that encodes exactly as training did (:func:`~lightning_prune.tokenizers.pretrained_tokenizer`), so
-``transformers.pipeline("text-generation", model=directory)`` runs on the result.
+([`lightning_prune.structured`][lightning_prune.structured]), and
+[`export_pretrained`][lightning_prune.export_pretrained] reports both the non-zero count and the bytes on disk. Given
+the tokenizer the model was trained with, it is saved beside the model as a ``transformers`` tokenizer that encodes
+exactly as training did (`pretrained_tokenizer`), so ``transformers.pipeline("text-generation", model=directory)`` runs
+on the result.
 
-Example:
+Examples:
     >>> report = export_pretrained(model, "out/pruned", masks, tokenizer=datamodule.tokenizer)  # doctest: +SKIP
     >>> report["nonzero"], report["bytes_on_disk"]  # doctest: +SKIP
 """
@@ -65,7 +66,7 @@ def export_pretrained(
         model: a ``transformers`` model.
         directory: the target directory (created).
         masks: ``{fqn: bool}`` keep-masks to write into the weights first.
-        tokenizer: the tokenizer the model was trained with (a :class:`~lightning_prune.tokenizers.TextTokenizer`),
+        tokenizer: the tokenizer the model was trained with (a `TextTokenizer`),
             saved as a ``transformers`` tokenizer with the model's context as ``model_max_length``.
 
     Returns:

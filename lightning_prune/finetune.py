@@ -1,7 +1,7 @@
 """``FineTune``: recover a pruned model with its masks frozen, optionally distilling from the dense model.
 
-The masks come from a pruning run's checkpoint (every writer's state in its ``callbacks``: entry masks and units) or are
-given directly (``{fqn: bool}``, True keeps). A :class:`~lightning_prune.callbacks.HoldMasks` it adds to the Trainer
+The masks come from a pruning run's checkpoint (every writer's state in its ``callbacks``: entry masks and units)
+or are given directly (``{fqn: bool}``, True keeps). A [`HoldMasks`][lightning_prune.HoldMasks] it adds to the Trainer
 (``configure_callbacks``) holds them, exactly as the pruning callbacks hold theirs, and keeps them in its checkpoint
 state; they are saved in this module's own checkpoints too.
 
@@ -12,7 +12,7 @@ Lottery-ticket rewinding (Frankle et al. 2019): ``rewind_to`` holds early weight
 checkpoint path); at the start of fine-tuning the surviving weights of the selected parameters are reset to
 them, the pruned ones stay zero.
 
-Example:
+Examples:
     >>> ft = FineTune(model=pruned_model, masks=masks, teacher=dense_model, distill_weight=0.5)  # doctest: +SKIP
 """
 
@@ -62,18 +62,18 @@ def masks_from_checkpoint(path: str | Path, state_key: str | None = None) -> dic
 
 
 class FineTune(CausalLM):
-    """A :class:`~lightning_prune.lm.CausalLM` whose masks are frozen while it fine-tunes.
+    """A [`CausalLM`][lightning_prune.lm.CausalLM] whose masks are frozen while it fine-tunes.
 
     Args:
         masks: ``{fqn: bool mask}`` (fqns of the bare model or of a ``CausalLM`` wrapping it).
         checkpoint: a pruning run's checkpoint: its ``state_dict`` is loaded, every writer's masks are held and their
-            removed units published for an export to cut out (:class:`~lightning_prune.ExportPretrained`).
+            removed units published for an export to cut out ([`ExportPretrained`][lightning_prune.ExportPretrained]).
         teacher: the dense model to distil from (kept frozen, in eval mode); ``"copy"`` copies the model as it
             is before the masks are applied (useful when ``model`` is still dense).
         distill_weight: α in [0, 1]: the weight of the distillation term.
         temperature: T > 0 of the softened distributions.
         rewind_to: early weights (a state dict or a Lightning checkpoint path) to reset the survivors to.
-        **kwargs: everything :class:`~lightning_prune.lm.CausalLM` takes (model, config, lr, ...).
+        **kwargs: everything [`CausalLM`][lightning_prune.lm.CausalLM] takes (model, config, lr, ...).
 
     Raises:
         ValueError: if no masks are given, a mask names a parameter the model lacks or has another shape, or
@@ -154,7 +154,7 @@ class FineTune(CausalLM):
 
     @override
     def configure_callbacks(self) -> list[Callback]:
-        """Its masks are held by a :class:`~lightning_prune.callbacks.HoldMasks` (as any LightningModule's can be)."""
+        """Its masks are held by a [`HoldMasks`][lightning_prune.HoldMasks] (as any LightningModule's can be)."""
         return [HoldMasks({f"model.{f}": m for f, m in self.masks.items()}, units=self.units, name="FineTune")]
 
     @override

@@ -6,7 +6,7 @@ internet), or any ``nn.Module`` whose forward takes ``input_ids`` and ``labels``
 ``.loss`` and ``.logits``. AdamW with linear warm-up and cosine decay; validation loss and perplexity
 (torchmetrics) logged every validation epoch.
 
-Example:
+Examples:
     >>> lm = CausalLM(vocab_size=256, n_layer=2, n_embd=64, n_head=2, n_positions=128)
 """
 

@@ -22,7 +22,7 @@ activation's standard deviation, every quantity here is invariant to rescaling a
 
 Shapes: activations are ``(N, n)`` = (samples, neurons), as collected by forward hooks.
 
-Example:
+Examples:
     >>> acts = torch.randn(64, 16)
     >>> keep = redundant_neurons(acts, n_remove=4)
     >>> int(keep.sum())
@@ -258,7 +258,7 @@ def redundant_neurons(
 ) -> Tensor:
     """Keep mask after removing ``n_remove`` neurons, one of each most-redundant pair first.
 
-    Steps: (1) subsample at most ``max_samples`` rows; (2) candidate pairs from :func:`correlation_neighbours`;
+    Steps: (1) subsample at most ``max_samples`` rows; (2) candidate pairs from `correlation_neighbours`;
     (3) normalised mutual information ``I(a; b) / min(S(a), S(b))`` in [0, 1] per pair; (4) greedy over pairs
     in decreasing order while above ``threshold``: if neither neuron of the pair is removed yet, remove the one
     with the lower ``importance`` (ties: the higher index), until ``n_remove`` are removed; (5) if the

@@ -1,25 +1,27 @@
 """Running statistics of feed-forward neurons, neuron scores by criterion, and neuron masks as weight masks.
 
 The activation of a block's feed-forward neurons is the input of its output projection (``c_proj`` /
-``down_proj`` / ``output.dense``, see :mod:`lightning_prune.structured`). :class:`NeuronStats` folds the
-activations ``a`` (tokens × n) of each training forward pass into running statistics per layer:
+``down_proj`` / ``output.dense``, see [`lightning_prune.structured`][lightning_prune.structured]).
+[`NeuronStats`][lightning_prune.neurons.NeuronStats] folds the activations ``a`` (tokens × n) of each training forward
+pass into running statistics per layer:
 
 * ``activation``: exponential moving average over passes of ``mean_t |a_tj|``;
 * ``taylor``: the same of ``mean_t |a_tj · ∂L/∂a_tj|`` (first-order Taylor, Molchanov et al. 2017);
 * ``samples``: a ring of the last ``samples`` token activations (a few tokens per pass), the input of the
-  mutual-information redundancy criterion (:func:`~lightning_prune.mutual_information.redundant_neurons`).
+  mutual-information redundancy criterion (`redundant_neurons`).
 
 The first pass sets an average; later passes ``m ← decay·m + (1 − decay)·x``. A pass with a non-finite value is
 left out and counted in ``skipped``, without a host sync: the choice is a ``torch.where`` on the device.
 
-Neuron criteria are in the one registry of :mod:`lightning_prune.criteria` (``unit="neurons"``: ``activation``,
-``taylor``, ``weight_norm``, ``mutual_information``; higher score = keep).
+Neuron criteria are in the one registry of [`lightning_prune.criteria`][lightning_prune.criteria] (``unit="neurons"``:
+``activation``, ``taylor``, ``weight_norm``, ``mutual_information``; higher score = keep).
 
-One-shot only (:data:`CALIBRATED_CRITERIA`, :func:`calibrated_neuron_masks`): ``redundancy``, the neuron whose
-outgoing term the kept neurons best take over (:mod:`lightning_prune.compensation`), to pair with
-:func:`~lightning_prune.compensation.refit_ffn_`.
+One-shot only ([`CALIBRATED_CRITERIA`][lightning_prune.neurons.CALIBRATED_CRITERIA],
+[`calibrated_neuron_masks`][lightning_prune.calibrated_neuron_masks]): ``redundancy``, the neuron whose outgoing term
+the kept neurons best take over ([`lightning_prune.compensation`][lightning_prune.compensation]), to pair with
+[`refit_ffn_`][lightning_prune.refit_ffn_].
 
-Example:
+Examples:
     >>> stats = NeuronStats([4], decay=0.5)
     >>> folded = stats.add_activations(0, torch.tensor([[1.0, -2.0, 0.0, 4.0]]))
     >>> stats.activation[0].tolist()
@@ -152,7 +154,7 @@ class NeuronStats:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`.
+        """Restore a `state_dict`.
 
         Raises:
             ValueError: if the layer sizes or the ring size differ from this instance's.
@@ -182,9 +184,8 @@ def neuron_masks(
     """Keep masks ``(n,)`` per layer removing ``round(sparsity · n)`` neurons of every layer, by ``criterion``.
 
     Neurons already removed in ``current`` stay removed (they count toward the target; a layer already past it
-    loses none more). ``weights`` (``{fqn in
-    model: tensor}``, e.g. the running |w| of :class:`~lightning_prune.ImportanceTracking`) replaces the current
-    weights in ``weight_norm``.
+    loses none more). ``weights`` (``{fqn in model: tensor}``, e.g. the running |w| of
+    [`ImportanceTracking`][lightning_prune.ImportanceTracking]) replaces the current weights in ``weight_norm``.
 
     Raises:
         ValueError: for an unknown criterion, a sparsity outside [0, 1) or that removes every neuron of a layer, or
@@ -217,7 +218,8 @@ def neuron_weight_masks(model: nn.Module, masks: Sequence[Tensor]) -> dict[str, 
 
     Producers (``c_fc``; ``gate_proj``/``up_proj``; ``intermediate.dense``) lose the neuron's output row and bias,
     the consumer (``c_proj``; ``down_proj``; ``output.dense``) the neuron's input column. Holding these entries at
-    zero is exactly removing the neuron. See :func:`lightning_prune.structured.neuron_weight_masks`.
+    zero is exactly removing the neuron. See
+    [`lightning_prune.structured.neuron_weight_masks`][lightning_prune.structured.neuron_weight_masks].
     """
     return _owned_entries(model, masks)
 
@@ -234,15 +236,16 @@ def calibrated_neuron_masks(
     """One-shot neuron masks from calibration batches (no training): remove ``round(sparsity · n)`` per layer.
 
     ``redundancy`` removes, one at a time, the neuron whose outgoing term the kept neurons can best take over
-    (:func:`lightning_prune.compensation.conditional_redundancy` with the outgoing weights); follow it with
-    :func:`lightning_prune.compensation.refit_ffn_`, which hands that term over. It wants more calibration
-    tokens than a block has neurons and costs ``O(n_remove · n²)`` per block.
+    ([`lightning_prune.compensation.conditional_redundancy`][lightning_prune.compensation.conditional_redundancy] with
+    the outgoing weights); follow it with [`lightning_prune.compensation.refit_ffn_`][lightning_prune.refit_ffn_], which
+    hands that term over. It wants more calibration tokens than a block has neurons and costs ``O(n_remove · n²)`` per
+    block.
 
     Args:
         model: a GPT-2, Llama or BERT ``transformers`` model, called as ``model(**batch)`` or ``model(batch)``.
         batches: calibration batches (a list: ``taylor`` passes over them again with gradients).
         sparsity: fraction of each layer's feed-forward neurons to remove.
-        criterion: one of :data:`CALIBRATED_CRITERIA`.
+        criterion: one of [`CALIBRATED_CRITERIA`][lightning_prune.neurons.CALIBRATED_CRITERIA].
         loss_fn: ``batch → scalar loss`` for ``taylor`` (parameter gradients are zeroed afterwards).
         threshold: normalised mutual information of a redundant pair, for ``mutual_information``.
         max_samples: tokens sampled per layer for the Gram matrices of ``mutual_information``.

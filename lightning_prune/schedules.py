@@ -5,7 +5,7 @@ always the *target fraction of zeros* (never an increment of what remains). Each
 optimizer steps (``unit="step"``, ``trainer.global_step``) or epochs (``unit="epoch"``,
 ``trainer.current_epoch``); a point ``t`` means "from the start of step/epoch ``t`` on".
 
-Example:
+Examples:
     >>> AtEpochs({2: 0.3, 4: 0.5, 6: 0.6})(3)
     0.3
     >>> round(Cubic(final=0.8, start=0, end=100)(50), 6)
@@ -77,7 +77,8 @@ def cubic_sparsity(t: int, final: float, start: int, end: int, initial: float = 
 
 
 def linear_sparsity(t: int, final: float, start: int, end: int, initial: float = 0.0, every: int = 1) -> float:
-    """s_t = s_0 + (s_f - s_0) * (t' - t_0) / (t_end - t_0), with t' as in :func:`cubic_sparsity`."""
+    """s_t = s_0 + (s_f - s_0) * (t' - t_0) / (t_end - t_0), with t' as in
+    [`cubic_sparsity`][lightning_prune.schedules.cubic_sparsity]."""
     if t < start:
         return 0.0
     if t >= end:
@@ -252,7 +253,7 @@ class _Gradual(Schedule):
 
 @dataclass
 class Cubic(_Gradual):
-    """Cubic gradual pruning (Zhu & Gupta 2017); see :func:`cubic_sparsity`."""
+    """Cubic gradual pruning (Zhu & Gupta 2017); see [`cubic_sparsity`][lightning_prune.schedules.cubic_sparsity]."""
 
     def __call__(self, t: int) -> float:
         return cubic_sparsity(t, self.final, self.start, self.end, self.initial, self.every)

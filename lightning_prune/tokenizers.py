@@ -1,12 +1,12 @@
 """Tokenizers for the text data: byte-level, a locally trained byte-level BPE, or a ``transformers`` one.
 
-Every tokenizer here offers the same three things (the :class:`TextTokenizer` protocol): ``vocab_size``,
-``encode(text) -> list[int]`` and ``decode(ids) -> str``. :func:`encode_corpus` turns a whole corpus
+Every tokenizer here offers the same three things (the `TextTokenizer` protocol): ``vocab_size``,
+``encode(text) -> list[int]`` and ``decode(ids) -> str``. `encode_corpus` turns a whole corpus
 into one 1-D ``LongTensor`` of token ids, with a fast path per kind, and gives the same ids as ``encode`` of
-the whole text. :func:`pretrained_tokenizer` turns any of them into a ``transformers`` tokenizer that encodes
+the whole text. `pretrained_tokenizer` turns any of them into a ``transformers`` tokenizer that encodes
 exactly as training did, to ship with an exported model (``save_pretrained``).
 
-Example:
+Examples:
     >>> tok = ByteTokenizer()
     >>> tok.encode("hé")
     [104, 195, 169]
@@ -72,7 +72,7 @@ class ByteTokenizer:
 
 
 class BPETokenizer:
-    """A ``tokenizers.Tokenizer`` (e.g. the byte-level BPE from :func:`train_bpe`) behind the protocol."""
+    """A ``tokenizers.Tokenizer`` (e.g. the byte-level BPE from `train_bpe`) behind the protocol."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -133,7 +133,7 @@ def train_bpe(text: str, vocab_size: int) -> Any:
 
 
 def load_or_train_bpe(text: str, vocab_size: int, cache_dir: str | Path | None = None) -> BPETokenizer:
-    """Load the BPE for ``(text, vocab_size)`` from the cache, or train it with :func:`train_bpe` and cache it.
+    """Load the BPE for ``(text, vocab_size)`` from the cache, or train it with `train_bpe` and cache it.
 
     The cache file is ``<cache_dir>/bpe-<sha256 of text and vocab_size>.json``. A new file is published
     with an exclusive link, so when several processes train at once the first file wins and every process
@@ -143,7 +143,7 @@ def load_or_train_bpe(text: str, vocab_size: int, cache_dir: str | Path | None =
     Args:
         text: the training text.
         vocab_size: the largest vocabulary wanted, at least 256.
-        cache_dir: folder for the cache; default :func:`default_cache_dir`.
+        cache_dir: folder for the cache; default `default_cache_dir`.
 
     Raises:
         ValueError: if ``vocab_size`` is below 256, or naming the cache file if it still cannot be read after
@@ -201,12 +201,12 @@ def _publish_bpe(text: str, vocab_size: int, path: Path, replace: bool) -> None:
 def build_tokenizer(
     tokenizer: str | Any, text: str, vocab_size: int | None = None, cache_dir: str | Path | None = None
 ) -> TextTokenizer:
-    """Turn a tokenizer spec into a :class:`TextTokenizer`.
+    """Turn a tokenizer spec into a `TextTokenizer`.
 
     Args:
         tokenizer: ``"byte"``; ``"bpe"`` (trained on ``text`` with ``vocab_size``, cached); ``"hf:NAME"``
             (``transformers.AutoTokenizer.from_pretrained(NAME)``, needs the hub or its cache); a
-            ``tokenizers.Tokenizer``; a ``transformers`` tokenizer; or a :class:`TextTokenizer`.
+            ``tokenizers.Tokenizer``; a ``transformers`` tokenizer; or a `TextTokenizer`.
         text: the training text (used by ``"bpe"`` only).
         vocab_size: the BPE vocabulary size (``"bpe"`` only).
         cache_dir: the BPE cache folder.
@@ -251,7 +251,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def byte_level_tokenizer() -> Any:
-    """A ``tokenizers.Tokenizer`` that gives :class:`ByteTokenizer`'s ids: token ``b`` is the byte ``b``.
+    """A ``tokenizers.Tokenizer`` that gives `ByteTokenizer`'s ids: token ``b`` is the byte ``b``.
 
     A BPE without merges over GPT-2's byte symbols (no regex split, no special tokens), so ``encode(text).ids ==
     list(text.encode("utf-8"))`` and decoding joins the bytes back (invalid UTF-8 becomes U+FFFD).
@@ -268,8 +268,8 @@ def byte_level_tokenizer() -> Any:
 def pretrained_tokenizer(tokenizer: TextTokenizer, model_max_length: int | None = None) -> Any:
     """A ``transformers`` tokenizer (``save_pretrained``, ``AutoTokenizer``, ``pipeline``) encoding as ``tokenizer``.
 
-    :class:`ByteTokenizer` becomes :func:`byte_level_tokenizer`, :class:`BPETokenizer` its own
-    ``tokenizers.Tokenizer``, both wrapped in a ``PreTrainedTokenizerFast``; an :class:`HFTokenizer` is its
+    `ByteTokenizer` becomes `byte_level_tokenizer`, `BPETokenizer` its own
+    ``tokenizers.Tokenizer``, both wrapped in a ``PreTrainedTokenizerFast``; an `HFTokenizer` is its
     ``transformers`` tokenizer. None of them adds special tokens, as training did not.
 
     Args:

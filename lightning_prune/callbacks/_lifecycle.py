@@ -1,6 +1,5 @@
 """The one lifecycle every callback of the library follows, and what they share.
 
-================  =========================================================================================
 hook              what happens, the same for every callback
 ================  =========================================================================================
 ``__init__``      arguments validated; nothing about a model is known
@@ -22,11 +21,31 @@ hook              what happens, the same for every callback
 ``validate`` …    nothing is resolved, reset, restored or enforced: weights and state stay as they are
 ``teardown``      hooks removed (also on an exception)
 ================  =========================================================================================
+=======
+What happens at each hook, the same for every callback:
+
+- ``__init__``: arguments validated; nothing about a model is known.
+- ``setup("fit")``: arguments checked against the Trainer (a schedule past the run's end is an error, unless this
+  instance already reached its final target on this model: a further fit continues).
+- ``on_fit_start``: parameters resolved as they train now (after ``configure_model``, sharding, precision). If the
+  model is another object, or its selected parameters have other names or shapes, than the ones this instance's
+  state was made for, that state is dropped whole: masks, statistics, sparsity reached, events. Otherwise (a
+  second ``fit`` of the same model) it is kept whole. The schedule is checked against the run's length in its own
+  unit, whichever limit ends it.
+- ``load_state_dict``: a checkpoint's state is kept pending, never applied half-way (only when fitting: a
+  ``validate``/``test``/``predict`` with ``ckpt_path`` loads weights, never callback state).
+- ``on_sanity_check_start`` / ``on_train_start``: the pending state (a resume) replaces this instance's state,
+  checked against the parameters (another model's checkpoint is a ``ValueError``), before any validation enforces
+  a mask; at ``on_train_start`` hooks are registered.
+- ``on_train_epoch_start``: masks enforced everywhere (after every callback has restored its state: the order of
+  callbacks does not matter).
+- ``validate`` …: nothing is resolved, reset, restored or enforced: weights and state stay as they are.
+- ``teardown``: hooks removed (also on an exception).
 
 The schedule position is ``trainer.global_step``/``current_epoch``; a callback prunes only when the schedule's
 target exceeds the sparsity it has reached, so a resumed or repeated fit never prunes twice.
 
-Masks are written into the model's :class:`~lightning_prune._registry.MaskRegistry`, which holds them through
+Masks are written into the model's `MaskRegistry`, which holds them through
 every step. Every callback enforces them exactly (weights, optimizer state, averaged copies of the model kept
 by weight-averaging callbacks) at ``on_train_start``, before and after every validation epoch, at
 ``on_train_end`` and before a checkpoint is written, so the order of callbacks does not matter.
@@ -121,9 +140,8 @@ def shadows(trainer: pl.Trainer, registry: MaskRegistry) -> list[dict[str, Tenso
 class Lifecycle(Callback):
     """Base of the library's callbacks: implements the lifecycle above once.
 
-    A subclass implements :meth:`check`, :meth:`resolve`, :meth:`reset`, :meth:`start`, :meth:`dump`,
-    :meth:`restore` and, where its state outlives a physical shrink, :meth:`follow`; it never overrides the hooks
-    that drive them.
+    A subclass implements `check`, `resolve`, `reset`, `start`, `dump`, `restore` and, where its state outlives
+    a physical shrink, `follow`; it never overrides the hooks that drive them.
     """
 
     def __init__(self) -> None:
@@ -157,10 +175,10 @@ class Lifecycle(Callback):
         return {}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Replace the state with a :meth:`dump` whose ``tensors`` are local again."""
+        """Replace the state with a `dump` whose ``tensors`` are local again."""
 
     def follow(self, shrink: Shrink) -> None:
-        """Map the state through a physical shrink of the model (:class:`~lightning_prune._registry.Shrink`), so a
+        """Map the state through a physical shrink of the model (`Shrink`), so a
         later fit continues it. By default the parameters the state is made for are renamed and reshaped (masks
         live in the registry, which followed already); state that cannot follow sets ``self._signature = None``
         and starts afresh at the next fit."""

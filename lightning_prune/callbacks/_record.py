@@ -4,8 +4,8 @@ Every writer (``ScheduledPruning``, ``NeuronPruning``, ``StructuredPruning``, ``
 state the entry masks it holds in the model's registry — bit-packed ``tensors`` (saved shard by shard by the
 lifecycle), ``where`` their parameter is, which are ``packed``, and the full ``shapes`` of the parameters — and a
 writer of whole units also what it published (``published``: ``{"prefix": ..., dimension: keep masks}``). Recovery
-(:class:`~lightning_prune.HoldMasks`, :class:`~lightning_prune.FineTune`, ``masks_from_checkpoint``) reads every
-state in that format, whichever callback wrote it: :func:`read_checkpoint`.
+([`HoldMasks`][lightning_prune.HoldMasks], [`FineTune`][lightning_prune.FineTune], ``masks_from_checkpoint``) reads
+every state in that format, whichever callback wrote it: `read_checkpoint`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def dump_masks(masks: Mapping[str, Tensor], registry: Any, shapes: Mapping[str, 
 
 def dump_writer(registry: Any, writer: str) -> dict[str, Any]:
     """What ``writer`` removed, as its checkpoint state carries it for recovery: its entry masks in the registry
-    (:func:`dump_masks`, full shapes from their layouts) and its published units."""
+    (`dump_masks`, full shapes from their layouts) and its published units."""
     if registry is None:  # never fitted: nothing removed yet
         return {}
     masks = registry.writers.get(writer, {})

@@ -12,12 +12,12 @@ __all__ = ["TargetCheckpoint"]
 
 class TargetCheckpoint(ConditionalCheckpoint):
     """A ``ModelCheckpoint`` (same arguments) that writes nothing until every pruning callback of the model has reached
-    its final target (each publishes its progress in the model's :class:`~lightning_prune._registry.MaskRegistry`):
+    its final target (each publishes its progress in the model's `MaskRegistry`):
     with ``monitor="val/loss"`` it keeps the best checkpoints *of the pruned model*, never a dense one from before.
     With ``save_last=True`` Lightning still writes ``last.ckpt`` at the end of training and on an exception, for
     resuming.
 
-    Example:
+    Examples:
         >>> best = TargetCheckpoint(monitor="val/loss", mode="min", save_top_k=1)
         >>> trainer = pl.Trainer(callbacks=[ImportanceTracking(), ScheduledPruning({2: 0.5}, "taylor"), best])
     """

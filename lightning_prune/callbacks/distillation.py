@@ -47,10 +47,10 @@ class Distillation(Callback):
 
         loss = (1 − α)·loss + α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + β·mean_l MSE(h_s,l, h_t,l)
 
-    with :func:`lightning_prune.finetune.distillation_loss`, α = ``weight``, T = ``temperature`` and β =
-    ``hidden_weight`` over the outputs of blocks ``hidden_layers``. The teacher lives on this callback, outside the
-    module tree: it is never optimized, selected for pruning, or saved in a checkpoint (this callback's state holds
-    only its settings). It is moved to the module's device at the start of every fit.
+    with [`lightning_prune.finetune.distillation_loss`][lightning_prune.finetune.distillation_loss], α = ``weight``, T =
+    ``temperature`` and β = ``hidden_weight`` over the outputs of blocks ``hidden_layers``. The teacher lives on this
+    callback, outside the module tree: it is never optimized, selected for pruning, or saved in a checkpoint (this
+    callback's state holds only its settings). It is moved to the module's device at the start of every fit.
 
     Args:
         teacher: the frozen teacher (a module called like the student), or ``"copy"``: a copy of the student as it is
@@ -66,7 +66,7 @@ class Distillation(Callback):
         ValueError: for α, T or β out of range, a hidden weight without layers (or the reverse), a teacher that is
             neither a module nor ``"copy"``, a module with manual optimization, or a model it cannot find.
 
-    Example:
+    Examples:
         >>> schedule = AtSteps({100: 0.25, 200: 0.5})
         >>> trainer = pl.Trainer(callbacks=[Distillation("copy", weight=0.5), StructuredPruning(0.5, schedule)])
     """

@@ -28,7 +28,7 @@ __all__ = ["ExportPretrained", "find_pretrained", "published_units", "relative_m
 def find_pretrained(module: nn.Module, attr: str | None = None) -> tuple[str, nn.Module]:
     """``(fqn, model)`` of the ``transformers`` (or PEFT) model inside a LightningModule: the submodule ``attr`` names,
     else the submodule (or ``module`` itself) with ``save_pretrained`` and a ``config``, wherever it lives (among
-    several, the one that trains: :func:`~lightning_prune._selection.find_model`).
+    several, the one that trains: `find_model`).
 
     Raises:
         ValueError: if there is none, ``attr`` names no submodule, or several train.
@@ -69,13 +69,13 @@ class ExportPretrained(Callback):
 
     The model is found wherever it lives in the LightningModule (``self.model``, ``self.net``, …; ``attr`` names it
     when there are several), and the masks are every writer's, read from the model's
-    :class:`~lightning_prune._registry.MaskRegistry`. Where writers (:class:`~lightning_prune.callbacks.NeuronPruning`,
-    :class:`~lightning_prune.callbacks.StructuredPruning`) published removed units in the registry
+    `MaskRegistry`. Where writers ([`NeuronPruning`][lightning_prune.NeuronPruning],
+    [`StructuredPruning`][lightning_prune.StructuredPruning]) published removed units in the registry
     (``registry.units``), a copy of the model with the units every writer removed physically cut out (smaller layers,
     fewer heads, blocks, features or experts; the config updated) is saved instead, and ``export.json`` says what was
     removed where (``removed``) and the parameter count before and after; the trained model itself keeps its shapes.
     A PEFT
-    model (LoRA …) is merged on a copy first (:func:`~lightning_prune.adapters.merge_adapters`): the export is a plain
+    model (LoRA …) is merged on a copy first ([`merge_adapters`][lightning_prune.merge_adapters]): the export is a plain
     ``transformers`` model exactly as sparse as the pruned base weights.
 
     With ``verify`` the directory is reloaded with the class named in its saved config (``architectures``, e.g.
@@ -201,7 +201,7 @@ def _main_output(output: Any) -> tuple[str, torch.Tensor]:
 
 @torch.no_grad()
 def reload_difference(model: torch.nn.Module, directory: str | Path) -> tuple[str, float]:
-    """Reload ``directory`` (see :func:`reload_class`) and compare its main output with ``model``'s on a random batch.
+    """Reload ``directory`` (see `reload_class`) and compare its main output with ``model``'s on a random batch.
 
     Returns:
         ``(name, difference)``: the output compared (``"logits"``, or ``"last_hidden_state"`` for an encoder without

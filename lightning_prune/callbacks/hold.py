@@ -68,7 +68,7 @@ def _moved(given: str, placed: str) -> tuple[str, str]:
 class HoldMasks(Lifecycle):
     """Hold fixed masks while a model trains: pruned entries stay exactly zero in the weights, their gradients, the
     optimizer state and averaged copies, through every step — on any LightningModule, as the pruning callbacks hold
-    theirs (through the model's :class:`~lightning_prune._registry.MaskRegistry`). For fine-tuning or recovering a
+    theirs (through the model's `MaskRegistry`). For fine-tuning or recovering a
     pruned model, or continuing from another run.
 
     The masks are checked against the model at ``on_fit_start`` (after ``configure_model`` and sharding) and kept in
@@ -76,7 +76,7 @@ class HoldMasks(Lifecycle):
 
     Args:
         masks: ``{fqn: bool keep mask}`` by the LightningModule's parameter names (or the names inside its model,
-            or another module's with one prefix more or less: see :func:`place_masks`).
+            or another module's with one prefix more or less: see `place_masks`).
         checkpoint: a pruning run's Lightning checkpoint: every entry mask it holds and every unit its writers
             removed, whichever callbacks wrote them (``ScheduledPruning``, ``NeuronPruning``, ``StructuredPruning``,
             ``HoldMasks``).
@@ -87,7 +87,7 @@ class HoldMasks(Lifecycle):
     Raises:
         ValueError: without masks or checkpoint, or with masks that do not fit the model.
 
-    Example:
+    Examples:
         >>> hold = HoldMasks(checkpoint="runs/main/tensorboard/version_0/checkpoints/last.ckpt")  # doctest: +SKIP
         >>> pl.Trainer(callbacks=[hold]).fit(my_module, datamodule)  # doctest: +SKIP
     """

@@ -26,8 +26,8 @@ __all__ = ["NeuronPruning", "find_transformer"]
 
 def find_transformer(module: nn.Module, attr: str | None = None) -> tuple[str, nn.Module]:
     """``(fqn, model)`` of the ``transformers`` model whose blocks the library can describe
-    (:func:`~lightning_prune.structured.is_supported`): the submodule ``attr`` names, else the one found wherever it
-    lives (among several, the one that trains: :func:`~lightning_prune._selection.find_model`).
+    ([`is_supported`][lightning_prune.structured.is_supported]): the submodule ``attr`` names, else the one found
+    wherever it lives (among several, the one that trains: `find_model`).
 
     Raises:
         ValueError: if there is none, several train, or the model ``attr`` names cannot be described.
@@ -60,20 +60,21 @@ class NeuronPruning(Lifecycle):
     """Remove the same fraction of feed-forward neurons from every block, progressively, on a schedule.
 
     Forward pre-hooks on each block's feed-forward output projection fold the neuron activations of every
-    training pass into :class:`~lightning_prune.neurons.NeuronStats` (and, for ``criterion="taylor"``, tensor hooks
-    their gradients). When the schedule's target exceeds the fraction removed so far, each layer loses its
+    training pass into [`NeuronStats`][lightning_prune.neurons.NeuronStats] (and, for ``criterion="taylor"``, tensor
+    hooks their gradients). When the schedule's target exceeds the fraction removed so far, each layer loses its
     lowest-scored neurons down to ``round(target · n)`` removed (from statistics averaged over the processes,
     decided on process 0 and broadcast); a removed neuron's weight rows and columns and biases are written into the
-    model's :class:`~lightning_prune._registry.MaskRegistry` and held at zero like every other mask, and the neuron
+    model's `MaskRegistry` and held at zero like every other mask, and the neuron
     masks are published in ``registry.units`` for an export to cut them out. The masked
-    model computes exactly what the physically smaller model computes: :meth:`shrink_` (or
-    :class:`~lightning_prune.callbacks.ExportPretrained`) removes the neurons for real after training.
+    model computes exactly what the physically smaller model computes:
+    [`shrink_`][lightning_prune.NeuronPruning.shrink_] (or [`ExportPretrained`][lightning_prune.ExportPretrained])
+    removes the neurons for real after training.
 
     Args:
-        schedule: fraction of neurons removed, a :class:`~lightning_prune.schedules.Schedule` or ``{epoch: f}``.
-        criterion: a neuron criterion of :mod:`lightning_prune.criteria`; ``weight_norm`` reads the running |w|
-            of an :class:`~lightning_prune.ImportanceTracking` in the Trainer when it tracks the feed-forward
-            weights, else the current weights.
+        schedule: fraction of neurons removed, a [`Schedule`][lightning_prune.Schedule] or ``{epoch: f}``.
+        criterion: a neuron criterion of [`lightning_prune.criteria`][lightning_prune.criteria]; ``weight_norm`` reads
+            the running |w| of an [`ImportanceTracking`][lightning_prune.ImportanceTracking] in the Trainer when it
+            tracks the feed-forward weights, else the current weights.
         decay: EMA decay of the running activation statistics.
         samples: token activations kept per layer for ``"mutual_information"``.
         threshold: normalised mutual information above which a pair of neurons counts as redundant.
@@ -82,10 +83,10 @@ class NeuronPruning(Lifecycle):
 
     Raises:
         ValueError: for an unknown criterion, a schedule past the run's end or removing every neuron, a model
-            whose blocks the library cannot describe (see :mod:`lightning_prune.structured`) or whose feed-forward
-            neurons sit in fused experts, or a checkpoint of another model.
+            whose blocks the library cannot describe (see [`lightning_prune.structured`][lightning_prune.structured]) or
+            whose feed-forward neurons sit in fused experts, or a checkpoint of another model.
 
-    Example:
+    Examples:
         >>> trainer = pl.Trainer(max_epochs=6, callbacks=[NeuronPruning({2: 0.25, 4: 0.5}, "taylor")])
     """
 
@@ -252,7 +253,7 @@ class NeuronPruning(Lifecycle):
         """Physically remove the neurons from ``model`` (default: the trained one) and update its config.
 
         Shrinking the trained model cuts out every writer's units of it and maps every record through the shrink, as
-        :meth:`StructuredPruning.shrink_ <lightning_prune.StructuredPruning.shrink_>` does, so the entries other
+        [`StructuredPruning.shrink_`][lightning_prune.StructuredPruning.shrink_] does, so the entries other
         writers pruned in what remains (by ``ScheduledPruning``, say) stay pruned in a later fit."""
         if model is not None and model is not self.model:
             return shrink_(model, neuron_masks=self.masks)

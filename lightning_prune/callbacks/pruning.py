@@ -31,17 +31,17 @@ class ScheduledPruning(Lifecycle):
     ``trainer.current_epoch`` (``unit="epoch"``); when its target exceeds the sparsity already reached, scores
     are computed by the criterion (already-pruned entries score −inf, so they stay pruned), new masks are
     computed (under DDP on process 0 and broadcast; under FSDP2 shard by shard, with counts combined across
-    processes) and written into the model's :class:`~lightning_prune._registry.MaskRegistry`, which zeroes the
+    processes) and written into the model's `MaskRegistry`, which zeroes the
     weights and the optimizer's state (Adam moments, momentum) of pruned entries and holds them at zero through
     every later step. Entries pruned by any other writer (``NeuronPruning``, ``FineTune``) count towards the
     target, so zeros are counted once. Parameters keep their names: masks live in this callback's
     ``state_dict`` (bit-packed bool tensors keyed by fqn), never in the model. See
-    :mod:`lightning_prune.callbacks._lifecycle` for what survives a resume, ``validate`` and a second ``fit``.
+    `_lifecycle` for what survives a resume, ``validate`` and a second ``fit``.
 
     Args:
-        schedule: a :class:`~lightning_prune.schedules.Schedule`, or ``{epoch: sparsity}`` for
-            :class:`~lightning_prune.schedules.AtEpochs`.
-        criterion: a name from :data:`~lightning_prune.criteria.CRITERIA` or a callable
+        schedule: a [`Schedule`][lightning_prune.Schedule], or ``{epoch: sparsity}`` for
+            [`AtEpochs`][lightning_prune.AtEpochs].
+        criterion: a name from [`CRITERIA`][lightning_prune.criteria.CRITERIA] or a callable
             ``(fqn, weight, stats) -> scores``.
         scope: ``"global"`` (one ranking over all selected weights), ``"layer"`` (each weight on its own) or
             ``"output"`` (each output row on its own, as Wanda compares).
@@ -60,7 +60,7 @@ class ScheduledPruning(Lifecycle):
             run's end, patterns that match nothing, N:M on a dim not divisible by M, or masks in a checkpoint
             that do not fit the model.
 
-    Example:
+    Examples:
         >>> pruning = ScheduledPruning(AtEpochs({2: 0.3, 4: 0.5, 6: 0.6}), criterion="running_magnitude")
         >>> trainer = pl.Trainer(max_epochs=8, callbacks=[ImportanceTracking(), pruning])
     """

@@ -58,7 +58,7 @@ feed-forward neurons removed (``NeuronPruning``) and the fraction of parameters 
 
 
 def pruned_label(record: dict[str, float]) -> str:
-    """What had happened to the model by ``record``: ``"dense"``, or what changed (:data:`CHANGES`) joined by
+    """What had happened to the model by ``record``: ``"dense"``, or what changed (`CHANGES`) joined by
     " + ", e.g. ``"weights pruned + neurons removed"``."""
     done = [what for key, what in CHANGES.items() if record.get(key, 0.0) > 0.0]
     return " + ".join(done) or "dense"
@@ -154,21 +154,21 @@ class PruningReport(Callback):
     """Record validation loss and perplexity against measured sparsity; compare the final model with a dense model
     of the same budget at the end.
 
-    Each validation records the measured weight sparsity of a :class:`~lightning_prune.callbacks.ScheduledPruning`
-    (``sparsity``) and the fraction of feed-forward neurons a :class:`~lightning_prune.callbacks.NeuronPruning` has
-    removed (``neurons_removed``) and the fraction of parameters a :class:`~lightning_prune.callbacks.StructuredPruning`
-    has removed (``params_removed``), read from the writers' events in the model's registry. The last validation of
-    the run is ``final`` in ``report.json``, labelled by what had happened by then (``final_label``,
-    :func:`pruned_label`: what changed, or dense).
+    Each validation records the measured weight sparsity of a [`ScheduledPruning`][lightning_prune.ScheduledPruning]
+    (``sparsity``) and the fraction of feed-forward neurons a [`NeuronPruning`][lightning_prune.NeuronPruning] has
+    removed (``neurons_removed``) and the fraction of parameters a
+    [`StructuredPruning`][lightning_prune.StructuredPruning] has removed (``params_removed``), read from the writers'
+    events in the model's registry. The last validation of the run is ``final`` in ``report.json``, labelled by what had
+    happened by then (``final_label``, `pruned_label`: what changed, or dense).
     ``dense_before_pruning`` is the last validation before either callback changed the model: it trained fewer steps
     than the final model, so it is no measure of what pruning cost. That measure is ``dense_same_budget``: the final
-    validation of ``reference``, a dense run's ``report.json`` whose :func:`budget_of` equals this run's
+    validation of ``reference``, a dense run's ``report.json`` whose `budget_of` equals this run's
     (``reference_check`` gives its largest difference in validation loss from this run before the first pruning,
     where both runs trained the same weights). A reference of another budget is not used, and ``reference.why``
     names the settings that differ.
 
     With a ``prompt`` and a data module that has a ``tokenizer`` (``trainer.datamodule.tokenizer``), ``samples``
-    holds the greedy continuations (:func:`greedy_continuation`) of the prompt by the dense model before the first
+    holds the greedy continuations (`greedy_continuation`) of the prompt by the dense model before the first
     pruning, by the final model and (from the reference, when it was made with the same prompt and length) by the
     dense model of the same budget.
 
@@ -222,7 +222,7 @@ class PruningReport(Callback):
         return [e for events in (registry.events.values() if registry is not None else ()) for e in events]
 
     def _now(self) -> dict[str, float]:
-        """Per key of :data:`CHANGES`, its value at the last event so far (0 before any)."""
+        """Per key of `CHANGES`, its value at the last event so far (0 before any)."""
         latest: dict[str, tuple[int, float]] = {}
         for e in self.events(None):
             for key in CHANGES:
@@ -261,7 +261,7 @@ class PruningReport(Callback):
         )
 
     def events(self, trainer: pl.Trainer | None) -> list[dict[str, Any]]:
-        """Every change of the model, in step order: ``{"step", "epoch", key: value}`` with a key of :data:`CHANGES`
+        """Every change of the model, in step order: ``{"step", "epoch", key: value}`` with a key of `CHANGES`
         — ``sparsity`` for weight pruning (the measured sparsity), ``neurons_removed`` for neuron removal,
         ``params_removed`` for structured removal."""
         found: list[dict[str, Any]] = []
@@ -485,7 +485,8 @@ class PruningReport(Callback):
         return out
 
     def _plot(self, path: Path, summary: dict[str, Any]) -> dict[str, tuple[list[float], list[float]]]:
-        """Draw :meth:`curves` into ``path``; returns the data of the lines as drawn, ``{name: (x, y)}``."""
+        """Draw [`curves`][lightning_prune.PruningReport.curves] into ``path``; returns the data of the lines as drawn,
+        ``{name: (x, y)}``."""
         import matplotlib
 
         matplotlib.use("Agg")

@@ -34,41 +34,41 @@ class StructuredPruning(Lifecycle):
     """Remove neurons, attention heads (whole key/value groups), blocks, hidden features and experts while training,
     until the model has the size of ``target``, progressively on a schedule.
 
-    Hooks gather running statistics of every unit while training (:mod:`lightning_prune.structured.stats`), which
+    Hooks gather running statistics of every unit while training (`lightning_prune.structured.stats`), which
     order the units within each dimension. At each point of the schedule the way to the target done so far is
     ``schedule(t) / schedule(end)``; when it grows, the dimensions are compared in one unit, the loss a removal
     costs: each dimension's next removal of the same size (its least important units; every block on its own) is
     masked in turn and the language-model loss measured on the last ``loss_batches`` training batches
-    (:mod:`lightning_prune.structured.ablation`). The removal to the *final* size is then planned — the dimension
+    (`lightning_prune.structured.ablation`). The removal to the *final* size is then planned — the dimension
     whose removal cost the least loss per parameter (per FLOP for a FLOPs target) first, a block when it costs less
     per parameter than the same size of width, in the units the exported config can express (the same count in
     every block; sizes ``transformers`` accepts) — and the first steps of that plan are taken until the model's
-    size is at the goal of that point (:func:`~lightning_prune.structured.allocate.allocate` with ``stop_at``): a
+    size is at the goal of that point ([`allocate`][lightning_prune.structured.allocate.allocate] with ``stop_at``): a
     block goes whole, even past the point's goal. With ``loss_batches=0`` the statistics alone compare dimensions
     (Taylor's loss estimates as they are, activations as shares). Statistics and measured losses are averaged over
     the processes, the decision is taken on process 0 and broadcast.
 
-    Cost: per training pass the statistics' hooks (:mod:`~lightning_prune.structured.observe`) and a reference to
+    Cost: per training pass the statistics' hooks (`observe`) and a reference to
     the pass's inputs; per event (1 + blocks kept + other dimensions) × ``loss_batches`` forward passes without
     gradients (for a 4-block Llama with 4 batches, 32 forward passes: about 8 training steps).
 
-    The entries the removed units own are written into the model's :class:`~lightning_prune._registry.MaskRegistry`
+    The entries the removed units own are written into the model's `MaskRegistry`
     and held at exactly zero through every step; the units are published in ``registry.units``, from which
-    :class:`~lightning_prune.callbacks.ExportPretrained` cuts them out of a copy (:meth:`shrink_` does it here).
-    The masked model computes what the shrunk one does for neurons, heads and layers (pre-norm blocks); for hidden
-    features the RMS norms are rescaled on the cut (exact up to their epsilon); experts are approximate (the router
-    still routes to a zeroed expert while training).
+    [`ExportPretrained`][lightning_prune.ExportPretrained] cuts them out of a copy
+    ([`shrink_`][lightning_prune.StructuredPruning.shrink_] does it here). The masked model computes what the shrunk one
+    does for neurons, heads and layers (pre-norm blocks); for hidden features the RMS norms are rescaled on the cut
+    (exact up to their epsilon); experts are approximate (the router still routes to a zeroed expert while training).
 
     Args:
-        target: the exported size: a :class:`~lightning_prune.structured.SizeTarget`, a float (fraction of the
+        target: the exported size: a [`SizeTarget`][lightning_prune.SizeTarget], a float (fraction of the
             parameters kept) or an int (parameter count).
-        schedule: when to get there: a :class:`~lightning_prune.schedules.Schedule` (its values are read as the
+        schedule: when to get there: a [`Schedule`][lightning_prune.Schedule] (its values are read as the
             fraction of the way, relative to its last value) or ``{epoch: value}``. The first point must follow at
             least one training step (statistics come from training).
-        dims: dimensions to remove from (:data:`~lightning_prune.structured.units.DIMENSIONS`); default: all that the
+        dims: dimensions to remove from ([`DIMENSIONS`][lightning_prune.structured.DIMENSIONS]); default: all that the
             model's config can shrink.
         criterion: what orders the units within a dimension: ``"taylor"`` (the second-order estimate of the loss
-            increase from squared gate gradients, :mod:`~lightning_prune.structured.stats`) or ``"activation"``
+            increase from squared gate gradients, `stats`) or ``"activation"``
             (magnitudes, Minitron's).
         decay: EMA decay of the running statistics.
         tolerance: how far below the target (a fraction of it) the exported size may land.
@@ -86,7 +86,7 @@ class StructuredPruning(Lifecycle):
             A target between the sizes the config can express may end outside ``tolerance`` (the greedy plan does
             not search every combination); the last event then warns with the size reached.
 
-    Example:
+    Examples:
         >>> pruning = StructuredPruning(SizeTarget(fraction=0.5), Cubic(0.5, start=100, end=1000))
         >>> trainer = pl.Trainer(max_steps=1200, callbacks=[pruning, ExportPretrained("out")])
     """
@@ -296,7 +296,7 @@ class StructuredPruning(Lifecycle):
     def _measure(
         self, trainer: pl.Trainer, scores: dict[str, Any], stop_at: float, accepts: Any, start: Units
     ) -> tuple[dict[str, float], dict[str, Any]]:
-        """Measure the loss of this event's candidate removals (:mod:`~lightning_prune.structured.ablation`) on
+        """Measure the loss of this event's candidate removals (`ablation`) on
         the held batches, averaged over the processes; set the blocks' scores to their measured losses (in place).
 
         Returns:
@@ -398,7 +398,7 @@ class StructuredPruning(Lifecycle):
         """Physically remove the units from ``model`` (default: the trained one) and update its config.
 
         Shrinking the trained model cuts out every writer's units of it (as an export does) and maps every record
-        through the shrink (:func:`~lightning_prune.callbacks._shrink.shrink_trained_`): other writers' masks are cut
+        through the shrink (`shrink_trained_`): other writers' masks are cut
         and renamed with the blocks renumbered after removed layers, so each stays on its own weights, and a
         further fit continues them. This callback's own state is spent: a further fit starts it afresh."""
         if model is not None and model is not self.model:

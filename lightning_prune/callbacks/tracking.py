@@ -23,7 +23,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 class ImportanceTracking(Lifecycle):
-    """Track running statistics of weights and gradients during training (see :mod:`lightning_prune.trackers`).
+    """Track running statistics of weights and gradients during training (see `lightning_prune.trackers`).
 
     Statistics are read in ``on_before_optimizer_step``: after the backward pass, after DDP has all-reduced the
     gradients (FSDP2 reduce-scattered them: each process reads its shard) and AMP has unscaled them (a fused
@@ -39,7 +39,7 @@ class ImportanceTracking(Lifecycle):
     per process until a pruning event averages it over the processes.
 
     Args:
-        stats: statistics to keep, from :data:`~lightning_prune.trackers.STATS` (default: those the Trainer's
+        stats: statistics to keep, from `STATS` (default: those the Trainer's
             pruning callbacks need, or ``("abs_weight", "abs_grad")`` if none does).
         decay: β of the exponential moving averages, in [0, 1).
         every: fold in one optimizer step out of ``every``.
@@ -47,13 +47,13 @@ class ImportanceTracking(Lifecycle):
         window: the time-weighted average uses the last ``window`` epoch snapshots (None: all).
         weighting: snapshot weights c(i): ``"sqrt"`` (√i, the default), ``"linear"``, ``"uniform"`` or a callable.
         parameters: fqn glob patterns of the weights to track (default: the transformer default of
-            :func:`~lightning_prune._selection.select_parameters`).
+            `select_parameters`).
         exclude: fqn glob patterns to leave out.
 
     Raises:
         ValueError: for an unknown statistic or dtype, or a decay, every or window out of range.
 
-    Example:
+    Examples:
         >>> trainer = pl.Trainer(callbacks=[ImportanceTracking(), ScheduledPruning({1: 0.5}, "taylor")])
     """
 
@@ -104,7 +104,7 @@ class ImportanceTracking(Lifecycle):
         self.fqns = list(self._params)
 
     def _settle(self) -> None:
-        """Track also what the pruning callbacks of this fit asked for (:meth:`MaskRegistry.want`), in model order."""
+        """Track also what the pruning callbacks of this fit asked for (`MaskRegistry.want`), in model order."""
         extra = [f for f in self.registry.wanted if f not in self._params]
         if extra:
             order = {f: i for i, f in enumerate(self.registry.params)}

@@ -16,16 +16,16 @@ should be given score −inf by the caller so they stay pruned; NaN scores are n
 
 One module per concept:
 
-- :mod:`.select`: the exact k-th lowest score and bounded counts over many, possibly sharded, tensors (radix
+- `select`: the exact k-th lowest score and bounded counts over many, possibly sharded, tensors (radix
   histograms, never a sort or concatenation of all scores);
-- :mod:`.scopes`: unstructured masks per scope (:func:`global_masks`, :func:`layer_masks`, :func:`output_masks`);
-- :mod:`.patterns`: the N:M and row patterns (:func:`nm_masks`, :func:`row_masks`) and :func:`compute_masks`,
+- `scopes`: unstructured masks per scope (`global_masks`, `layer_masks`, `output_masks`);
+- `patterns`: the N:M and row patterns (`nm_masks`, `row_masks`) and `compute_masks`,
   which picks the function for a scope and pattern;
-- :mod:`.packing`: masks stored at one bit per entry (:func:`pack_mask` / :func:`unpack_mask`);
-- :mod:`.holding`: masks applied to tensors exactly (:func:`clear_`, :func:`apply_masks_`), :func:`all_finite`
-  and :func:`sparsity_report`.
+- `packing`: masks stored at one bit per entry (`pack_mask` / `unpack_mask`);
+- `holding`: masks applied to tensors exactly (`clear_`, `apply_masks_`), `all_finite`
+  and `sparsity_report`.
 
-Example:
+Examples:
     >>> scores = {"a": torch.tensor([[4.0, 1.0], [3.0, 2.0]])}
     >>> compute_masks(scores, 0.5)["a"]
     tensor([[ True, False],

@@ -1,11 +1,11 @@
 """Holding masks on tensors: exact clearing, a cheap finiteness check, and measured sparsity.
 
 A pruned entry is cleared to exactly +0.0 whatever it held (NaN and infinity included) and a kept entry is left bit
-for bit: :func:`clear_` multiplies the tensors' integer views by the bool keep masks in one fused call.
-:class:`~lightning_prune._registry.MaskRegistry` holds masks this way during training; :func:`apply_masks_` is the
+for bit: `clear_` multiplies the tensors' integer views by the bool keep masks in one fused call.
+`MaskRegistry` holds masks this way during training; `apply_masks_` is the
 one-off form (export, recipes).
 
-Example:
+Examples:
     >>> w = {"a": torch.tensor([1.0, float("nan"), 3.0])}
     >>> apply_masks_(w, {"a": torch.tensor([False, True, False])})
     >>> w["a"], all_finite([w["a"]]), sparsity_report(w)
@@ -45,7 +45,7 @@ def clear_(tensors: Sequence[Tensor], keeps: Sequence[Tensor]) -> None:
 def apply_masks_(tensors: Mapping[str, Tensor | None], pruned: Mapping[str, Tensor]) -> None:
     """Set the pruned entries (``pruned[fqn]`` True) of each tensor to exactly zero, in place (also over NaN).
     ``None`` tensors (no gradient) are skipped. Training holds masks through
-    :class:`~lightning_prune._registry.MaskRegistry`; this is for one-off use (export, recipes)."""
+    `MaskRegistry`; this is for one-off use (export, recipes)."""
     present = [f for f in pruned if tensors[f] is not None]
     clear_([tensors[f] for f in present], [~pruned[f].to(tensors[f].device) for f in present])
 

@@ -1,10 +1,10 @@
 """Masks at one bit per entry.
 
-:func:`pack_mask` packs a ≥2-D bool mask along its last dim into ``uint8`` (8 entries a byte, bit i of byte j for
-entry 8·j + i); :func:`unpack_mask` restores it. Packing is per row of the last dim, so a mask sharded along any
+`pack_mask` packs a ≥2-D bool mask along its last dim into ``uint8`` (8 entries a byte, bit i of byte j for
+entry 8·j + i); `unpack_mask` restores it. Packing is per row of the last dim, so a mask sharded along any
 other dim packs shard by shard. A 1-D mask is kept as it is (bool).
 
-Example:
+Examples:
     >>> mask = torch.tensor([[True, False, True], [False, False, True]])
     >>> pack_mask(mask)
     tensor([[5],
@@ -43,7 +43,7 @@ def pack_mask(mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def unpack_mask(packed: Tensor, shape: Sequence[int] | torch.Size) -> Tensor:
-    """The bool mask of ``shape`` that :func:`pack_mask` packed into ``packed`` (a 1-D mask comes back as is)."""
+    """The bool mask of ``shape`` that `pack_mask` packed into ``packed`` (a 1-D mask comes back as is)."""
     shape = tuple(shape)
     if len(shape) < 2:
         return packed.bool().view(shape)

@@ -1,17 +1,17 @@
-"""Mask patterns, and :func:`compute_masks`: masks from scores for any scope and pattern.
+"""Mask patterns, and `compute_masks`: masks from scores for any scope and pattern.
 
 A ``pattern`` says which entries may be pruned together:
 
-- ``"unstructured"``: any entries, in a ``scope`` of :data:`~lightning_prune.masks.scopes.SCOPES` (``"global"``
+- ``"unstructured"``: any entries, in a ``scope`` of `SCOPES` (``"global"``
   across all selected weights, per ``"layer"``, or per ``"output"`` row of each weight, as Wanda compares);
 - ``"N:M"`` (e.g. ``"2:4"``): in every group of M consecutive inputs, at most M−N are pruned; a target s
-  prunes round(s·M) of each group, capped at M−N (:func:`nm_masks`);
-- ``"row"``: whole output rows (neurons), ranked by their mean score, globally or per layer (:func:`row_masks`).
+  prunes round(s·M) of each group, capped at M−N (`nm_masks`);
+- ``"row"``: whole output rows (neurons), ranked by their mean score, globally or per layer (`row_masks`).
 
 The N:M and row patterns rank a NaN score highest, as a sort does; the unstructured pattern raises
 ``ValueError`` for one.
 
-Example:
+Examples:
     >>> scores = {"a": torch.tensor([[4.0, 1.0, 3.0, 2.0], [0.5, 5.0, 6.0, 7.0]])}
     >>> compute_masks(scores, 0.5, pattern="2:4")["a"]
     tensor([[ True, False,  True, False],
@@ -227,7 +227,7 @@ def compute_masks(
     Args:
         scores: ``{fqn: local scores}``, higher = more important, −inf for entries already pruned; not NaN.
         sparsity: the fraction of entries to prune.
-        scope: one of :data:`SCOPES`.
+        scope: one of `SCOPES`.
         pattern: ``"unstructured"``, ``"row"`` or ``"N:M"``.
         max_layer_sparsity: the most any one tensor may be pruned, in the global scope (None: no cap).
         in_dims: ``{fqn: input dim}`` of each weight (default: the last dim); the output dim is the other.

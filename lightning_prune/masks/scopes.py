@@ -3,17 +3,17 @@
 A mask is a ``bool`` tensor shaped like its weight: True keeps the entry, False prunes it. The masks here prune
 the lowest-scored entries (scores: higher = more important) at a target *sparsity* (the fraction of zeros):
 
-- :func:`global_masks` (``scope="global"``): exactly round(sparsity · total) entries across all weights, optionally
+- `global_masks` (``scope="global"``): exactly round(sparsity · total) entries across all weights, optionally
   with every weight held between a floor and a cap;
-- :func:`layer_masks` (``scope="layer"``): each weight within one entry of its own share;
-- :func:`output_masks` (``scope="output"``): each output row of each weight within one entry of its share of the
+- `layer_masks` (``scope="layer"``): each weight within one entry of its own share;
+- `output_masks` (``scope="output"``): each output row of each weight within one entry of its share of the
   inputs, as Wanda compares.
 
 Entries already pruned should be given score −inf by the caller so they stay pruned. NaN scores raise
-``ValueError``. Ties are broken by position (see :mod:`lightning_prune.masks.select`), and with ``layouts`` every
+``ValueError``. Ties are broken by position (see `lightning_prune.masks.select`), and with ``layouts`` every
 process passes and gets only its own shards.
 
-Example:
+Examples:
     >>> scores = {"a": torch.tensor([[4.0, 1.0], [3.0, 2.0]]), "b": torch.tensor([[0.5, 5.0, 6.0, 7.0]])}
     >>> global_masks(scores, 0.5)["b"]
     tensor([[False,  True,  True,  True]])

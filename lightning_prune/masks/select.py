@@ -11,13 +11,13 @@ then (for sharded tensors) by rank within the process group, then by flat positi
 process this is exactly a stable sort over the concatenation of all scores. NaN scores are not allowed: the
 selections raise ``ValueError``.
 
-Sharded tensors: with ``layouts`` (:class:`lightning_prune._shards.Layout` per fqn) every process passes its local
+Sharded tensors: with ``layouts`` (`Layout` per fqn) every process passes its local
 shards; the per-shard histograms and counts (never the scores or masks) are summed over the process group, and
 each process gets the masks of its own shards.
 
-Bounded selection (:func:`_bounded_counts`) keeps every item's count within ``[lo, hi]`` and still prunes exactly
+Bounded selection (`_bounded_counts`) keeps every item's count within ``[lo, hi]`` and still prunes exactly
 ``k`` in all, by one ranking: the threshold is the one at which the items' counts, each clamped to its bounds, add
-up to ``k``. :func:`_apportion` splits a count over parts in proportion to their sizes (largest remainder).
+up to ``k``. `_apportion` splits a count over parts in proportion to their sizes (largest remainder).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def _top_hist(s: Tensor) -> Tensor:
 
 
 def _has_nan(raw: Tensor) -> bool:
-    """Whether a histogram by raw top bits (:func:`_top_hist`) counts any NaN."""
+    """Whether a histogram by raw top bits (`_top_hist`) counts any NaN."""
     return bool(int(raw[_NAN_BUCKETS.to(raw.device)].sum()))
 
 
@@ -118,7 +118,7 @@ def _bucket(o: int) -> tuple[int, int, float, float]:
 
 
 def _bucket_hist(f: Tensor, bucket: tuple[int, int, float, float]) -> Tensor:
-    """How many of the flat scores ``f`` have each key of ``bucket`` (:func:`_bucket`): (span,)."""
+    """How many of the flat scores ``f`` have each key of ``bucket`` (`_bucket`): (span,)."""
     first, span, lo_v, hi_v = bucket
     inside = f[(f >= lo_v) & (f <= hi_v)]  # (m,) the scores in the bucket
     return torch.bincount(_keys(inside) - first, minlength=span)
@@ -243,7 +243,7 @@ def _counts(items: Sequence[Item], threshold: float, group: Any) -> Tensor:
 @torch.no_grad()
 def _clamped_threshold(items: Sequence[Item], k: int, lo: Sequence[int], hi: Sequence[int], group: Any) -> float:
     """The lowest score τ with Σ_f clamp(#(s_f ≤ τ), lo_f, hi_f) ≥ k, over the full tensors: the global ranking's
-    threshold when every tensor is held within its bounds. Two radix passes as in :func:`_kth_lowest`, each tensor's
+    threshold when every tensor is held within its bounds. Two radix passes as in `_kth_lowest`, each tensor's
     cumulative histogram clamped on its own (one histogram at a time in memory).
 
     Raises:

@@ -1,27 +1,26 @@
 """Structured pruning of ``transformers`` models across families: unit masks, zeroing, and a physical shrink that
 plain ``from_pretrained`` reloads.
 
-Families are data (:mod:`.families`): where the blocks, feed-forward producers/consumer (or fused experts and
-router), attention projections (separate or fused q/k/v), GQA groups, head size and norms are. A model whose
-blocks have Llama's module names is recognised by its structure. Five dimensions, each with a mask (True = keep,
-:mod:`.masks`), the entries its removed units own (``*_weight_masks``), zeroing (``mask_*_``) and a shrink:
+Families are data ([`Family`][lightning_prune.structured.Family]): where the blocks, feed-forward producers/consumer (or
+fused experts and router), attention projections (separate or fused q/k/v), GQA groups, head size and norms are. A model
+whose blocks have Llama's module names is recognised by its structure. Five dimensions, each with a mask (True = keep,
+[`neuron_masks_from_scores`][lightning_prune.structured.neuron_masks_from_scores] and the like), the entries its removed
+units own (``*_weight_masks``), zeroing (``mask_*_``) and a shrink:
 
-=============  ======================================  ==============================================================
-dimension      masks                                   shrink needs
-=============  ======================================  ==============================================================
-neurons        per block ``(n,)``, ``(E, n)`` experts  the same count in every layer (one width in the config)
-heads          per block ``(n_heads,)``                whole key/value groups, a config that states ``head_dim``
-layers         one ``(n_layers,)``                     blocks that do not depend on their index
-hidden         one ``(hidden_size,)``                  a config that states ``head_dim``
-experts        per experts block ``(E,)``              the same count in every experts block
-=============  ======================================  ==============================================================
+| dimension | masks | shrink needs |
+| --- | --- | --- |
+| neurons | per block ``(n,)``, ``(E, n)`` experts | the same count in every layer (one width in the config) |
+| heads | per block ``(n_heads,)`` | whole key/value groups, a config that states ``head_dim`` |
+| layers | one ``(n_layers,)`` | blocks that do not depend on their index |
+| hidden | one ``(hidden_size,)`` | a config that states ``head_dim`` |
+| experts | per experts block ``(E,)`` | the same count in every experts block |
 
 Heads and hidden features are shrunk only where the attention reads ``head_dim`` from the config (Llama, Mistral,
 Qwen2/3, Gemma 1-3, OLMo 2, SmolLM3, Granite, Phi-3, StarCoder2, Mixtral, Qwen3-MoE); GPT-2, GPT-J, GPT-NeoX,
 OPT, Falcon, StableLM, BERT and RoBERTa derive ``head_dim = hidden_size // num_attention_heads``, so there they can
 be masked but not removed.
 
-Example:
+Examples:
     >>> import torch
     >>> from transformers import GPT2Config, GPT2LMHeadModel
     >>> model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64))

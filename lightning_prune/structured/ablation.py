@@ -1,27 +1,28 @@
 """Measured loss of candidate removals: what makes dimensions comparable at a pruning event.
 
-Running statistics (:mod:`.stats`) rank the units *within* a dimension well, but no cheap statistic says what a
+Running statistics (`stats`) rank the units *within* a dimension well, but no cheap statistic says what a
 whole block costs against the same parameters of neurons: first- and second-order estimates assume a small change
-of the unit's output, and removing a block is not one. At every event :class:`~lightning_prune.StructuredPruning`
-therefore *measures* it (Minitron's ablation, done for every dimension):
+of the unit's output, and removing a block is not one. At every event
+[`StructuredPruning`][lightning_prune.StructuredPruning] therefore *measures* it (Minitron's ablation, done for every
+dimension):
 
-1. :func:`probes`: per dimension, the removal it would make next — its least important units (by the statistics)
+1. `probes`: per dimension, the removal it would make next — its least important units (by the statistics)
    worth ``chunk`` parameters (or FLOPs), as the config accepts them; each kept block on its own. ``chunk`` is the
    largest of the dimensions' smallest steps (a block, where blocks are allocated) and of this event's share,
    capped by what is left to remove: every dimension is probed at the same size, so the comparison is of equal
    removals, and whatever the event then takes lies within a probe it measured.
-2. :func:`lm_loss` with each probe masked (:func:`zeroed`: the entries its units own set to zero, restored after):
-   the mean language-model loss on the last few training batches (:class:`HeldInputs`), from which the loss of
+2. `lm_loss` with each probe masked (`zeroed`: the entries its units own set to zero, restored after):
+   the mean language-model loss on the last few training batches (`HeldInputs`), from which the loss of
    the model as it is is subtracted — one forward pass per batch and probe, without gradients.
-3. :func:`rates`: each dimension's measured loss per unit of size, and each block's measured loss, for
-   :func:`~.allocate.allocate` (``rates=``, with the blocks' losses as their scores): the dimension whose next
-   removal was measured to cost the least loss per parameter gives first, a block when it costs less per
-   parameter than the same size of any width.
+3. `rates`: each dimension's measured loss per unit of size, and each block's measured loss, for
+   [`allocate`][lightning_prune.structured.allocate.allocate] (``rates=``, with the blocks' losses as their scores): the
+   dimension whose next removal was measured to cost the least loss per parameter gives first, a block when it costs
+   less per parameter than the same size of any width.
 
 Cost per event: (1 + blocks kept + other dimensions) × ``len(held)`` forward passes without gradients; per training
 pass the inputs are kept by reference (no copy).
 
-Example:
+Examples:
     >>> plan = probes(size, units, scores, goal, stop_at, accepts=config_accepts(model))  # doctest: +SKIP
     >>> base = lm_loss(model, held)  # doctest: +SKIP
     >>> losses = []  # doctest: +SKIP
@@ -106,7 +107,7 @@ def probes(
     dims: Sequence[str] | None = None,
 ) -> list[Probe]:
     """The candidate removals of an event (see the module docstring): per dimension but ``layers`` its least
-    important units worth :func:`chunk_size`, and every kept block alone (while more than one is kept).
+    important units worth `chunk_size`, and every kept block alone (while more than one is kept).
 
     Args:
         size: the model's size model.
@@ -114,8 +115,8 @@ def probes(
         scores: per dimension in use, the statistics that order its units (higher = more important).
         goal: the final size; ``stop_at``: this event's.
         metric: ``"params"`` or ``"flops"``.
-        tolerance: as in :func:`~.allocate.allocate`, for landing a probe on its size.
-        accepts: whether the config can express a :class:`~.size.Counts`.
+        tolerance: as in [`allocate`][lightning_prune.structured.allocate.allocate], for landing a probe on its size.
+        accepts: whether the config can express a [`Counts`][lightning_prune.structured.Counts].
         dims: the dimensions to probe (default: every dimension in use; the others stay as they are).
     """
     now = size.size(size.counts(units), metric)

@@ -3,19 +3,19 @@
 Units are what the exported config can express: one neuron *in every block* (one ``intermediate_size``), one
 key/value group with its query heads in every block, one block, one residual feature, one expert in every experts
 block. A step may take several units at once where the config refuses the count in between (e.g. ``hidden_size``
-must stay a multiple of the head count). :func:`allocate` removes, greedily, the step with the least importance
-per unit of size removed (parameters, or FLOPs per token for a FLOPs target) until the size is at or below the
-goal, never stepping further below it than ``tolerance · goal`` while a smaller step exists; when only steps past
-that remain, it takes the one that lands closest to the goal, if closer than where it stands.
+must stay a multiple of the head count). [`allocate`][lightning_prune.structured.allocate.allocate] removes, greedily,
+the step with the least importance per unit of size removed (parameters, or FLOPs per token for a FLOPs target) until
+the size is at or below the goal, never stepping further below it than ``tolerance · goal`` while a smaller step exists;
+when only steps past that remain, it takes the one that lands closest to the goal, if closer than where it stands.
 
 Importance is compared across dimensions either as it is (``comparable=True``: scores in one unit, such as the
 loss estimate of the Taylor criterion or a measured loss), as shares (``comparable=False``): a unit's fraction of
 its dimension's total score per fraction of that dimension's size, so that an average unit of every dimension
 weighs 1 — or by measured ``rates``: the loss per unit of size that removing a dimension's least important units
-was measured to cost (:mod:`.ablation`), which then ranks every step of that dimension while its scores still
+was measured to cost (`ablation`), which then ranks every step of that dimension while its scores still
 order its units.
 
-Example:
+Examples:
     >>> full = size.params(size.full)  # doctest: +SKIP
     >>> units = allocate(size, units, scores, goal=0.5 * full, metric="params")  # doctest: +SKIP
     >>> early = allocate(size, units, scores, goal=0.5 * full, stop_at=0.9 * full)  # doctest: +SKIP
@@ -38,7 +38,7 @@ _FIELD = {"neurons": "neurons", "heads": "groups", "hidden": "hidden", "experts"
 
 
 def count_field(dim: str) -> str:
-    """The :class:`Counts` field of a dimension other than ``layers``."""
+    """The [`Counts`][lightning_prune.structured.Counts] field of a dimension other than ``layers``."""
     return _FIELD[dim]
 
 
@@ -156,14 +156,14 @@ def allocate(
     instead of never fitting into one event's small share.
 
     Args:
-        size: the model's :class:`~lightning_prune.structured.size.SizeModel`.
+        size: the model's [`SizeModel`][lightning_prune.structured.SizeModel].
         units: what is kept now; its dimensions in use are the ones allocated.
         scores: per dimension in use, scores in the shape of its masks (higher = more important).
         goal: the size to reach, in ``metric`` units.
         metric: ``"params"`` or ``"flops"``.
         comparable: scores share one unit across dimensions; else they are compared as shares.
         tolerance: how far below ``goal`` (a fraction of it) a step may land while a smaller one exists.
-        accepts: whether the config can express a :class:`~lightning_prune.structured.size.Counts` (default: all).
+        accepts: whether the config can express a [`Counts`][lightning_prune.structured.Counts] (default: all).
         stop_at: stop the plan toward ``goal`` once the size is at or below this (default: ``goal``).
         dims: the dimensions to remove from (default: every dimension in use); the others stay as they are.
         rates: per dimension, a measured loss per unit of ``metric`` that ranks all its steps instead of

@@ -5,7 +5,7 @@ one expert count), so a shrink must keep the same count in every layer. Heads an
 only where the family's attention reads an explicit ``head_dim`` from the config (otherwise it derives
 ``hidden_size // num_attention_heads`` and a smaller model would reload with a different head size).
 
-Example:
+Examples:
     >>> from transformers import GPT2Config, GPT2LMHeadModel
     >>> model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64))
     >>> config_updates(model, layer_mask=torch.tensor([True, False]))
@@ -222,7 +222,7 @@ def config_updates(
 
     Args:
         model: a supported ``transformers`` model.
-        neuron_masks: feed-forward neurons to keep per block (see :mod:`lightning_prune.structured.masks`); None
+        neuron_masks: feed-forward neurons to keep per block (see `lightning_prune.structured.masks`); None
             leaves the dimension alone, as for each of the following.
         head_masks: query heads to keep per block.
         layer_mask: blocks to keep.
@@ -258,7 +258,7 @@ def config_updates(
 
 def config_accepts(model: nn.Module) -> Callable[[Any], bool]:
     """A test of whether ``model``'s config (``transformers``' own checks) accepts the sizes of a
-    :class:`~lightning_prune.structured.size.Counts`: neurons, key/value groups, hidden size, blocks and experts
+    [`Counts`][lightning_prune.structured.Counts]: neurons, key/value groups, hidden size, blocks and experts
     kept. Answers are cached by the sizes."""
     family, layouts = family_of(model), block_layouts(model)
     lay = layouts[0]

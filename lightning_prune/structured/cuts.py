@@ -1,15 +1,16 @@
-"""Which parameter entries each structured unit owns, as :class:`Cut` s; the entries as bool masks; zeroing them.
+"""Which parameter entries each structured unit owns, as [`Cut`][lightning_prune.structured.Cut] s; the entries as bool
+masks; zeroing them.
 
-A :class:`Cut` says which features of one parameter survive along one axis. From a list of cuts come the
-``{fqn: bool pruned}`` entry masks (``*_weight_masks``, to hold with a mask registry while training), the masked
-model (``mask_*_``: zero those entries, shapes unchanged) and the physical shrink (:mod:`.shrink`).
+A [`Cut`][lightning_prune.structured.Cut] says which features of one parameter survive along one axis. From a list of
+cuts come the ``{fqn: bool pruned}`` entry masks (``*_weight_masks``, to hold with a mask registry while training), the
+masked model (``mask_*_``: zero those entries, shapes unchanged) and the physical shrink (`shrink`).
 
 Zeroing the entries removes a neuron, a head or a pre-norm block exactly (the masked model computes what the
 shrunk one does). Not so for experts (the router's softmax still counts a zeroed expert), for hidden features
 (norms average over every feature) and for q/k norms over all heads (OLMo 2): there the masked model only
 approximates the shrunk one.
 
-Example:
+Examples:
     >>> from transformers import GPT2Config, GPT2LMHeadModel
     >>> model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, n_inner=4, vocab_size=16))
     >>> neuron_weight_masks(model, [torch.tensor([True, False, True, True])])["transformer.h.0.mlp.c_fc.bias"]
@@ -105,7 +106,7 @@ def neuron_cuts(model: nn.Module, masks: Sequence[Tensor]) -> list[Cut]:
     """Cuts removing feed-forward neurons: producers' outputs (each part of a fused [gate | up]), consumer inputs.
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_neuron_masks`.
+        ValueError: see [`check_neuron_masks`][lightning_prune.structured.check_neuron_masks].
     """
     cuts = []
     for lay, keep in zip(check_neuron_masks(model, masks), masks, strict=True):
@@ -137,7 +138,7 @@ def head_cuts(model: nn.Module, masks: Sequence[Tensor]) -> list[Cut]:
     norms that span all heads.
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_head_masks`.
+        ValueError: see [`check_head_masks`][lightning_prune.structured.check_head_masks].
     """
     cuts = []
     for lay, keep in zip(check_head_masks(model, masks), masks, strict=True):
@@ -153,7 +154,7 @@ def expert_cuts(model: nn.Module, masks: Sequence[Tensor]) -> list[Cut]:
     """Cuts removing whole experts: their slices of the fused expert parameters and the router's rows.
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_expert_masks`.
+        ValueError: see [`check_expert_masks`][lightning_prune.structured.check_expert_masks].
     """
     cuts = []
     for lay, keep in zip(check_expert_masks(model, masks), masks, strict=True):
@@ -169,8 +170,8 @@ def hidden_cuts(model: nn.Module, mask: Tensor) -> list[Cut]:
     name) and of other readers such as BERT's pooler.
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_hidden_mask`, or if a parameter of the hidden size
-            sits where the family description does not say.
+        ValueError: see [`check_hidden_mask`][lightning_prune.structured.check_hidden_mask], or if a parameter of the
+            hidden size sits where the family description does not say.
     """
     layouts = check_hidden_mask(model, mask)
     stream, readers = stream_layout(model)
@@ -238,7 +239,7 @@ def neuron_weight_masks(model: nn.Module, masks: Sequence[Tensor]) -> dict[str, 
     ``output.dense``) the neuron's input column. Holding these entries at zero is exactly removing the neuron.
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_neuron_masks`.
+        ValueError: see [`check_neuron_masks`][lightning_prune.structured.check_neuron_masks].
     """
     return _entries(model, neuron_cuts(model, masks))
 
@@ -247,7 +248,7 @@ def head_weight_masks(model: nn.Module, masks: Sequence[Tensor]) -> dict[str, Te
     """``{fqn: bool pruned}`` of the q/k/v rows (and biases) and output-projection columns of removed heads.
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_head_masks`.
+        ValueError: see [`check_head_masks`][lightning_prune.structured.check_head_masks].
     """
     return _entries(model, head_cuts(model, masks))
 
@@ -256,16 +257,16 @@ def expert_weight_masks(model: nn.Module, masks: Sequence[Tensor]) -> dict[str, 
     """``{fqn: bool pruned}`` of removed experts' slices of the fused expert parameters and router rows.
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_expert_masks`.
+        ValueError: see [`check_expert_masks`][lightning_prune.structured.check_expert_masks].
     """
     return _entries(model, expert_cuts(model, masks))
 
 
 def hidden_weight_masks(model: nn.Module, mask: Tensor) -> dict[str, Tensor]:
-    """``{fqn: bool pruned}`` of every entry that a removed residual feature owns (see :func:`hidden_cuts`).
+    """``{fqn: bool pruned}`` of every entry that a removed residual feature owns (see `hidden_cuts`).
 
     Raises:
-        ValueError: see :func:`hidden_cuts`.
+        ValueError: see `hidden_cuts`.
     """
     return _entries(model, hidden_cuts(model, mask))
 
@@ -274,7 +275,7 @@ def layer_weight_masks(model: nn.Module, mask: Tensor) -> dict[str, Tensor]:
     """``{fqn: bool pruned}``: every entry of every parameter of the removed blocks (all True).
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_layer_mask`.
+        ValueError: see [`check_layer_mask`][lightning_prune.structured.check_layer_mask].
     """
     prefixes = tuple(
         f"{lay.prefix}." for lay, keep in zip(check_layer_mask(model, mask), mask, strict=True) if not keep
@@ -297,7 +298,7 @@ def mask_neurons_(model: nn.Module, masks: Sequence[Tensor]) -> None:
     """Zero the weights (and biases) of removed feed-forward neurons in place; shapes stay the same.
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_neuron_masks`.
+        ValueError: see [`check_neuron_masks`][lightning_prune.structured.check_neuron_masks].
     """
     _zero_(model, neuron_weight_masks(model, masks))
 
@@ -308,7 +309,7 @@ def mask_heads_(model: nn.Module, masks: Sequence[Tensor]) -> None:
     Key/value heads are zeroed only when their whole query group is removed.
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_head_masks`.
+        ValueError: see [`check_head_masks`][lightning_prune.structured.check_head_masks].
     """
     _zero_(model, head_weight_masks(model, masks))
 
@@ -317,7 +318,7 @@ def mask_experts_(model: nn.Module, masks: Sequence[Tensor]) -> None:
     """Zero removed experts and their router rows in place (the router still routes to them: not exact).
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_expert_masks`.
+        ValueError: see [`check_expert_masks`][lightning_prune.structured.check_expert_masks].
     """
     _zero_(model, expert_weight_masks(model, masks))
 
@@ -326,7 +327,7 @@ def mask_hidden_(model: nn.Module, mask: Tensor) -> None:
     """Zero every entry of removed residual features in place; those features stay zero through the model.
 
     Raises:
-        ValueError: see :func:`hidden_cuts`.
+        ValueError: see `hidden_cuts`.
     """
     _zero_(model, hidden_weight_masks(model, mask))
 
@@ -335,6 +336,6 @@ def mask_layers_(model: nn.Module, mask: Tensor) -> None:
     """Zero every parameter of removed blocks in place; a pre-norm block then passes its input through.
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_layer_mask`.
+        ValueError: see [`check_layer_mask`][lightning_prune.structured.check_layer_mask].
     """
     _zero_(model, layer_weight_masks(model, mask))

@@ -1,6 +1,6 @@
 """Which dimensions a model's config can shrink, and why not where it cannot.
 
-Example:
+Examples:
     >>> from transformers import GPT2Config, GPT2LMHeadModel
     >>> sorted(shrinkable(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=32))))
     ['layers', 'neurons']
@@ -77,7 +77,8 @@ def why_not(model: nn.Module, size: SizeModel | None = None) -> dict[str, str]:
 
 
 def shrinkable(model: nn.Module, size: SizeModel | None = None) -> list[str]:
-    """The dimensions whose units ``model``'s config can lose, in :data:`DIMENSIONS` order."""
+    """The dimensions whose units ``model``'s config can lose, in [`DIMENSIONS`][lightning_prune.structured.DIMENSIONS]
+    order."""
     blocked = why_not(model, size)
     return [d for d in DIMENSIONS if d not in blocked]
 

@@ -1,14 +1,15 @@
 """Model families for structured pruning, described as data: where each family keeps its blocks and units.
 
-A :class:`Family` names, relative to a block, the attention projections (separate ``q``/``k``/``v`` or one fused
-``qkv`` with its feature order), the attention output projection, the feed-forward producers and consumer (or
-the fused experts and router of a mixture-of-experts block), the norms on the residual stream, and the config
-fields that hold each size. :data:`FAMILY_DESCRIPTIONS` holds one per ``model_type``; describing another family
-is adding an entry. A model of another type whose blocks have Llama's module names
-(``model.layers[i].self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj`` or ``mlp.experts`` + ``mlp.gate``)
-is recognised by its structure and needs no entry.
+A [`Family`][lightning_prune.structured.Family] names, relative to a block, the attention projections (separate
+``q``/``k``/``v`` or one fused ``qkv`` with its feature order), the attention output projection, the feed-forward
+producers and consumer (or the fused experts and router of a mixture-of-experts block), the norms on the residual
+stream, and the config fields that hold each size.
+[`FAMILY_DESCRIPTIONS`][lightning_prune.structured.FAMILY_DESCRIPTIONS] holds one per ``model_type``; describing another
+family is adding an entry. A model of another type whose blocks have Llama's module names
+(``model.layers[i].self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj`` or ``mlp.experts`` + ``mlp.gate``) is
+recognised by its structure and needs no entry.
 
-Example:
+Examples:
     >>> FAMILY_DESCRIPTIONS["phi3"].ffn_in
     ('mlp.gate_up_proj',)
 """
@@ -202,7 +203,8 @@ def _has(module: nn.Module, path: str) -> bool:
 
 
 def _llama_like(model: nn.Module) -> Family:
-    """:data:`LLAMA_LIKE` adapted to ``model``'s config, or a ``ValueError`` naming what is missing.
+    """[`LLAMA_LIKE`][lightning_prune.structured.LLAMA_LIKE] adapted to ``model``'s config, or a ``ValueError`` naming
+    what is missing.
 
     The head size counts as expressible when the config states ``head_dim``, as Llama's does (the shrink then
     checks the class built from the new config against the shrunk shapes).
@@ -248,7 +250,8 @@ def _llama_like(model: nn.Module) -> Family:
 
 
 def family_of(model: nn.Module) -> Family:
-    """The :class:`Family` of ``model``: its entry in :data:`FAMILY_DESCRIPTIONS`, else recognised as Llama-like.
+    """The [`Family`][lightning_prune.structured.Family] of ``model``: its entry in
+    [`FAMILY_DESCRIPTIONS`][lightning_prune.structured.FAMILY_DESCRIPTIONS], else recognised as Llama-like.
 
     Raises:
         ValueError: for a model that is neither described nor Llama-like, naming what is missing.
@@ -260,7 +263,8 @@ def family_of(model: nn.Module) -> Family:
 
 
 def model_family(model: nn.Module) -> str:
-    """``model.config.model_type`` of a model that structured pruning supports (see :func:`family_of`).
+    """``model.config.model_type`` of a model that structured pruning supports (see
+    [`family_of`][lightning_prune.structured.family_of]).
 
     Raises:
         ValueError: for a model that is neither described nor Llama-like.
@@ -270,7 +274,8 @@ def model_family(model: nn.Module) -> str:
 
 
 def is_supported(model: nn.Module) -> bool:
-    """Whether :func:`family_of` knows where ``model`` keeps its blocks (a described or Llama-like model)."""
+    """Whether [`family_of`][lightning_prune.structured.family_of] knows where ``model`` keeps its blocks (a described
+    or Llama-like model)."""
     try:
         family_of(model)
     except ValueError:

@@ -1,6 +1,7 @@
-"""Where each transformer block of a model keeps its units: :class:`BlockLayout`, read from the module shapes.
+"""Where each transformer block of a model keeps its units: [`BlockLayout`][lightning_prune.structured.BlockLayout],
+read from the module shapes.
 
-Example:
+Examples:
     >>> from transformers import GPT2Config, GPT2LMHeadModel
     >>> model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64))
     >>> block_layouts(model)[1].ffn_out
@@ -162,7 +163,8 @@ def _ffn(block: nn.Module, prefix: str, family: Family) -> dict[str, Any]:
 
 
 def block_layouts(model: nn.Module) -> list[BlockLayout]:
-    """One :class:`BlockLayout` per transformer block, read from the current module shapes.
+    """One [`BlockLayout`][lightning_prune.structured.BlockLayout] per transformer block, read from the current module
+    shapes.
 
     Raises:
         ValueError: if the model is not supported or a block lacks a module its family description names.
@@ -231,7 +233,7 @@ def _in_rows(module: nn.Module, weight: Tensor | None = None) -> Tensor:
 def ffn_neuron_weights(model: nn.Module, values: Mapping[str, Tensor] | None = None) -> list[tuple[Tensor, Tensor]]:
     """Per block, ``(w_in (n, d·k), w_out (n, d))``: each neuron's incoming weights (all producers concatenated,
     a fused [gate | up] counted as two) and outgoing weights, detached, ready for
-    :func:`lightning_prune.mutual_information.weight_norm_scores`.
+    `lightning_prune.mutual_information.weight_norm_scores`.
 
     Args:
         model: a supported ``transformers`` model with dense feed-forward blocks.

@@ -1,16 +1,19 @@
 """Unit masks for structured pruning: from scores, and their validation against a model. True = keep.
 
-==============  ==========================================  =============================================
-dimension       mask                                        from scores
-==============  ==========================================  =============================================
-neurons         per block: ``(n,)``; ``(E, n)`` with experts  :func:`neuron_masks_from_scores`
-heads           per block: ``(n_heads,)`` over query heads  :func:`head_masks_from_scores`
-layers          one ``(n_layers,)`` over the blocks           :func:`layer_mask_from_scores`
-hidden          one ``(hidden_size,)`` over residual features :func:`hidden_mask_from_scores`
-experts         per experts block: ``(E,)``                 :func:`expert_masks_from_scores`
-==============  ==========================================  =============================================
+One mask per dimension, built from scores by:
 
-Example:
+- neurons, per block ``(n,)`` (``(E, n)`` with experts):
+  [`neuron_masks_from_scores`][lightning_prune.structured.neuron_masks_from_scores];
+- heads, per block ``(n_heads,)`` over query heads:
+  [`head_masks_from_scores`][lightning_prune.structured.head_masks_from_scores];
+- layers, one ``(n_layers,)`` over the blocks:
+  [`layer_mask_from_scores`][lightning_prune.structured.layer_mask_from_scores];
+- hidden, one ``(hidden_size,)`` over residual features:
+  [`hidden_mask_from_scores`][lightning_prune.structured.hidden_mask_from_scores];
+- experts, per experts block ``(E,)``:
+  [`expert_masks_from_scores`][lightning_prune.structured.expert_masks_from_scores].
+
+Examples:
     >>> layer_mask_from_scores(torch.tensor([3.0, 1.0, 2.0]), n_remove=1).tolist()
     [True, False, True]
 """
@@ -172,10 +175,12 @@ def check_neuron_masks(model: nn.Module, masks: Sequence[Tensor], uniform: bool 
 
 
 def check_head_masks(model: nn.Module, masks: Sequence[Tensor], uniform: bool = False) -> list[BlockLayout]:
-    """Validate head masks like :func:`check_neuron_masks`, and that each GQA query group is kept or removed whole.
+    """Validate head masks like [`check_neuron_masks`][lightning_prune.structured.check_neuron_masks], and that each GQA
+    query group is kept or removed whole.
 
     Raises:
-        ValueError: as :func:`check_neuron_masks`, or if a key/value group is split.
+        ValueError: as [`check_neuron_masks`][lightning_prune.structured.check_neuron_masks], or if a key/value group is
+            split.
     """
     layouts = block_layouts(model)
     _check_masks(masks, [(lay.n_heads,) for lay in layouts], "head", uniform)

@@ -1,18 +1,18 @@
-"""Hooks that fold each training pass into :class:`~lightning_prune.structured.stats.UnitStats`.
+"""Hooks that fold each training pass into `UnitStats`.
 
-One hook per observed module (see the table in :mod:`.stats`): a forward pre-hook on the feed-forward and
+One hook per observed module (see the table in `stats`): a forward pre-hook on the feed-forward and
 attention output projections (their inputs are the neurons and the heads), a forward hook on every block (its
 input and output), on every norm of the residual stream and on every router. With ``criterion="taylor"`` each
 hook registers a tensor hook on what it saw, which stages the gate gradient in backward. A forward pre-hook on
 the model commits the previous pass's staged values when the next training pass starts (read the statistics
-after :meth:`~.stats.UnitStats.commit`). Passes without gradients (validation, inference) are not observed. The
+after `commit`). Passes without gradients (validation, inference) are not observed. The
 handles are returned; remove them when done.
 
 Cost per training pass: one elementwise product and a sum over each observed activation (Taylor: in backward;
 the neurons' is the size of the FFN activations, the others of the hidden states), and one small EMA update per
 row at the commit; nothing is kept between passes but the staged sums, ``(n,)`` per row.
 
-Example:
+Examples:
     >>> handles = observe(model, stats, ("neurons", "layers"), "taylor")  # doctest: +SKIP
     >>> ...  # train  # doctest: +SKIP
     >>> for h in handles:  # doctest: +SKIP
@@ -43,7 +43,7 @@ def hidden_norms(model: nn.Module) -> list[str]:
 
 
 def stat_sizes(model: nn.Module, dims: Sequence[str]) -> dict[str, list[int]]:
-    """Per dimension the unit count of each statistic row of ``model`` (see :class:`UnitStats`)."""
+    """Per dimension the unit count of each statistic row of ``model`` (see `UnitStats`)."""
     layouts = block_layouts(model)
     sizes = {
         "neurons": [lay.n_neurons for lay in layouts],

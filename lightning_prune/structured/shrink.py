@@ -1,10 +1,10 @@
-"""Physical shrink: slice the parameters that :mod:`.cuts` names, remove blocks, and update the config so that
+"""Physical shrink: slice the parameters that `cuts` names, remove blocks, and update the config so that
 ``save_pretrained`` + plain ``from_pretrained`` give the smaller model.
 
 Parameters are replaced by new, smaller ones (tied ones stay tied): build the optimizer after shrinking.
-Everything is validated (:func:`~lightning_prune.structured.config.config_updates`) before the model changes.
+Everything is validated ([`config_updates`][lightning_prune.structured.config_updates]) before the model changes.
 
-Example:
+Examples:
     >>> from transformers import GPT2Config, GPT2LMHeadModel
     >>> model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=64))
     >>> shrink_(model, layer_mask=torch.tensor([True, False, True])).config.n_layer
@@ -138,7 +138,7 @@ def norm_form(norm: nn.Module, width: int) -> str | None:
 
 @torch.no_grad()
 def scale_norm_(norm: nn.Module, factor: float, form: str) -> None:
-    """Multiply what an RMS norm of :func:`norm_form` ``form`` outputs by ``factor``, through its weight."""
+    """Multiply what an RMS norm of `norm_form` ``form`` outputs by ``factor``, through its weight."""
     if form == "w":
         norm.weight.mul_(factor)
     else:
@@ -207,7 +207,7 @@ def shrink_(
     changed.
 
     Args:
-        model: a supported ``transformers`` model (see :func:`~lightning_prune.structured.family_of`).
+        model: a supported ``transformers`` model (see [`family_of`][lightning_prune.structured.family_of]).
         neuron_masks: per block, bool ``(n,)`` (``(E, n)`` in an experts block), the same count in every layer.
         head_masks: per block, bool ``(n_heads,)`` keeping whole key/value groups, the same count in every layer.
         layer_mask: bool ``(n_layers,)`` over the blocks.
@@ -235,10 +235,10 @@ def shrink_(
 
 def shrink_neurons_(model: nn.Module, masks: Sequence[Tensor]) -> nn.Module:
     """Physically remove feed-forward neurons and set the config's width (``n_inner``, ``intermediate_size``,
-    ``moe_intermediate_size`` ...); see :func:`shrink_`.
+    ``moe_intermediate_size`` ...); see [`shrink_`][lightning_prune.shrink_].
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_neuron_masks` (with ``uniform=True``).
+        ValueError: see [`check_neuron_masks`][lightning_prune.structured.check_neuron_masks] (with ``uniform=True``).
     """
     return shrink_(model, neuron_masks=masks)
 
@@ -248,9 +248,9 @@ def shrink_heads_(model: nn.Module, masks: Sequence[Tensor]) -> nn.Module:
 
     Raises:
         ValueError: where the family's attention derives its head size (GPT-2, BERT, GPT-NeoX ...: use
-            :func:`~lightning_prune.structured.mask_heads_`), when the config refuses the kept head count, and see
-            :func:`~lightning_prune.structured.check_head_masks` (with ``uniform=True``). Nothing is changed when it
-            raises.
+            [`mask_heads_`][lightning_prune.structured.mask_heads_]), when the config refuses the kept head count, and
+            see [`check_head_masks`][lightning_prune.structured.check_head_masks] (with ``uniform=True``). Nothing is
+            changed when it raises.
     """
     return shrink_(model, head_masks=masks)
 
@@ -259,7 +259,8 @@ def shrink_layers_(model: nn.Module, mask: Tensor) -> nn.Module:
     """Physically remove whole blocks; updates the layer count, per-layer config lists and each ``layer_idx``.
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_layer_mask`, or when a block depends on its index.
+        ValueError: see [`check_layer_mask`][lightning_prune.structured.check_layer_mask], or when a block depends on
+            its index.
     """
     return shrink_(model, layer_mask=mask)
 
@@ -269,7 +270,7 @@ def shrink_hidden_(model: nn.Module, mask: Tensor) -> nn.Module:
 
     Raises:
         ValueError: where the family's attention derives its head size, and see
-            :func:`~lightning_prune.structured.cuts.hidden_cuts`.
+            `hidden_cuts`.
     """
     return shrink_(model, hidden_mask=mask)
 
@@ -278,6 +279,6 @@ def shrink_experts_(model: nn.Module, masks: Sequence[Tensor]) -> nn.Module:
     """Physically remove whole experts and their router rows; sets the expert count (and caps the experts per token).
 
     Raises:
-        ValueError: see :func:`~lightning_prune.structured.check_expert_masks` (with ``uniform=True``).
+        ValueError: see [`check_expert_masks`][lightning_prune.structured.check_expert_masks] (with ``uniform=True``).
     """
     return shrink_(model, expert_masks=masks)

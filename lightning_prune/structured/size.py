@@ -1,15 +1,16 @@
 """The size of a model as a function of the units it keeps: parameters and FLOPs per token, without building it.
 
-:class:`SizeModel` reads, once, which parameter axes each dimension cuts (the :class:`~.cuts.Cut` s of masks that
-keep everything) and writes every parameter as a product of axis sizes, each either fixed or ``base ·`` the units
-kept of one dimension; a parameter inside a block counts only while its block is kept. Evaluating a
-:class:`Counts` is then arithmetic: the allocation tries thousands of candidates at the cost of one shrink.
+[`SizeModel`][lightning_prune.structured.SizeModel] reads, once, which parameter axes each dimension cuts (the
+[`Cut`][lightning_prune.structured.Cut] s of masks that keep everything) and writes every parameter as a product of axis
+sizes, each either fixed or ``base ·`` the units kept of one dimension; a parameter inside a block counts only while its
+block is kept. Evaluating a [`Counts`][lightning_prune.structured.Counts] is then arithmetic: the allocation tries
+thousands of candidates at the cost of one shrink.
 
 FLOPs per token: 2 per multiply-add of every ``nn.Linear``/``Conv1D`` weight a token passes through (the output
 head included, embedding lookups not), of the ``top_k`` experts a token uses in an experts block, and, with a
 context of ``seq`` tokens, 2·2·seq·n_heads·head_dim per block for QKᵀ and AV.
 
-Example:
+Examples:
     >>> from transformers import GPT2Config, GPT2LMHeadModel
     >>> model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, n_inner=8, vocab_size=32))
     >>> size = SizeModel.from_model(model)
@@ -106,7 +107,8 @@ def _probe_cuts(model: nn.Module) -> list[tuple[str, Cut, int]]:
 
 
 class SizeModel:
-    """Parameters and FLOPs per token of ``model`` shrunk to any :class:`Counts` (see the module docstring)."""
+    """Parameters and FLOPs per token of ``model`` shrunk to any [`Counts`][lightning_prune.structured.Counts] (see the
+    module docstring)."""
 
     def __init__(self, params: list[Term], flops: list[Term], full: Counts, group: int) -> None:
         self.params_terms, self.flops_terms, self.full, self.group = params, flops, full, group

@@ -3,19 +3,13 @@
 What each dimension's statistic sees, per training pass (``a``: an activation, ``g``: the gradient of the pass's
 loss with respect to it; sums and means over the pass's tokens):
 
-=========  ==================================  ===================================  =================================
-dimension  observed at                         ``activation`` (mean over tokens)    ``taylor``: the gate gradient G
-=========  ==================================  ===================================  =================================
-neurons    input of the FFN output projection  |a_j|                                Σ_tokens a_j·g_j
-heads      input of the attention output       ‖o_h‖₂ (the head's output)           Σ_tokens Σ_(f in h) o_f·g_f
-           projection (heads side by side)
-layers     the block's input x and output y    1 − cos(x, y) (Block Influence,      Σ_tokens Σ_c (y − x)_c·g_c
-                                               ShortGPT)
-hidden     outputs of the norms on the         Σ over norms of |n_c| (Minitron's    Σ over norms Σ_tokens n_c·g_c
-           residual stream                     embedding channels)
-experts    the router                          routing probability                  Σ over the tokens routed to e of
-                                                                                    w·∂L/∂w (its routing weights)
-=========  ==================================  ===================================  =================================
+| dimension | observed at | ``activation`` (mean over tokens) | ``taylor``: the gate gradient G |
+| --- | --- | --- | --- |
+| neurons | input of the FFN output projection | `|a_j|` | Σ_tokens a_j·g_j |
+| heads | input of the attention output projection | ‖o_h‖₂ (the head's output) | Σ_tokens Σ_(f in h) o_f·g_f |
+| layers | the block's input x and output y | 1 − cos(x, y) (Block Influence, ShortGPT) | Σ_tokens Σ_c (y − x)_c·g_c |
+| hidden | outputs of the residual stream's norms | Σ over norms of `|n_c|` (Minitron) | Σ over norms Σ_tokens n_c·g_c |
+| experts | the router | routing probability | Σ over tokens routed to e of w·∂L/∂w (routing weights) |
 
 **Taylor, in units of the loss.** Put a gate s on a unit's output (s = 1: as trained; s = 0: removed). Its
 gradient on a pass is G = ∂L/∂s = Σ over the unit's outputs of a·∂L/∂a — the same formula for a neuron, a head,
@@ -27,17 +21,17 @@ cheaper than its parts). The statistic is therefore the second-order term, with 
 curvature (Molchanov et al. 2019, squared gate gradients): per pass ½·n·G², n the pass's tokens, whose
 expectation is ½·(F + (n − 1)·E[G]²) — the expected loss increase ½·F at a trained state, in nats per token. It
 is one formula in one unit for every dimension, and additive over independent parts; first and second order both
-miss what whole blocks do far from s = 1, which is why :class:`~lightning_prune.StructuredPruning` measures the
-loss of its candidate removals at each event (:mod:`.ablation`) and compares dimensions by that.
+miss what whole blocks do far from s = 1, which is why [`StructuredPruning`][lightning_prune.StructuredPruning] measures
+the loss of its candidate removals at each event (`ablation`) and compares dimensions by that.
 
 A pass's contributions to a row are *staged* (summed: a hidden feature's G sums over every norm, a module called
-twice adds both calls) and *committed* once per pass — by :func:`~.observe.observe`'s hook at the start of the
-next training pass, or by whoever reads the statistics. :class:`UnitStats` keeps, per dimension and row (block,
+twice adds both calls) and *committed* once per pass — by `observe`'s hook at the start of the
+next training pass, or by whoever reads the statistics. `UnitStats` keeps, per dimension and row (block,
 experts block; one row for the hidden features), an exponential moving average in float32 of the committed
 values (the first pass sets it, then ``m ← decay·m + (1 − decay)·x``); a pass with a non-finite value is left out
 without a host sync.
 
-Example:
+Examples:
     >>> stats = UnitStats({"neurons": [3]}, decay=0.5, fisher=True)
     >>> stats.stage("neurons", 0, torch.tensor([1.0, -2.0, 0.0]), tokens=4)
     >>> stats.commit()
@@ -171,7 +165,7 @@ class UnitStats:
 
     @torch.no_grad()
     def stage(self, dim: str, row: int, x: Tensor, tokens: int = 0) -> None:
-        """Add ``x`` (n,) to what this pass gives ``row`` (folded into the average by :meth:`commit`); ``tokens``: the
+        """Add ``x`` (n,) to what this pass gives ``row`` (folded into the average by `commit`); ``tokens``: the
         pass's tokens of a gate gradient (0: a value committed as it is, also with ``fisher``)."""
         x = x.detach().float().to(self.values[dim][row].device)
         key = (dim, row)
@@ -222,7 +216,7 @@ class UnitStats:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`.
+        """Restore a `state_dict`.
 
         Raises:
             ValueError: if the dimensions or their sizes differ from this instance's.

@@ -1,10 +1,10 @@
-"""What size a structured pruning run should end at: :class:`SizeTarget`.
+"""What size a structured pruning run should end at: [`SizeTarget`][lightning_prune.SizeTarget].
 
 The target is one of: a parameter count of the exported model, a fraction of the dense model's parameters, or a
 fraction of its FLOPs per token. Fractions are what is *kept*: ``SizeTarget(fraction=0.5)`` exports a model with
 half the parameters.
 
-Example:
+Examples:
     >>> SizeTarget(fraction=0.5).goal(dense_params=1000, dense_flops=4000)
     500.0
     >>> SizeTarget(flops=0.25).metric
@@ -59,7 +59,8 @@ class SizeTarget:
 
     @classmethod
     def of(cls, value: SizeTarget | float | int) -> SizeTarget:
-        """A target from a :class:`SizeTarget`, a float (fraction of parameters) or an int (parameter count).
+        """A target from a [`SizeTarget`][lightning_prune.SizeTarget], a float (fraction of parameters) or an int
+        (parameter count).
 
         Raises:
             ValueError: for anything else, or a value out of range.
@@ -80,7 +81,7 @@ class SizeTarget:
         return "flops" if self.flops is not None else "params"
 
     def goal(self, dense_params: float, dense_flops: float) -> float:
-        """The size to reach, in :attr:`metric` units, for a dense model of these sizes.
+        """The size to reach, in [`metric`][lightning_prune.SizeTarget.metric] units, for a dense model of these sizes.
 
         Raises:
             ValueError: when the dense model is already at or below a parameter-count target.

@@ -1,11 +1,11 @@
-"""The units of the five dimensions kept in one model, as one value: :class:`Units`, the entries they own, the
-shrink that cuts them out, how several writers combine, and a report of what was removed where.
+"""The units of the five dimensions kept in one model, as one value: [`Units`][lightning_prune.structured.Units], the
+entries they own, the shrink that cuts them out, how several writers combine, and a report of what was removed where.
 
-A :class:`Units` holds bool keep masks in the shapes of :mod:`lightning_prune.structured.masks` (``None``: that
-dimension untouched). It is what a structured pruning callback holds, checkpoints and publishes in the model's
-:class:`~lightning_prune._registry.MaskRegistry` (``registry.units``), and what an export shrinks a copy by.
+A [`Units`][lightning_prune.structured.Units] holds bool keep masks in the shapes of `lightning_prune.structured.masks`
+(``None``: that dimension untouched). It is what a structured pruning callback holds, checkpoints and publishes in the
+model's `MaskRegistry` (``registry.units``), and what an export shrinks a copy by.
 
-Example:
+Examples:
     >>> from transformers import GPT2Config, GPT2LMHeadModel
     >>> model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, n_inner=8, vocab_size=32))
     >>> units = Units.full(model, ("neurons", "layers"))
@@ -138,7 +138,7 @@ class Units:
         """``{fqn in model: bool pruned}`` of every entry a removed unit owns (the union over the dimensions).
 
         Raises:
-            ValueError: for masks that do not fit the model (see :mod:`lightning_prune.structured.cuts`).
+            ValueError: for masks that do not fit the model (see `lightning_prune.structured.cuts`).
         """
         parts: list[dict[str, Tensor]] = []
         if self.neurons is not None and any(not bool(m.all()) for m in self.neurons):
@@ -158,7 +158,7 @@ class Units:
         return out
 
     def shrink_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`~lightning_prune.structured.shrink_` for these units."""
+        """Keyword arguments of [`shrink_`][lightning_prune.shrink_] for these units."""
         return dict(
             neuron_masks=self.neurons,
             head_masks=self.heads,
@@ -245,13 +245,14 @@ def match_masked_norms_(model: nn.Module, hidden: Tensor) -> list[str]:
 
 
 def shrink_units_(model: nn.Module, units: Units, masked: bool = True) -> nn.Module:
-    """Physically remove ``units`` from ``model`` (:func:`~lightning_prune.structured.shrink_`); returns ``model``.
+    """Physically remove ``units`` from ``model`` ([`shrink_`][lightning_prune.shrink_]); returns ``model``.
 
     Args:
         model: a supported ``transformers`` model, with the units' shapes.
         units: what to keep.
         masked: the model was trained with the removed units held at zero: rescale the RMS norms when hidden
-            features go (:func:`match_masked_norms_`), so the smaller model computes what the masked one did.
+            features go ([`match_masked_norms_`][lightning_prune.structured.match_masked_norms_]), so the smaller model
+            computes what the masked one did.
 
     Raises:
         ValueError: if the units do not fit the model or the config cannot express the result; nothing changes.

@@ -6,7 +6,7 @@ Every rounding draws from a generator seeded from what it rounds: the state's ke
 ``time_weighted``). The draws are then a function of the run's position: a resumed run rounds exactly as an
 uninterrupted one, and processes holding the same values round them alike.
 
-Example:
+Examples:
     >>> acc = Accumulator(torch.bfloat16)
     >>> state = {"w": torch.zeros(2, dtype=torch.bfloat16)}
     >>> acc.add_("taylor", state, [torch.tensor([1.0, 2.0])], counter=1)
@@ -68,7 +68,7 @@ class Accumulator:
     def add_(
         self, key: str, state: Mapping[str, Tensor], values: list[Tensor], counter: int, alpha: float = 1.0
     ) -> None:
-        """s ← s + α·v for every fqn of ``state`` (``values`` in its order); arguments as in :meth:`ema_`."""
+        """s ← s + α·v for every fqn of ``state`` (``values`` in its order); arguments as in `ema_`."""
         targets = list(state.values())
         if self.dtype == torch.float32:
             values = [v.float() for v in values] if values and values[0].dtype != torch.float32 else values

@@ -1,5 +1,5 @@
 """What every running statistic is: state tensors per fqn, the value read from them, and a checkpoint; and what
-one optimizer step hands the statistics that read steps (:class:`Step`)."""
+one optimizer step hands the statistics that read steps (`Step`)."""
 
 from __future__ import annotations
 
@@ -31,13 +31,13 @@ class Step:
         self._absolute = False  # whether _products holds |w·g| (made in place over w·g)
 
     def products(self) -> list[Tensor]:
-        """w·g per entry (formed again if :meth:`sensitivity` has already overwritten it)."""
+        """w·g per entry (formed again if `sensitivity` has already overwritten it)."""
         if self._products is None or self._absolute:
             self._products, self._absolute = foreach_mul(self.weights, self.grads), False
         return self._products
 
     def sensitivity(self) -> list[Tensor]:
-        """|w·g| per entry, made in place over :meth:`products` (read those first)."""
+        """|w·g| per entry, made in place over `products` (read those first)."""
         if self._products is None or not self._absolute:
             foreach_abs_(self.products())
             self._absolute = True
@@ -47,7 +47,7 @@ class Step:
 class Statistic:
     """A running statistic of a fixed set of weights: state tensors keyed by fqn, and its value per fqn.
 
-    Subclasses set ``name`` (its name in :data:`~lightning_prune.trackers.STATS`) and fill :meth:`tensors`.
+    Subclasses set ``name`` (its name in `STATS`) and fill `tensors`.
     """
 
     name: ClassVar[str]
@@ -66,11 +66,11 @@ class Statistic:
         return sum(t.numel() * t.element_size() for per in self.tensors().values() for t in per.values())
 
     def state_dict(self) -> dict[str, Any]:
-        """The statistic's part of :meth:`RunningStats.state_dict`: copies of its tensors under ``state``."""
+        """The statistic's part of `RunningStats.state_dict`: copies of its tensors under ``state``."""
         return {"state": {key: {f: t.clone() for f, t in per.items()} for key, per in self.tensors().items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Copy the statistic's tensors from a :meth:`RunningStats.state_dict` (the entries it holds)."""
+        """Copy the statistic's tensors from a `RunningStats.state_dict` (the entries it holds)."""
         for key, mine in self.tensors().items():
             for f, t in state["state"].get(key, {}).items():
                 mine[f].copy_(t)
@@ -79,7 +79,7 @@ class Statistic:
 class StepStatistic(Statistic):
     """A statistic updated on every optimizer step the tracker folds in."""
 
-    reads_grads: ClassVar[bool] = True  # whether :meth:`update` reads the gradients
+    reads_grads: ClassVar[bool] = True  # whether `update` reads the gradients
 
     def update(self, step: Step) -> None:
         """Fold one optimizer step into the state."""

@@ -1,4 +1,4 @@
-"""The checkpoint of :class:`~lightning_prune.trackers.RunningStats`: plain tensors and numbers, in a fixed key
+"""The checkpoint of `RunningStats`: plain tensors and numbers, in a fixed key
 order, each statistic's part written and read by the statistic; the check that a checkpoint fits a tracker; and its
 flat form (``ImportanceTracking`` checkpoints name every tensor ``stat/fqn`` or ``ringI/fqn``)."""
 
@@ -14,7 +14,7 @@ __all__ = ["check_fits", "dump", "load", "nested"]
 
 
 def dump(stats: RunningStats) -> dict[str, Any]:
-    """``stats.state_dict()``: its counters, then the parts of its statistics (:meth:`Statistic.state_dict`)."""
+    """``stats.state_dict()``: its counters, then the parts of its statistics (`Statistic.state_dict`)."""
     parts: dict[str, Any] = {  # what a statistic that is not kept leaves, in the checkpoint's key order
         "inputs_seen": {f: 0 for f in stats.in_dims},
         "inputs_skipped": 0,
@@ -37,7 +37,7 @@ def dump(stats: RunningStats) -> dict[str, Any]:
 
 
 def load(stats: RunningStats, state: Mapping[str, Any]) -> None:
-    """``stats.load_state_dict(state)``, for a nested or a flat ``state``, after :func:`check_fits`."""
+    """``stats.load_state_dict(state)``, for a nested or a flat ``state``, after `check_fits`."""
     if "tensors" in state:
         state = nested(state)
     check_fits(state, stats.full_shapes, stats.stats)
@@ -49,7 +49,7 @@ def load(stats: RunningStats, state: Mapping[str, Any]) -> None:
 
 
 def check_fits(state: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], stats: Sequence[str]) -> None:
-    """Check that a :meth:`RunningStats.state_dict` was made for weights of these full ``shapes`` and these ``stats``.
+    """Check that a `RunningStats.state_dict` was made for weights of these full ``shapes`` and these ``stats``.
 
     Raises:
         ValueError: if the statistics, parameter names or shapes differ.
@@ -68,7 +68,7 @@ def check_fits(state: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], 
 
 
 def nested(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A flat ``{"tensors": {"stat/fqn" or "ringI/fqn": tensor}}`` state back in :meth:`RunningStats.state_dict`'s
+    """A flat ``{"tensors": {"stat/fqn" or "ringI/fqn": tensor}}`` state back in `RunningStats.state_dict`'s
     nesting."""
     state = dict(state)
     per: dict[str, dict[str, Any]] = {}

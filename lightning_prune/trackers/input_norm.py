@@ -35,7 +35,7 @@ class InputNorm(Statistic):
         layouts: ``{fqn: Layout}`` of the weights that are shards.
         decay: β, in [0, 1).
 
-    Example:
+    Examples:
         >>> stat = InputNorm({"w": torch.zeros(3, 2)}, {"w": 1}, {"w": 1}, {"w": (3, 2)}, {}, decay=0.5)
         >>> stat.add("w", torch.tensor([[1.0, 2.0], [3.0, 0.0]])).item()
         True

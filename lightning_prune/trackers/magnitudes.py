@@ -44,7 +44,7 @@ class AbsWeight(_AbsEMA):
         accumulator: folds the values into state of its dtype.
         decay: β, in [0, 1).
 
-    Example:
+    Examples:
         >>> stat = AbsWeight({"w": torch.zeros(2)}, Accumulator(torch.float32), decay=0.5)
         >>> stat.update(Step([torch.tensor([1.0, -2.0])], [], first=True, counter=1))
         >>> stat.update(Step([torch.tensor([3.0, 0.0])], [], first=False, counter=2))
@@ -60,7 +60,7 @@ class AbsWeight(_AbsEMA):
 
 
 class AbsGrad(_AbsEMA):
-    """``abs_grad``: exponential moving average of |g| over optimizer steps, the recursion of :class:`AbsWeight`:
+    """``abs_grad``: exponential moving average of |g| over optimizer steps, the recursion of `AbsWeight`:
 
         m_1 = |g_1|,  m_n = β·m_{n-1} + (1-β)·|g_n|
 

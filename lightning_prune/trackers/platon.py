@@ -30,9 +30,9 @@ class Platon(StepStatistic):
     Args:
         params: ``{fqn: weight}``; only shapes and devices are read.
         accumulator: folds the values into state of its dtype.
-        betas: (β₁, β₂), each in [0, 1) (default :data:`PLATON_BETAS`, the paper's).
+        betas: (β₁, β₂), each in [0, 1) (default `PLATON_BETAS`, the paper's).
 
-    Example:
+    Examples:
         >>> stat = Platon({"w": torch.zeros(1)}, Accumulator(torch.float32), betas=(0.5, 0.5))
         >>> stat.update(Step([torch.tensor([2.0])], [torch.tensor([-2.0])], first=True, counter=1))  # I = 4
         >>> stat.mean["w"].item(), stat.uncertainty["w"].item(), stat.value("w").item()  # Ī = 2, Ū = 0.5·|4 − 2|

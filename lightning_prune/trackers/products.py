@@ -43,7 +43,7 @@ class Movement(_ProductSum):
         params: ``{fqn: weight}``; only shapes and devices are read.
         accumulator: folds the values into state of its dtype.
 
-    Example:
+    Examples:
         >>> stat = Movement({"w": torch.zeros(2)}, Accumulator(torch.float32))
         >>> stat.update(Step([torch.tensor([1.0, -2.0])], [torch.tensor([0.5, -1.0])], first=True, counter=1))
         >>> stat.update(Step([torch.tensor([3.0, -4.0])], [torch.tensor([-1.5, 0.5])], first=False, counter=2))

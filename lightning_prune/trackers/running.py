@@ -29,11 +29,11 @@ _S = TypeVar("_S", bound=Statistic)
 
 class RunningStats:
     """Running statistics for a fixed set of named parameters: one object per statistic kept (``statistics``,
-    ``{name: Statistic}``), fed once per optimizer step from one shared :class:`Step`.
+    ``{name: Statistic}``), fed once per optimizer step from one shared `Step`.
 
     Args:
         params: ``{fqn: parameter}``; only shapes, devices and names are read here.
-        stats: which statistics to keep, a subset of :data:`STATS`.
+        stats: which statistics to keep, a subset of `STATS`.
         decay: β of the exponential moving averages, in [0, 1).
         every: fold in one optimizer step out of ``every`` (the others are counted, not read).
         dtype: dtype of the state tensors (``torch.bfloat16`` halves the memory of ``float32``).
@@ -45,13 +45,13 @@ class RunningStats:
             (``nn.MultiheadAttention.in_proj_weight``: query, key, value); ``input_norm`` keeps one row of norms per
             block.
         layouts: ``{fqn: Layout}`` when ``params`` are shards of larger tensors (FSDP2): ``input_norm`` covers the
-            full input width and :meth:`input_scale` returns this process's part.
+            full input width and `input_scale` returns this process's part.
         platon_betas: (β₁, β₂) of ``platon``'s sensitivity and uncertainty EMAs, each in [0, 1).
 
     Raises:
         ValueError: for an unknown statistic, a decay or PLATON beta outside [0, 1), ``every`` < 1 or ``window`` < 1.
 
-    Example:
+    Examples:
         >>> w = torch.nn.Parameter(torch.ones(2, 2))
         >>> stats = RunningStats({"w": w}, stats=("abs_weight",), decay=0.5)
         >>> w.grad = torch.zeros(2, 2)
@@ -123,7 +123,7 @@ class RunningStats:
 
     @property
     def state(self) -> dict[str, dict[str, Tensor]]:
-        """The state tensors (not copies) as ``{key: {fqn: tensor}}``, keyed as in :meth:`state_dict`."""
+        """The state tensors (not copies) as ``{key: {fqn: tensor}}``, keyed as in `state_dict`."""
         return {key: per for s in self.statistics.values() for key, per in s.tensors().items()}
 
     @property
@@ -133,7 +133,7 @@ class RunningStats:
 
     @property
     def ring_index(self) -> list[int]:
-        """The snapshot numbers i of :attr:`ring`."""
+        """The snapshot numbers i of `ring`."""
         return tw.ring_index if (tw := self._kept(TimeWeighted)) is not None else []
 
     @property
@@ -255,11 +255,11 @@ class RunningStats:
         return sum(s.nbytes() for s in self.statistics.values())
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain tensors and numbers; restored with :meth:`load_state_dict`."""
+        """Plain tensors and numbers; restored with `load_state_dict`."""
         return dump(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`, checking that it was made for the same parameters and statistics.
+        """Restore a `state_dict`, checking that it was made for the same parameters and statistics.
 
         Also takes the flat form ``ImportanceTracking`` checkpoints (``tensors`` named ``stat/fqn`` and
         ``ringI/fqn``).

@@ -42,10 +42,10 @@ class TimeWeighted(Statistic):
     Args:
         params: ``{fqn: weight}``; only shapes and devices are read.
         accumulator: folds the values into state of its dtype.
-        weight_of: c(i), from :func:`snapshot_weights`.
+        weight_of: c(i), from `snapshot_weights`.
         window: number of most recent snapshots averaged (None: all).
 
-    Example:
+    Examples:
         >>> stat = TimeWeighted({"w": torch.zeros(1)}, Accumulator(torch.float32), snapshot_weights("linear"), None)
         >>> stat.snapshot([torch.tensor([1.0])], 1), stat.snapshot([torch.tensor([-4.0])], 2)
         (None, None)
