@@ -220,7 +220,7 @@ class Distillation(Callback):
             if self._kd
             else "no KD term computed"
         )
-        say(trainer, f"Distillation: off at step {trainer.global_step} (epoch {trainer.current_epoch}): {kd}")
+        say(trainer, f"Distillation: off after step {trainer.global_step} (the end of training): {kd}")
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -183,8 +183,8 @@ def export_summary(report: dict[str, Any], before: dict[str, Any], after: dict[s
     ]
     if "tokenizer_matches_training" in report:
         checks.append(f"tokenizer {'matches' if report['tokenizer_matches_training'] else 'DIFFERS from'} training")
-    where = Path(report["directory"])
-    return f"exported to {where}: " + "; ".join([shape, params, *checks]) + f" (details: {where / 'export.json'})"
+    where = report["directory"]
+    return f"exported to {where}: " + "; ".join([shape, params, *checks]) + " (details in its export.json)"
 
 
 def _inside(model: nn.Module, path: str) -> nn.Module:
