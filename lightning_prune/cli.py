@@ -11,9 +11,13 @@ the same-budget reference that a pruned run's [`PruningReport`][lightning_prune.
 (``recipes/main_dense.json`` is written this way):
 
 ```bash
-lightning-prune fit --config recipes/main.yaml --dense true --trainer.default_root_dir runs/main_dense \\
+lightning-prune fit --config recipes/main.yaml --dense true --trainer.default_root_dir runs/main_dense \
     --trainer.logger.init_args.save_dir runs/main_dense
+cp runs/main_dense/tensorboard/version_N/report.json recipes/main_dense.json
 ```
+
+Every run writes its logs, checkpoints, report and export into its own folder, the logger's version folder
+(``runs/main/tensorboard/version_N``); a run refused at setup removes that folder again.
 """
 
 from __future__ import annotations

@@ -33,6 +33,11 @@ def _redirect(tmp_path: Path) -> list[str]:
     ]
 
 
+def _run_folder(tmp_path: Path, version: int = 0) -> Path:
+    """Where a run redirected by :func:`_redirect` writes everything: the logger's version folder."""
+    return tmp_path / "tensorboard" / f"version_{version}"
+
+
 def _offline_hub(monkeypatch):
     """Local stand-ins for the hub: a tiny GPT-2, a locally trained tokenizer, an in-memory dataset."""
     import datasets
@@ -87,7 +92,9 @@ def test_main_recipe_runs_end_to_end_and_reports(tmp_path, monkeypatch):
     pruning = next(cb for cb in c.trainer.callbacks if type(cb).__name__ == "ScheduledPruning")
     assert [e["target"] for e in pruning.events] == [0.2, 0.4, 0.6]
     assert pruning.events[-1]["sparsity"] == pytest.approx(0.6, abs=1e-3)
-    report = json.loads((tmp_path / "report.json").read_text())
+    run = _run_folder(tmp_path)
+    assert Path(c.trainer.log_dir) == run and not (tmp_path / "report.json").exists()
+    report = json.loads((run / "report.json").read_text())
     assert report["final"]["sparsity"] == pytest.approx(0.6, abs=1e-3) and report["final_label"] == "weights pruned"
     assert report["dense_before_pruning"]["epoch"] == 2
     # the shipped reference has the recipe's budget, not these few steps: it is refused, naming why
@@ -99,28 +106,39 @@ def test_main_recipe_runs_end_to_end_and_reports(tmp_path, monkeypatch):
     samples = report["samples"]
     assert samples["prompt"] == "And I saw" and samples["new_tokens"] == 60
     assert isinstance(samples["dense_before_pruning"], str) and isinstance(samples["final"], str)
-    assert (tmp_path / "report.png").stat().st_size > 0
+    assert (run / "report.png").stat().st_size > 0
     for record in report["records"]:  # perplexity of the same epoch as the loss: exp(mean token NLL)
         assert math.log(record["val_ppl"]) == pytest.approx(record["val_loss"], abs=2e-3), record
-    export = json.loads((tmp_path / "pruned_model" / "export.json").read_text())
+    export = json.loads((run / "pruned_model" / "export.json").read_text())
     assert export["max_logit_difference"] == 0.0 and export["tokenizer_matches_training"] is True
-    assert (tmp_path / "pruned_model" / "tokenizer.json").is_file()
+    assert (run / "pruned_model" / "tokenizer.json").is_file()
     ckpts = list(tmp_path.rglob("*.ckpt"))
     assert ckpts and pruning.state_key in torch.load(ckpts[0], weights_only=False)["callbacks"]
+    assert all(run in ckpt.parents for ckpt in ckpts)
+    # TensorBoard: one series per metric, no placeholder hp_metric, sparsity at the target from its event on
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "hp_metric" not in tags and not [t for t in tags if t.endswith(("_step", "_epoch"))], tags
+    last = pruning.events[-1]
+    after = [e.value for e in events.Scalars("sparsity/global") if e.step >= last["step"]]
+    assert after and all(v == pytest.approx(last["target"], abs=1e-3) for v in after)
 
 
 def test_dense_flag_trains_the_same_budget_reference_of_the_pruned_run(tmp_path):
     dense = cli(["fit", "--config", str(RECIPES / "main.yaml"), *FAST, *_redirect(tmp_path / "dense"), "--dense=true"])
     kinds = {type(cb) for cb in dense.trainer.callbacks}
     assert not kinds & {ScheduledPruning, ImportanceTracking} and PruningReport in kinds
-    reference = json.loads((tmp_path / "dense" / "report.json").read_text())
+    reference = json.loads((_run_folder(tmp_path / "dense") / "report.json").read_text())
     assert reference["final_label"] == "dense" and reference["nonzero"] == reference["parameters"]
     pruned = cli(["--config", str(RECIPES / "main.yaml"), *FAST, *_redirect(tmp_path / "pruned")], run=False)
     next(cb for cb in pruned.trainer.callbacks if isinstance(cb, PruningReport)).reference = str(
-        tmp_path / "dense" / "report.json"
+        _run_folder(tmp_path / "dense") / "report.json"
     )
     pruned.trainer.fit(pruned.model, datamodule=pruned.datamodule)
-    report = json.loads((tmp_path / "pruned" / "report.json").read_text())
+    report = json.loads((_run_folder(tmp_path / "pruned") / "report.json").read_text())
     assert report["reference"]["used"] is True and report["budget"] == reference["budget"]
     assert report["dense_same_budget"]["val_loss"] == reference["final"]["val_loss"]
     assert report["dense_same_budget"]["step"] == report["final"]["step"] == 16
@@ -205,7 +223,28 @@ def test_a_shorter_run_is_refused_with_the_flag_that_fits_the_schedule(tmp_path,
     args = ["fit", "--config", str(RECIPES / "main.yaml"), *FAST, *_redirect(tmp_path), "--trainer.max_epochs=4"]
     with pytest.raises(ValueError, match=r"epoch 5.*--trainer.max_epochs 6.*|--schedule"):
         cli(args)
+    assert not list((tmp_path / "tensorboard").glob("version_*"))  # the refused run left no folder behind
     schedule = ["--schedule", "{1: 0.3, 2: 0.6}"]
     c = cli([*args, *schedule])
     pruning = next(cb for cb in c.trainer.callbacks if isinstance(cb, ScheduledPruning))
     assert [e["target"] for e in pruning.events] == [0.3, 0.6]
+    assert Path(c.trainer.log_dir) == _run_folder(tmp_path, 0) and (_run_folder(tmp_path, 0) / "report.json").is_file()
+
+
+def test_a_second_run_writes_into_its_own_folder_and_keeps_the_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(RECIPES.parent)
+    args = ["fit", "--config", str(RECIPES / "main.yaml"), *FAST, *_redirect(tmp_path), "--trainer.max_epochs=2"]
+    args += ["--schedule", "{1: 0.5}"]
+    cli(args)
+    first = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in _run_folder(tmp_path, 0).rglob("*")}
+    assert Path("tensorboard/version_0/report.json") in first
+    assert Path("tensorboard/version_0/pruned_model/export.json") in first
+    cli([*args, "--schedule", "{1: 0.3}"])
+    second = json.loads((_run_folder(tmp_path, 1) / "report.json").read_text())
+    assert second["final"]["sparsity"] == pytest.approx(0.3, abs=1e-3)
+    assert (_run_folder(tmp_path, 1) / "pruned_model" / "export.json").is_file()
+    assert {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in _run_folder(tmp_path, 0).rglob("*")} == first
+    assert json.loads((_run_folder(tmp_path, 0) / "report.json").read_text())["final"]["sparsity"] == pytest.approx(
+        0.5, abs=1e-3
+    )
+    assert not [p for p in tmp_path.iterdir() if p.name != "tensorboard"]  # nothing outside the version folders

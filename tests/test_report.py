@@ -55,8 +55,11 @@ def test_final_model_is_labelled_by_what_happened_and_dense_is_before_it(tmp_pat
         "dense, before first pruning (epoch 0, this run)",
         f"{label} (epoch 2, this run)",
     ]
+    # a column for each change some row has, none for one that does not apply, and no wall time
+    columns = {"weights pruned": "sparsity (pruned weights)", "neurons removed": "neurons removed"}
+    assert rows[0] == ("model", "val ppl", "val loss", *(columns[k] for k in columns if k in label), "non-zero params")
     if "neurons" in label:
-        assert summary["final"]["neurons_removed"] > 0.0 and rows[2][4] != "0.0%"
+        assert summary["final"]["neurons_removed"] > 0.0 and rows[2][rows[0].index("neurons removed")] != "0.0%"
     else:
         assert summary["final"]["neurons_removed"] == 0.0
     # without a reference the report says there is no same-budget comparison, and that the dense row trained less
@@ -75,7 +78,8 @@ def test_structured_removal_is_reported_as_parameters_removed(tmp_path):
     assert summary["final"]["params_removed"] == last and summary["final"]["sparsity"] == 0.0
     assert summary["dense_before_pruning"]["epoch"] == 0
     rows = report.table(summary)
-    assert rows[0][5] == "parameters removed (structure)" and rows[2][5] == f"{last:.1%}"
+    assert rows[0] == ("model", "val ppl", "val loss", "parameters removed (structure)", "non-zero params")
+    assert rows[2][3] == f"{last:.1%}"
 
 
 def test_without_pruning_the_single_row_is_dense(tmp_path):
@@ -99,6 +103,10 @@ def test_a_dense_run_of_the_same_budget_is_the_reference_row(tmp_path):
     assert rows[2][0] == f"dense, same budget (epoch 2, reference run {tmp_path / 'dense' / 'report.json'})"
     assert rows[2][2] == f"{dense['final']['val_loss']:.4f}" and rows[3][0] == "weights pruned (epoch 2, this run)"
     ratio = summary["final"]["val_ppl"] / same["val_ppl"]
+    # the two runs were timed in different processes: no time column, this run's time below the table, said so
+    assert "time" not in rows[0] and all(len(r) == len(rows[0]) for r in rows)
+    assert f"Wall time of this run: {summary['seconds']:.0f} s" in report.text(summary)
+    assert "not compared with the reference run's" in report.text(summary)
     assert "vs dense of the same budget (reference run" in report.text(summary)
     assert f"({ratio:.3f}x)" in report.text(summary)
     # the reference's validation loss is drawn too

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks.export import find_pretrained
 from lightning_prune.finetune import distillation_loss
 from lightning_prune.structured.layout import blocks_of
@@ -51,6 +52,10 @@ class Distillation(Callback):
     ``temperature`` and β = ``hidden_weight`` over the outputs of blocks ``hidden_layers``. The teacher lives on this
     callback, outside the module tree: it is never optimized, selected for pruning, or saved in a checkpoint (this
     callback's state holds only its settings). It is moved to the module's device at the start of every fit.
+
+    It prints a line when it switches on (at the start of the fit, with the loss it mixes in) and when it switches off
+    (at the end of training, with the KD term of the last step and its mean over the fit); the KD term is logged as
+    ``distill/kd`` at every logged step.
 
     Args:
         teacher: the frozen teacher (a module called like the student), or ``"copy"``: a copy of the student as it is
@@ -98,6 +103,8 @@ class Distillation(Callback):
         self._handles: list[Any] = []
         self._seen: dict[str, Any] = {}
         self._wrapped: pl.LightningModule | None = None
+        self._kd: list[Tensor] = []  # [last KD term, their sum] of this fit
+        self._kd_steps = 0
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -131,6 +138,14 @@ class Distillation(Callback):
                 for i in self.hidden_layers:
                     self._handles.append(blocks[i].register_forward_hook(self._block(name, i % len(blocks))))
         self._wrap(pl_module)
+        self._kd, self._kd_steps = [], 0
+        hidden = f" + {self.hidden_weight:g}·hidden MSE of blocks {list(self.hidden_layers)}" * bool(self.hidden_layers)
+        teacher = "a copy of the model at fit setup" if self._copy else type(self.teacher).__name__
+        say(
+            trainer,
+            f"Distillation: on from step {trainer.global_step} (epoch {trainer.current_epoch}): loss = "
+            f"{1 - self.weight:g}·loss + {self.weight:g}·KD (T={self.temperature:g}){hidden}; teacher {teacher}",
+        )
 
     def _capture(self) -> Any:
         seen = self._seen  # hooks are closures, not bound methods: a deepcopy of the model never copies this callback
@@ -178,6 +193,8 @@ class Distillation(Callback):
         kd = distillation_loss(student_logits, teacher_logits, self.temperature)
         total = (1 - self.weight) * loss + self.weight * kd
         pl_module.log("distill/kd", kd.detach(), on_step=True, on_epoch=False)
+        self._kd = [kd.detach(), self._kd[1] + kd.detach() if self._kd else kd.detach()]  # no sync with the device
+        self._kd_steps += 1
         if self.hidden_layers:
             student, teacher = self._seen.get("student", {}), self._seen.get("teacher", {})
             mse = torch.stack([F.mse_loss(student[i].float(), teacher[i].float()) for i in sorted(student)]).mean()
@@ -197,6 +214,13 @@ class Distillation(Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._unwrap()  # before on_fit_end, where an export may copy the model
+        kd = (
+            f"KD term {float(self._kd[0]):.4f} at the last step, mean {float(self._kd[1]) / self._kd_steps:.4f} over "
+            f"{self._kd_steps} steps"
+            if self._kd
+            else "no KD term computed"
+        )
+        say(trainer, f"Distillation: off after step {trainer.global_step} (the end of training): {kd}")
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

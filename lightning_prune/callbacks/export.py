@@ -11,18 +11,19 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from typing_extensions import override
 
 from lightning_prune._registry import registry_of
 from lightning_prune._selection import find_model
 from lightning_prune.adapters import is_peft_model, merge_adapters
+from lightning_prune.callbacks._console import discard_unused_run, run_directory, say
 from lightning_prune.export import export_pretrained, make_permanent_, nonzero_report
 from lightning_prune.structured.units import Units, combine_units, shrink_units_
 from lightning_prune.tokenizers import build_tokenizer, encode_corpus
 
-__all__ = ["ExportPretrained", "find_pretrained", "published_units", "relative_masks"]
+__all__ = ["ExportPretrained", "export_summary", "find_pretrained", "published_units", "relative_masks"]
 
 
 def find_pretrained(module: nn.Module, attr: str | None = None) -> tuple[str, nn.Module]:
@@ -89,8 +90,13 @@ class ExportPretrained(Callback):
     and its ids on the start of the data module's validation text compared with the training ids
     (``tokenizer_matches_training`` in ``export.json``; a mismatch also warns).
 
+    It prints one short summary (`export_summary`: the directory, the shape before → after, the parameters
+    before → after and the reload check); the full detail (every removed unit) stays in ``export.json``.
+
     Args:
-        directory: target directory (created); default ``<trainer.default_root_dir>/pruned_model``.
+        directory: target directory (created); default ``pruned_model`` in the run's own folder (the logger's
+            ``log_dir``, e.g. ``runs/main/tensorboard/version_N/pruned_model``, else ``trainer.default_root_dir``),
+            so a second run never overwrites the first's export.
         verify: reload and compare outputs (and the tokenizer's ids) after saving.
         tokenizer: the training tokenizer; default ``trainer.datamodule.tokenizer`` when there is one.
         attr: the attribute path of the model in the LightningModule (default: found).
@@ -100,11 +106,18 @@ class ExportPretrained(Callback):
         self, directory: str | None = None, verify: bool = True, tokenizer: Any = None, attr: str | None = None
     ) -> None:
         self.directory, self.verify, self.tokenizer, self.attr = directory, verify, tokenizer, attr
+        self._directory: str | None = None
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # on every process: the run's folder is broadcast from process 0
+            self._directory = self.directory or str(run_directory(trainer) / "pruned_model")
         if stage == "fit" and self.attr is not None:
             find_pretrained(pl_module, self.attr)  # a wrong attr is an error now, not after training
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        discard_unused_run(trainer)
 
     @override
     @rank_zero_only
@@ -113,7 +126,8 @@ class ExportPretrained(Callback):
         registry = registry_of(pl_module)
         masks = relative_masks(registry.keep, prefix)
         units = published_units(registry.units, prefix)
-        directory = self.directory or str(Path(trainer.default_root_dir) / "pruned_model")
+        directory = self._directory or self.directory or str(Path(trainer.default_root_dir) / "pruned_model")
+        before = _shape(model)
         datamodule = getattr(trainer, "datamodule", None)
         tokenizer = self.tokenizer if self.tokenizer is not None else getattr(datamodule, "tokenizer", None)
         if is_peft_model(model):
@@ -126,9 +140,11 @@ class ExportPretrained(Callback):
                 shrink_units_(_inside(shrunk, path), kept)
             report = {**export_pretrained(shrunk, directory, tokenizer=tokenizer), "parameters_before_shrink": dense}
             report["removed"] = {path or "model": kept.report() for path, kept in units.items()}
+            after = _shape(shrunk)
             del shrunk
         else:
             report = export_pretrained(model, directory, masks, tokenizer=tokenizer)
+            after = before
         if self.verify:
             output, difference = reload_difference(model, directory)
             report[f"max_{'logit' if output == 'logits' else 'hidden_state'}_difference"] = difference
@@ -142,7 +158,33 @@ class ExportPretrained(Callback):
                         stacklevel=2,
                     )
         Path(directory, "export.json").write_text(json.dumps(report, indent=2))
-        rank_zero_info(f"exported to {directory}: {report}")
+        say(trainer, export_summary(report, before, after))
+
+
+def _shape(model: nn.Module) -> dict[str, Any]:
+    """The config's integer sizes (layers, widths, heads …) of a ``transformers`` model: what a shrink changes."""
+    config = getattr(model, "config", None)
+    values = config.to_dict() if hasattr(config, "to_dict") else {}
+    return {k: v for k, v in values.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def export_summary(report: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> str:
+    """One line of what an export did: where, the config sizes that changed (``n_inner 512 → 256``), the parameters
+    (and non-zero parameters) before → after, and the reload check when there is one."""
+    changed = [f"{k} {before[k]} → {after[k]}" for k in before if k in after and before[k] != after[k]]
+    shape = f"shape {', '.join(changed)}" if changed else "shape unchanged"
+    total = report.get("parameters_before_shrink", report["parameters"])
+    params = f"parameters {total:,} → {report['parameters']:,} ({report['nonzero']:,} non-zero)"
+    checks = [
+        f"reload: max {name.removeprefix('max_').removesuffix('_difference').replace('_', ' ')} difference "
+        f"{report[name]:.3g}"
+        for name in ("max_logit_difference", "max_hidden_state_difference")
+        if name in report
+    ]
+    if "tokenizer_matches_training" in report:
+        checks.append(f"tokenizer {'matches' if report['tokenizer_matches_training'] else 'DIFFERS from'} training")
+    where = report["directory"]
+    return f"exported to {where}: " + "; ".join([shape, params, *checks]) + " (details in its export.json)"
 
 
 def _inside(model: nn.Module, path: str) -> nn.Module:

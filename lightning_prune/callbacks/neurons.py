@@ -7,11 +7,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_prune._selection import find_model
+from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._lifecycle import Lifecycle
 from lightning_prune.callbacks._record import dump_writer
 from lightning_prune.callbacks._shrink import shrink_trained_
@@ -194,9 +194,10 @@ class NeuronPruning(Lifecycle):
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "target": target, "removed": removed}
         )
         self._publish()
-        rank_zero_info(
+        say(
+            trainer,
             f"NeuronPruning: step {trainer.global_step} (epoch {trainer.current_epoch}): {removed:.1%} of the "
-            f"feed-forward neurons removed (target {target}, final {self.schedule.end_sparsity()})"
+            f"feed-forward neurons removed (target {target}, final {self.schedule.end_sparsity()})",
         )
 
     def _publish(self) -> None:

@@ -8,12 +8,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_prune._selection import in_dim, reads_inputs, select_parameters
 from lightning_prune._shards import count_zeros, local
+from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._lifecycle import Lifecycle, steps_per_epoch
 from lightning_prune.callbacks._record import dump_masks, masks_in_state
 from lightning_prune.criteria import CRITERIA, get_criterion
@@ -224,14 +225,14 @@ class ScheduledPruning(Lifecycle):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         # through the module, so it shows in the progress bar and is in callback_metrics (ModelCheckpoint can
-        # monitor it); sparsity never falls within an epoch, so the epoch's value is its max
+        # monitor it); per step only, so the loggers get one series per metric (no *_step / *_epoch copies)
         prefix = self._prefix()
         metrics = {f"{prefix}/global": self._measured, f"{prefix}/target": self.sparsity}
-        pl_module.log_dict(metrics, on_step=True, on_epoch=True, reduce_fx="max", prog_bar=not self.name)
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=not self.name)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log(trainer)
+        self._log(trainer, step=max(0, trainer.global_step - 1))  # the epoch's last step: an event next logs at its own
 
     # ---- pruning -------------------------------------------------------------------------------------------
 
@@ -269,10 +270,11 @@ class ScheduledPruning(Lifecycle):
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "target": target, "sparsity": measured}
         )
         self._publish()
-        rank_zero_info(
+        say(
+            trainer,
             f"{self.name or 'ScheduledPruning'}: step {trainer.global_step} (epoch {trainer.current_epoch}): "
             f"sparsity {measured:.4f} of {total:,} weights in {len(self._params)} tensors (target {target:.4f}, "
-            f"final {self.schedule.end_sparsity()})"
+            f"final {self.schedule.end_sparsity()})",
         )
 
     @torch.no_grad()
@@ -290,9 +292,10 @@ class ScheduledPruning(Lifecycle):
     def _prefix(self) -> str:
         return f"sparsity/{self.name}" if self.name else "sparsity"
 
-    def _log(self, trainer: pl.Trainer, scores: Mapping[str, Tensor] | None = None) -> float:
+    def _log(self, trainer: pl.Trainer, scores: Mapping[str, Tensor] | None = None, step: int | None = None) -> float:
         """Measure the sparsity (one pass, one all-reduce under FSDP2) and send it with every layer's and the score
-        histograms to the loggers at this step; returns it."""
+        histograms to the loggers at ``step`` (default: this step); returns it."""
+        step = trainer.global_step if step is None else step
         zeros = count_zeros(
             {f: local(p) for f, p in self._params.items()}, [self.registry.layout(f) for f in self._params]
         )
@@ -302,12 +305,12 @@ class ScheduledPruning(Lifecycle):
         metrics = {f"{prefix}/global": measured, f"{prefix}/target": self.sparsity}
         metrics.update({f"{prefix}/layer/{f}": zeros[f] / p.numel() for f, p in self._params.items()})
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.log_metrics(metrics, step=step)
             if scores is not None and self.log_histograms and isinstance(logger, TensorBoardLogger):
                 for f, s in scores.items():
                     finite = s[torch.isfinite(s)]
                     if finite.numel():
-                        logger.experiment.add_histogram(f"scores/{f}", finite.cpu(), trainer.global_step)
+                        logger.experiment.add_histogram(f"scores/{f}", finite.cpu(), step)
         return measured
 
     # ---- checkpoint ----------------------------------------------------------------------------------------

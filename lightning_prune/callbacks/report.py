@@ -21,10 +21,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from lightning_prune._registry import registry_of
+from lightning_prune.callbacks._console import discard_unused_run, run_directory, say
 from lightning_prune.export import nonzero_report
 
 __all__ = ["PruningReport", "budget_of", "format_table", "greedy_continuation", "pruned_label"]
@@ -55,6 +56,13 @@ CHANGES = {"sparsity": "weights pruned", "neurons_removed": "neurons removed", "
 """What a writer's events record of the model, by key: a weight sparsity (``ScheduledPruning``), the fraction of
 feed-forward neurons removed (``NeuronPruning``) and the fraction of parameters removed by structure
 (``StructuredPruning``)."""
+
+COLUMNS = {
+    "sparsity": "sparsity (pruned weights)",
+    "neurons_removed": "neurons removed",
+    "params_removed": "parameters removed (structure)",
+}
+"""The final table's column header of each key of `CHANGES`."""
 
 
 def pruned_label(record: dict[str, float]) -> str:
@@ -174,7 +182,14 @@ class PruningReport(Callback):
 
     At the end of fitting it prints the table and the samples, and writes ``report.json`` and ``report.png``
     (validation loss, sparsity and neurons removed against the optimizer step; a pruning event is drawn at the step
-    it happened) into ``directory`` (default: the trainer's ``default_root_dir``).
+    it happened) into ``directory`` (default: the run's own folder, the logger's ``log_dir`` such as
+    ``runs/main/tensorboard/version_N``, else the trainer's ``default_root_dir``), so a second run never overwrites
+    the first's report. A run stopped before its first training step (refused at setup) leaves no empty version
+    folder behind. Every line it prints stays on screen above the progress bar.
+
+    The table compares only what was measured alike: wall time is left out of it (the reference run was timed in
+    another process, under another machine load) and stated below it for this run alone; a column of a change no
+    row has (neurons removed in a run that prunes weights only) is left out.
 
     Args:
         directory: where to write the JSON and the PNG.
@@ -198,6 +213,7 @@ class PruningReport(Callback):
         self._start = 0.0
         self._seconds = 0.0  # time of the run before a resume
         self._registry: Any = None
+        self._directory: Path | None = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -210,6 +226,15 @@ class PruningReport(Callback):
         self.records = [dict(r) for r in state_dict.get("records", [])]
         self.dense_sample = state_dict.get("dense_sample")
         self._seconds = float(state_dict.get("seconds", 0.0))
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # on every process: the folder is broadcast from process 0
+            self._directory = Path(self.directory) if self.directory else run_directory(trainer)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        discard_unused_run(trainer)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -254,10 +279,11 @@ class PruningReport(Callback):
         self.records.append(record)
         if pruned_label(record) == "dense":
             self.dense_sample = self._sample(trainer, pl_module)
-        rank_zero_info(  # a line per validation, also without a terminal's progress bar
+        say(  # a line per validation, kept on screen above the progress bar
+            trainer,
             f"epoch {record['epoch']} step {record['step']}: val loss {record['val_loss']:.4f}, val ppl "
             f"{record['val_ppl']:.3f}, sparsity {record['sparsity']:.1%}"
-            + "".join(f", {CHANGES[k]} {record[k]:.1%}" for k in ("neurons_removed", "params_removed") if record[k])
+            + "".join(f", {CHANGES[k]} {record[k]:.1%}" for k in ("neurons_removed", "params_removed") if record[k]),
         )
 
     def events(self, trainer: pl.Trainer | None) -> list[dict[str, Any]]:
@@ -361,7 +387,7 @@ class PruningReport(Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         summary = self.summary(trainer, pl_module)
-        directory = Path(self.directory or trainer.default_root_dir)
+        directory = self._directory or Path(self.directory or trainer.default_root_dir)
         directory.mkdir(parents=True, exist_ok=True)
         if self.records:
             summary["plot"] = {
@@ -369,8 +395,9 @@ class PruningReport(Callback):
                 for k, (xs, ys) in self._plot(directory / "report.png", summary).items()
             }
         (directory / "report.json").write_text(json.dumps(summary, indent=2))
-        rank_zero_info("\n" + self.text(summary))
-        rank_zero_info(f"report: {directory / 'report.json'}, {directory / 'report.png'}")
+        say(trainer, "\n" + self.text(summary))
+        written = [directory / "report.json", *([directory / "report.png"] if self.records else [])]
+        say(trainer, "report: " + ", ".join(map(str, written)))
 
     @classmethod
     def text(cls, summary: dict[str, Any]) -> str:
@@ -400,6 +427,7 @@ class PruningReport(Callback):
                     f"{before['step']}), before any pruning; it trained fewer steps than the final model "
                     f"(step {final['step']}), so it does not show what pruning cost."
                 )
+        lines.append(cls.timing(summary))
         samples = summary.get("samples")
         if samples:
             lines += ["", f"Greedy continuations of {samples['prompt']!r} ({samples['new_tokens']} tokens):"]
@@ -409,6 +437,19 @@ class PruningReport(Callback):
                     lines.append(f"  {label}:")
                     lines += ["    | " + line for line in (samples["prompt"] + text).split("\n")]
         return "\n".join(lines)
+
+    @staticmethod
+    def timing(summary: dict[str, Any]) -> str:
+        """The wall time of this run, outside the table: a reference run's time was measured in another process
+        under another machine load, so the two are never put side by side."""
+        where = summary.get("measured_with") or {}
+        line = (
+            f"Wall time of this run: {summary['seconds']:.0f} s (device {where.get('device')}, "
+            f"{where.get('threads')} threads)"
+        )
+        if summary["dense_same_budget"] is not None:
+            line += "; not compared with the reference run's, which was timed separately under another machine load"
+        return line + "."
 
     @staticmethod
     def _sample_labels(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -424,44 +465,26 @@ class PruningReport(Callback):
     @staticmethod
     def table(summary: dict[str, Any]) -> list[tuple[str, ...]]:
         """Rows of the final table (header first): the dense model before the first pruning (this run), the dense
-        model of the same budget (the reference run), then the final model labelled by what happened."""
-        header = ("model", "val ppl", "val loss", "sparsity (pruned weights)", "neurons removed", "non-zero params")
-        rows = [(*header, "time")]
+        model of the same budget (the reference run), then the final model labelled by what happened.
+
+        A column per change of `CHANGES` that some row has (the weight sparsity alone when none has any), and
+        no wall time: the runs were not timed side by side (see `text`)."""
         final, before, same = summary["final"], summary["dense_before_pruning"], summary["dense_same_budget"]
-        shown: list[tuple[str, dict[str, Any], str, str]] = []
+        shown: list[tuple[str, dict[str, Any], str]] = []
         if before is not None:
-            shown.append((f"dense, before first pruning (epoch {before['epoch']}, this run)", before, "", ""))
+            shown.append((f"dense, before first pruning (epoch {before['epoch']}, this run)", before, ""))
         if same is not None:
             count = f"{same['nonzero']:,} / {same['parameters']:,}" if same.get("nonzero") is not None else ""
-            seconds = f"{same['seconds']:.0f} s" if same.get("seconds") is not None else ""
             where = summary["reference"]["path"]
-            shown.append((f"dense, same budget (epoch {same['epoch']}, reference run {where})", same, count, seconds))
+            shown.append((f"dense, same budget (epoch {same['epoch']}, reference run {where})", same, count))
         if final is not None:
-            shown.append(
-                (
-                    f"{summary['final_label']} (epoch {final['epoch']}, this run)",
-                    final,
-                    f"{summary['nonzero']:,} / {summary['parameters']:,}",
-                    f"{summary['seconds']:.0f} s",
-                )
-            )
-        structure = any(r.get("params_removed", 0.0) > 0.0 for _, r, _, _ in shown)
-        if structure:
-            rows[0] = (*header[:5], "parameters removed (structure)", *header[5:], "time")
-        for label, r, count, seconds in shown:
-            removed = (f"{r.get('params_removed', 0.0):.1%}",) if structure else ()
-            rows.append(
-                (
-                    label,
-                    f"{r['val_ppl']:.3f}",
-                    f"{r['val_loss']:.4f}",
-                    f"{r['sparsity']:.1%}",
-                    f"{r.get('neurons_removed', 0.0):.1%}",
-                    *removed,
-                    count,
-                    seconds,
-                )
-            )
+            count = f"{summary['nonzero']:,} / {summary['parameters']:,}"
+            shown.append((f"{summary['final_label']} (epoch {final['epoch']}, this run)", final, count))
+        changes = [k for k in CHANGES if any(r.get(k, 0.0) > 0.0 for _, r, _ in shown)] or ["sparsity"]
+        rows = [("model", "val ppl", "val loss", *(COLUMNS[k] for k in changes), "non-zero params")]
+        for label, r, count in shown:
+            cells = (f"{r.get(k, 0.0):.1%}" for k in changes)
+            rows.append((label, f"{r['val_ppl']:.3f}", f"{r['val_loss']:.4f}", *cells, count))
         return rows
 
     @staticmethod

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks._lifecycle import Lifecycle
 from lightning_prune.callbacks._record import dump_writer
 from lightning_prune.callbacks._shrink import shrink_trained_
@@ -282,8 +283,10 @@ class StructuredPruning(Lifecycle):
         removed = self.removed()
         metrics = {"structure/params": float(now["params"]), "structure/flops": float(now["flops"])}
         metrics |= {f"structure/removed/{d}": v for d, v in removed.items()}
-        for name, value in metrics.items():
-            pl_module.log(name, value, on_step=True, on_epoch=False, rank_zero_only=True)
+        for name, value in metrics.items():  # callback_metrics (a checkpoint may monitor them), not the loggers
+            pl_module.log(name, value, on_step=True, on_epoch=False, rank_zero_only=True, logger=False)
+        for logger in trainer.loggers:  # one point at the step of the event, not at the next logging step
+            logger.log_metrics(metrics, step=trainer.global_step)
         params_removed = 1.0 - now["params"] / self.size.params(self.size.full)
         self.events.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "progress": progress, **now, **removed}
@@ -292,6 +295,13 @@ class StructuredPruning(Lifecycle):
         )
         self.seconds.append(time.perf_counter() - started)
         self._publish()
+        metric, dense = self.target.metric, self.size.size(self.size.full, self.target.metric)
+        say(
+            trainer,
+            f"StructuredPruning: step {trainer.global_step} (epoch {trainer.current_epoch}): {metric} {now[metric]:,} "
+            f"of {dense:,} (this event's goal {stop_at:,.0f}, final goal {self.goal:,.0f}); removed "
+            + ", ".join(f"{d} {v:.1%}" for d, v in removed.items()),
+        )
 
     def _measure(
         self, trainer: pl.Trainer, scores: dict[str, Any], stop_at: float, accepts: Any, start: Units
