@@ -55,7 +55,7 @@ def test_event_lines_are_written_above_the_tqdm_bar_and_stay_after_it(tmp_path, 
     _fit(callbacks, enable_progress_bar=True)
     starts = [line.split(":")[0] for line in written]
     assert "ScheduledPruning" in starts and "NeuronPruning" in starts
-    assert any(line.startswith(f"exported to {tmp_path / 'export'}: shape n_inner 32 → 24") for line in written)
+    assert any(line.startswith(f"exported to {tmp_path / 'export'}: n_inner 32 → 24") for line in written)
     assert starts.count("Distillation") == 2  # on at the start, off at the end with the KD term
     on, off = (line for line in written if line.startswith("Distillation"))
     assert on.startswith("Distillation: on from step 0 (epoch 0): loss = 0.5·loss + 0.5·KD (T=2)")
@@ -86,8 +86,8 @@ def test_the_export_prints_a_short_summary_and_keeps_the_detail_in_its_json(tmp_
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("exported to")]
     report = json.loads((tmp_path / "export.json").read_text())
     assert "n_inner 32 → 16" in line
-    assert f"parameters {report['parameters_before_shrink']:,} → {report['parameters']:,}" in line
-    assert "reload: max logit difference 0" in line and line.endswith("(details in its export.json)")
+    assert f"params {report['parameters_before_shrink']:,} → {report['parameters']:,}" in line
+    assert "reload exact (logits 0 apart, greedy same)" in line and line.endswith("; see export.json")
     assert len(line.replace(str(tmp_path), "")) < 160 and "[" not in line  # no index lists: they stay in export.json
     assert report["removed"]
 

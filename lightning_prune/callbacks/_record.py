@@ -64,7 +64,13 @@ def holds_masks(state: Any) -> bool:
     """Whether a callback state is in the writers' format (or an older ``ScheduledPruning`` one)."""
     if not isinstance(state, Mapping):
         return False
-    mine = "shapes" in state and isinstance(state.get("tensors"), Mapping)
+    tensors, shapes = state.get("tensors"), state.get("shapes")
+    mine = (
+        isinstance(tensors, Mapping)
+        and isinstance(shapes, Mapping)
+        and "packed" in state
+        and set(tensors) <= set(shapes)
+    )
     return mine or isinstance(state.get("masks"), Mapping) and all(torch.is_tensor(m) for m in state["masks"].values())
 
 
