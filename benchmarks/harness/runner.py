@@ -92,15 +92,15 @@ def parse(
     return cfg, args
 
 
-def pool(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int) -> Iterable[tuple[Any, Any]]:
-    """``(job, fn(job))`` as they finish: in this process one after the other (``workers`` ≤ 1), else ``workers``
-    at a time, each job in a fresh process (spawned, one job per process)."""
+def pool(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int, fresh: bool = False) -> Iterable[tuple]:
+    """``(job, fn(job))`` as they finish: in this process one after the other (``workers`` ≤ 1, not ``fresh``),
+    else ``workers`` at a time, each job in a fresh process (spawned, one job per process)."""
     jobs = list(jobs)
-    if workers <= 1:
+    if workers <= 1 and not fresh:
         yield from ((job, fn(job)) for job in jobs)
         return
     ctx = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as ex:
+    with futures.ProcessPoolExecutor(max(1, workers), mp_context=ctx, max_tasks_per_child=1) as ex:
         pending = {ex.submit(fn, job): job for job in jobs}
         for fut in futures.as_completed(pending):
             yield pending[fut], fut.result()
