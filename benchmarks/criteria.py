@@ -22,23 +22,26 @@ recovery fine-tune (same steps for every criterion):
 
 Activations come from the input of each block's ``mlp.c_proj`` on calibration batches drawn from the
 training split. Run: ``python -m benchmarks.criteria`` (about 15-20 minutes on 2 cores); writes
-``benchmarks/results/criteria.json`` and prints a markdown table.
+``benchmarks/results/criteria.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import GPT2LMHeadModel
 
-from benchmarks.harness import RESULTS, batches, byte_corpus, facts, gpt2, markdown_table, val_loss, write_json
+from benchmarks.harness import batches, byte_corpus, facts, gpt2, val_loss
+from benchmarks.harness.pretrain import cached, load
+from benchmarks.harness.pretrain import train_ as fit_
+from benchmarks.harness.runner import Runner, option, parse
 from lightning_prune.calibration import collect_activations, collect_taylor
 from lightning_prune.mutual_information import mean_abs_activation, redundant_neurons, weight_norm_scores
 from lightning_prune.structured import ffn_neuron_weights, ffn_output_modules, neuron_masks_from_scores, shrink_
@@ -51,38 +54,27 @@ SIZES = {  # name → (config kwargs, training steps, learning rate)
 }
 
 
-def train_(model: nn.Module, data: Tensor, steps: int, lr: float, args: argparse.Namespace, seed: int) -> None:
-    """AdamW with linear warm-up (10% of steps) and cosine decay to 10% of ``lr``."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
-    warm = max(1, steps // 10)
-    model.train()
-    for step, ids in enumerate(batches(data, steps, args.batch, args.seq, gen)):
-        scale = (step + 1) / warm if step < warm else 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warm) / steps))
-        for group in opt.param_groups:
-            group["lr"] = lr * scale
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    model.eval()
+def train_(model: nn.Module, data: Tensor, steps: int, lr: float, args: Any, seed: int) -> None:
+    """AdamW with linear warm-up (10% of steps) and cosine decay to 10% of ``lr``, on batches drawn with ``seed``."""
+    ids = batches(data, steps, args.batch, args.seq, torch.Generator().manual_seed(seed))
+    fit_(model, ids, steps, lr, 0.01, max(1, steps // 10), cosine=True, decay_all=True)
 
 
-def dense_model(name: str, train: Tensor, args: argparse.Namespace) -> tuple[GPT2LMHeadModel, bool]:
-    """(the dense model of size ``name``, whether it was loaded): from ``args.cache`` when saved there, else trained
-    from scratch (initialised with seed 0, batches drawn with seed 1) and saved there."""
+def dense_model(name: str, train: Tensor, args: Any) -> tuple[GPT2LMHeadModel, bool]:
+    """(the dense model of size ``name``, whether it was loaded): cached under ``args.cache``, else trained from
+    scratch (initialised with seed 0, batches drawn with seed 1)."""
     kwargs, steps, lr = SIZES[name]
     steps = args.steps or steps
-    cached = args.cache / f"{name}-steps{steps}-b{args.batch}-t{args.seq}" if args.cache else None
-    if cached is not None and cached.exists():
-        return GPT2LMHeadModel.from_pretrained(cached).eval(), True
-    torch.manual_seed(0)
-    dense = gpt2(n_positions=args.seq, **kwargs)
-    train_(dense, train, steps, lr, args, seed=1)
-    if cached is not None:
-        dense.save_pretrained(cached)
-    return dense, False
+
+    def fit() -> tuple[nn.Module, dict[str, Any]]:
+        torch.manual_seed(0)
+        dense = gpt2(n_positions=args.seq, **kwargs)
+        train_(dense, train, steps, lr, args, seed=1)
+        return dense, {"steps": steps}
+
+    key = {"size": name, "steps": steps, "batch": args.batch, "seq": args.seq, "source": args.source}
+    path, info = cached(args.cache, f"criteria-{name}", key, fit)
+    return load(gpt2(n_positions=args.seq, **kwargs), path).eval(), info["from_cache"]
 
 
 def criterion_masks(model: nn.Module, calib: list[Tensor], sparsity: float) -> dict[str, list[Tensor]]:
@@ -108,7 +100,7 @@ def criterion_masks(model: nn.Module, calib: list[Tensor], sparsity: float) -> d
     return masks
 
 
-def run_size(name: str, data: tuple[Tensor, Tensor], args: argparse.Namespace) -> list[dict]:
+def run_size(name: str, data: tuple[Tensor, Tensor], args: Any) -> list[dict]:
     lr = SIZES[name][2]
     steps = args.steps or SIZES[name][1]
     train, val_data = data
@@ -145,16 +137,6 @@ def run_size(name: str, data: tuple[Tensor, Tensor], args: argparse.Namespace) -
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    header = ("size (params)", "criterion", "dense val loss", "after removal", "after recovery")
-    cells = []
-    for r in sorted(rows, key=lambda r: (r["params_dense"], r["val_loss_after_removal"])):
-        rec = "—" if r["val_loss_after_recovery"] is None else f"{r['val_loss_after_recovery']:.3f}"
-        size = f"{r['size']} ({r['params_dense'] / 1e6:.2f}M → {r['params_pruned'] / 1e6:.2f}M)"
-        cells.append((size, r["criterion"], f"{r['dense_val_loss']:.3f}", f"{r['val_loss_after_removal']:.3f}", rec))
-    return markdown_table(header, cells)
-
-
 def criterion_spread(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per size: how much the choice of criterion matters, as the relative gap of the worst non-random criterion
     to the best (validation loss after removal and after recovery), and the best criterion's name."""
@@ -171,23 +153,25 @@ def criterion_spread(rows: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--steps", type=int, default=0, help="override the training steps of every size")
-    parser.add_argument("--source", choices=["kjv", "pydoc"], default="kjv", help="training text (bytes)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--sparsity", type=float, default=0.5, help="fraction of feed-forward neurons removed")
-    parser.add_argument("--calib-batches", type=int, default=8)
-    parser.add_argument("--val-batches", type=int, default=16)
-    parser.add_argument("--recovery-steps", type=int, default=25)
-    parser.add_argument("--cache", type=Path, default=None, help="folder to save/reuse the trained dense models")
-    parser.add_argument("--out", type=Path, default=RESULTS / "criteria.json")
-    args = parser.parse_args()
+@dataclass
+class Config:
+    threads: int = option(torch.get_num_threads(), help="torch.set_num_threads")
+    sizes: tuple[str, ...] = option(tuple(SIZES), choices=list(SIZES))
+    steps: int = option(0, help="override the training steps of every size")
+    source: str = option("kjv", choices=["kjv", "pydoc"], help="training text (bytes)")
+    batch: int = 8
+    seq: int = 128
+    sparsity: float = option(0.5, help="fraction of feed-forward neurons removed")
+    calib_batches: int = 8
+    val_batches: int = 16
+    recovery_steps: int = 25
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, cli = parse(Config, argv, __doc__, "criteria")
+    args.cache = cli.cache
     torch.set_num_threads(args.threads)
-    started = time.perf_counter()
+    runner = Runner(args, cli, lambda r: {})
     data = byte_corpus(args.source)
     rows = [r for size in args.sizes for r in run_size(size, data, args)]
     result = {
@@ -203,13 +187,10 @@ def main() -> None:
         },
         "rows": rows,
         "spread": criterion_spread(rows),
-        "seconds": time.perf_counter() - started,
+        "seconds": runner.seconds,
     }
-    write_json(args.out, result)
-    print(table(rows))
-    for size, entry in result["spread"].items():
-        print(f"{size}: criterion spread (worst/best - 1, random excluded) {json.dumps(entry)}")
-    print(f"wrote {args.out} in {result['seconds']:.0f} s")
+    print(json.dumps(result["spread"]))
+    runner.finish(result)
 
 
 if __name__ == "__main__":

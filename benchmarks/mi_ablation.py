@@ -29,23 +29,24 @@ output error ‖ΔY‖/‖Y − Ȳ‖ on held-out tokens, per compensation; and 
 k neurons of a layer, which shows why the kernel estimator cannot condition on a large kept set.
 
 Run: ``python -m benchmarks.mi_ablation --cache runs/criteria-cache`` (after ``criteria --cache`` the models
-load; about 15 minutes on 2 cores). Writes ``benchmarks/results/mi_ablation.json`` and prints markdown tables.
+load; about 15 minutes on 2 cores). Writes ``benchmarks/results/mi_ablation.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from benchmarks.criteria import SIZES, dense_model, train_
-from benchmarks.harness import RESULTS, batches, byte_corpus, facts, markdown_table, val_loss, write_json
+from benchmarks.harness import batches, byte_corpus, facts, val_loss
+from benchmarks.harness.runner import Runner, option, parse
 from lightning_prune.calibration import collect_activations, collect_taylor
 from lightning_prune.compensation import conditional_redundancy, refit_outputs
 from lightning_prune.mutual_information import (
@@ -166,7 +167,7 @@ def joint_entropy_curve(acts: Tensor, ks: tuple[int, ...] = (1, 2, 4, 8, 16, 64)
     return {"bits": out, "ceiling_bits": float(torch.log2(torch.tensor(float(a.shape[1]))))}
 
 
-def run_size(name: str, data: tuple[Tensor, Tensor], args: argparse.Namespace) -> dict:
+def run_size(name: str, data: tuple[Tensor, Tensor], args: Any) -> dict:
     lr = SIZES[name][2]
     train, val_data = data
     dense, _ = dense_model(name, train, args)
@@ -215,40 +216,26 @@ def run_size(name: str, data: tuple[Tensor, Tensor], args: argparse.Namespace) -
     }
 
 
-def table(name: str, result: dict, recovery: bool) -> str:
-    cols = [f"{h}/after_removal" for h in COMPENSATIONS] + (
-        [f"{h}/after_recovery" for h in COMPENSATIONS if h != "bias"] if recovery else []
-    )
-    header = ["variant", "removed |a| pct", *(c.replace("/after_", ", ") for c in cols), "block err none / refit"]
-    rows = [
-        [
-            r["variant"],
-            f"{r['removed_activation_percentile']:.0f}",
-            *(f"{r[c]:.3f}" for c in cols),
-            f"{r['none/block_error']:.2f} / {r['refit/block_error']:.2f}",
-        ]
-        for r in result["rows"]
-    ]
-    return f"{name} (dense {result['dense_val_loss']:.3f})\n" + markdown_table(header, rows)
+@dataclass
+class Config:
+    threads: int = torch.get_num_threads()
+    sizes: tuple[str, ...] = option(tuple(SIZES), choices=list(SIZES))
+    steps: int = option(1200, help="training steps of the dense models")
+    source: str = option("kjv", cli=False)  # the models of benchmarks.criteria, on KJV bytes
+    batch: int = 8
+    seq: int = 128
+    sparsity: float = 0.5
+    calib_batches: int = 8
+    val_batches: int = 16
+    recovery_steps: int = 25
+    only: tuple[str, ...] = option((), type=str, help="run only variants whose label contains one of these")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--steps", type=int, default=1200, help="training steps of the dense models")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--sparsity", type=float, default=0.5)
-    parser.add_argument("--calib-batches", type=int, default=8)
-    parser.add_argument("--val-batches", type=int, default=16)
-    parser.add_argument("--recovery-steps", type=int, default=25)
-    parser.add_argument("--only", nargs="*", default=None, help="run only variants whose label contains one of these")
-    parser.add_argument("--cache", type=Path, default=None, help="folder of criteria.py's trained dense models")
-    parser.add_argument("--out", type=Path, default=RESULTS / "mi_ablation.json")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args, cli = parse(Config, argv, __doc__, "mi_ablation")
+    args.cache = cli.cache
     torch.set_num_threads(args.threads)
-    started = time.perf_counter()
+    runner = Runner(args, cli, lambda r: {})
     data = byte_corpus("kjv")
     results = {size: run_size(size, data, args) for size in args.sizes}
     out = {
@@ -263,13 +250,11 @@ def main() -> None:
             **facts("torch_num_threads", "torch", "load_average_1_5_15min_at_end"),
         },
         "sizes": results,
-        "seconds": time.perf_counter() - started,
+        "seconds": runner.seconds,
     }
-    write_json(args.out, out)
     for size, result in results.items():
-        print(table(size, result, bool(args.recovery_steps)))
         print(f"{size} joint entropy of the first k neurons: {json.dumps(result['joint_entropy'])}")
-    print(f"wrote {args.out} in {out['seconds']:.0f} s")
+    runner.finish(out)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,7 @@ Memory:
   ``fit``): gradients, AdamW state, activations, callback state and temporaries. ``ru_maxrss`` is not used: on
   Linux it survives ``exec`` and would report the forking parent's size.
 
-Profile (:mod:`benchmarks.overhead_profile`; always measured and written to the JSON; printed when a configuration
-misses the step-time target):
+Profile (:mod:`benchmarks.overhead_profile`; always measured and written to the JSON):
 ``RunningStats.update`` and its parts (the finiteness check, |w|, |g|, dtype casts, EMA lerps) and the two
 mask-holding passes, each timed alone on the same model's tracked weights and gradients, as a share of the plain
 step; beside them, candidate replacement ops (same result on finite values) to show what a change would save.
@@ -45,19 +44,15 @@ shared with other jobs, two OpenMP threads per process oversubscribe the cores a
 several times slower and far noisier; one thread keeps the model and the callbacks' ops on the same footing.
 
 Run: ``python -m benchmarks.overhead`` (about 4-5 minutes on 2 cores), ``python -m benchmarks.overhead --quick``
-(about 30 s smoke run). Writes ``benchmarks/results/overhead.json`` and prints a markdown table.
+(about 30 s smoke run, written to a temp file). Writes ``benchmarks/results/overhead.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import statistics
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,23 +60,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader
 
-from benchmarks.harness import (
-    RESULTS,
-    ROOT,
-    GPT2Module,
-    facts,
-    gpt2,
-    markdown_table,
-    quiet,
-    random_ids_loader,
-    trainer,
-    write_json,
-)
-from benchmarks.lockstep import StepTimer
-from benchmarks.lockstep import lockstep_round as lockstep
-from benchmarks.overhead_profile import profile_table, profile_update
+from benchmarks.harness import GPT2Module, facts, gpt2, quiet, random_ids_loader, trainer
+from benchmarks.harness.runner import Runner, option, parse, pool
+from benchmarks.harness.timing import lockstep
+from benchmarks.overhead_profile import profile_update
 from lightning_prune import AtSteps, ImportanceTracking, ScheduledPruning
 
 __all__ = ["Shape", "main"]
@@ -102,28 +85,22 @@ class Shape:
     seq: int = 128  # tokens per sequence
 
 
-# ---- the model and the data ----------------------------------------------------------------------------------
+@dataclass
+class Config:
+    threads: int = option(1, help="torch.set_num_threads in every process (see above)")
+    rounds: int = option(4, quick=1, help="lockstep rounds")
+    steps: int = option(40, quick=14, help="optimizer steps per fit")
+    warmup: int = option(6, help="steps discarded at the start of every fit")
+    memory_steps: int = option(10, quick=8, help="steps per memory subprocess")
+    profile_repeats: int = option(30, quick=5, help="repeats per profiled op")
+    shape: str = option("", help="Shape as JSON, e.g. '{\"n_embd\": 128}'")
 
 
 def lm(shape: Shape) -> GPT2Module:
     """A GPT-2 of ``shape`` from a config (random weights), trained by AdamW (lr 1e-3)."""
-    return GPT2Module(
-        gpt2(
-            n_layer=shape.n_layer,
-            n_embd=shape.n_embd,
-            n_head=shape.n_head,
-            vocab_size=shape.vocab_size,
-            n_positions=shape.n_positions,
-        )
-    )
+    kw = {k: getattr(shape, k) for k in ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions")}
+    return GPT2Module(gpt2(**kw))
 
-
-def loader(shape: Shape, steps: int, seed: int) -> DataLoader:
-    """``steps`` batches of random token ids, (B, T) each."""
-    return random_ids_loader(shape.vocab_size, steps, shape.batch, shape.seq, seed)
-
-
-# ---- configurations ------------------------------------------------------------------------------------------
 
 CONFIGS: dict[str, Callable[[], list[Callback]]] = {
     "plain": lambda: [],
@@ -136,27 +113,13 @@ CONFIGS: dict[str, Callable[[], list[Callback]]] = {
 }
 
 
-def fit_once(
-    config: str, shape: Shape, steps: int, timer: Callback, seed: int = 0
-) -> tuple[list[Callback], GPT2Module]:
-    """Train a fresh model (same seed for every config) for ``steps`` optimizer steps under ``config``."""
+def fit_once(config: str, shape: Shape, steps: int, timer: Callback, seed: int = 0) -> dict[str, int]:
+    """Train a fresh model (same seed for every config) for ``steps`` steps under ``config``; its state bytes."""
     torch.manual_seed(seed)
-    module, data, callbacks = lm(shape), loader(shape, steps, seed), CONFIGS[config]()
+    module, callbacks = lm(shape), CONFIGS[config]()
+    data = random_ids_loader(shape.vocab_size, steps, shape.batch, shape.seq, seed)
     trainer(max_steps=steps, callbacks=[timer, *callbacks]).fit(module, data)
-    return callbacks, module
-
-
-# ---- step time, interleaved step by step ---------------------------------------------------------------------
-
-
-def lockstep_round(order: list[str], shape: Shape, steps: int, seed: int) -> dict[str, tuple[StepTimer, dict]]:
-    """Train every config in its own thread, the threads taking turns step by step in ``order``; with each config's
-    tracker and mask bytes."""
-
-    def fit(name: str, timer: StepTimer) -> dict[str, int]:
-        return state_bytes(*fit_once(name, shape, steps, timer, seed))
-
-    return lockstep(order, fit)
+    return state_bytes(callbacks, module)
 
 
 def time_interleaved(shape: Shape, rounds: int, steps: int, warmup: int) -> dict[str, Any]:
@@ -167,10 +130,10 @@ def time_interleaved(shape: Shape, rounds: int, steps: int, warmup: int) -> dict
     paired: dict[str, list[float]] = {n: [] for n in names}  # step k of a config / step k of plain, same cycle
     per_round: dict[str, list[float]] = {n: [] for n in names}  # median step of each round
     state: dict[str, dict[str, int]] = {}
-    lockstep_round(["plain"], shape, warmup, seed=0)  # untimed: first-call costs of the process (lazy init)
+    lockstep(["plain"], lambda n, t: fit_once(n, shape, warmup, t))  # untimed: first-call costs of the process
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]  # rotate the order every round
-        done = lockstep_round(order, shape, steps, seed=r)
+        done = lockstep(order, lambda n, t, r=r: fit_once(n, shape, steps, t, seed=r))
         plain = done["plain"][0].seconds[warmup:]
         for name, (timer, st) in done.items():
             kept = timer.seconds[warmup:]
@@ -179,9 +142,7 @@ def time_interleaved(shape: Shape, rounds: int, steps: int, warmup: int) -> dict
             paired[name] += [a / b for a, b in zip(kept, plain)]
             per_round[name].append(statistics.median(kept))
             state[name] = st
-        print(
-            f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {1e3 * per_round[n][-1]:.0f} ms" for n in names), flush=True
-        )
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {1e3 * per_round[n][-1]:.0f} ms" for n in names))
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "paired": paired, "per_round": per_round, "state": state}
 
 
@@ -198,66 +159,34 @@ def state_bytes(callbacks: list[Callback], module: GPT2Module) -> dict[str, int]
     return out
 
 
-# ---- peak process memory, one fresh subprocess per config ----------------------------------------------------
+# ---- peak process memory, one fresh process per config ------------------------------------------------------
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process now (Linux /proc/self/statm)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set of this process's address space (``VmHWM`` of /proc/self/status).
-
-    Not ``ru_maxrss``: on Linux it survives ``exec``, so a subprocess forked from a large parent reports at least
-    the parent's resident set.
-    """
-    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:"))
+def _status(key: str) -> int:
+    """A size of /proc/self/status in bytes: ``VmHWM`` (the peak resident set; not ``ru_maxrss``, which on Linux
+    survives ``exec``), ``VmRSS``."""
+    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith(key + ":"))
     return int(line.split()[1]) * 1024  # kB
 
 
-def memory_child(config: str, shape: Shape, steps: int) -> dict[str, int]:
-    """Run in a fresh process: peak RSS of the process and its growth during ``fit`` (all in bytes)."""
+def memory_child(job: dict[str, Any]) -> dict[str, int]:
+    """In a fresh process: peak RSS of the process and its growth during ``fit`` (all in bytes)."""
+    torch.set_num_threads(job["threads"])
+    quiet(all_warnings=True)
+    shape, steps = Shape(**job["shape"]), job["steps"]
     torch.manual_seed(0)
-    module, data = lm(shape), loader(shape, steps, 0)
-    fit = trainer(max_steps=steps, callbacks=CONFIGS[config]())
-    before = rss_bytes()
+    module, data = lm(shape), random_ids_loader(shape.vocab_size, steps, shape.batch, shape.seq, 0)
+    fit = trainer(max_steps=steps, callbacks=CONFIGS[job["config"]]())
+    before = _status("VmRSS")
     fit.fit(module, data)
-    peak = peak_rss_bytes()
+    peak = _status("VmHWM")
     return {"peak_rss": peak, "rss_before_fit": before, "fit_growth": peak - before}
 
 
 def measure_memory(shape: Shape, steps: int, threads: int) -> dict[str, dict[str, int]]:
-    """One fresh subprocess per config (a process's peak never decreases), all at once: each reads its own peak."""
-    procs = {
-        name: subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.overhead",
-                "--memory-child",
-                name,
-                "--memory-steps",
-                str(steps),
-                "--threads",
-                str(threads),
-                "--shape",
-                json.dumps(asdict(shape)),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for name in CONFIGS
-    }
-    out = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate()
-        if proc.returncode:
-            raise RuntimeError(f"memory subprocess for {name!r} failed:\n{stderr[-2000:]}")
-        out[name] = json.loads(stdout.strip().splitlines()[-1])
-    return out
+    """One fresh process per config (a process's peak never decreases), all at once: each reads its own peak."""
+    jobs = [{"config": n, "shape": asdict(shape), "steps": steps, "threads": threads} for n in CONFIGS]
+    return {job["config"]: row for job, row in pool(memory_child, jobs, len(jobs))}
 
 
 # ---- report ----------------------------------------------------------------------------------------------------
@@ -300,89 +229,22 @@ def summarize(timing: dict[str, Any], memory: dict[str, dict[str, int]]) -> list
     return rows
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    mib = 2**20
-    header = [
-        "config",
-        "median step ms",
-        "IQR ms (q1–q3)",
-        f"ratio vs plain (target ≤ {TARGET_STEP_RATIO})",
-        "paired step ratio median (q1–q3)",
-        "ratio range over rounds",
-        "CPU-time ratio vs plain",
-        "tracker bytes / weight bytes (target ≤ 2 fp32, ≤ 1 bf16)",
-        "mask bytes / weight bytes",
-        "peak RSS MiB",
-        "RSS growth in fit MiB",
-    ]
-    cells = []
-    for r in rows:
-        lo, hi = r["ratio_per_round_min_max"]
-        pq1, pq3 = r["paired_ratio_q1_q3"]
-        memory = [f"{r['memory_peak_rss'] / mib:.0f}", f"{r['memory_fit_growth'] / mib:.0f}"]
-        cells.append(
-            [
-                r["config"],
-                f"{r['median_ms']:.1f}",
-                f"{r['iqr_ms']:.1f} ({r['q1_ms']:.1f}–{r['q3_ms']:.1f})",
-                f"{r['ratio_vs_plain']:.3f}",
-                f"{r['paired_ratio_median']:.3f} ({pq1:.3f}–{pq3:.3f})",
-                f"{lo:.3f}–{hi:.3f}",
-                f"{r['cpu_ratio_vs_plain']:.3f}",
-                f"{r['tracker_over_weights']:.2f}",
-                f"{r['masks_over_weights']:.2f}",
-                *(memory if "memory_peak_rss" in r else ["–", "–"]),
-            ]
-        )
-    return markdown_table(header, cells)
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="~30 s smoke run (1 round, short fits)")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every process (see above)")
-    parser.add_argument("--rounds", type=int, default=None, help="lockstep rounds (default 4, quick 1)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per fit (default 40, quick 14)")
-    parser.add_argument("--warmup", type=int, default=6, help="steps discarded at the start of every fit")
-    parser.add_argument("--memory-steps", type=int, default=None, help="steps per memory subprocess (10, quick 8)")
-    parser.add_argument("--profile-repeats", type=int, default=None, help="repeats per profiled op (30, quick 5)")
-    parser.add_argument("--shape", type=str, default=None, help="Shape as JSON, e.g. '{\"n_embd\": 128}'")
-    parser.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
-    parser.add_argument("--memory-child", type=str, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    defaults = {"rounds": (4, 1), "steps": (40, 14), "memory_steps": (10, 8), "profile_repeats": (30, 5)}
-    for k, (full, quick) in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, quick if args.quick else full)
-    if args.warmup <= PRUNE_AT or args.steps <= args.warmup:
-        raise ValueError(
-            f"need {PRUNE_AT} < warmup < steps (pruning event before measuring), got "
-            f"warmup={args.warmup}, steps={args.steps}."
-        )
-    if args.memory_steps <= PRUNE_AT + 1:
-        raise ValueError(
-            f"need memory-steps > {PRUNE_AT + 1} (steps with masks held after the pruning event at step "
-            f"{PRUNE_AT}), got {args.memory_steps}."
-        )
-    return args
-
-
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    cfg, args = parse(Config, argv, __doc__, "overhead")
+    if cfg.warmup <= PRUNE_AT or cfg.steps <= cfg.warmup or cfg.memory_steps <= PRUNE_AT + 1:
+        raise ValueError(f"need {PRUNE_AT} < warmup < steps (pruning before measuring) and memory-steps > "
+                         f"{PRUNE_AT + 1}, got {cfg}.")  # fmt: skip
     quiet(all_warnings=True)
-    torch.set_num_threads(args.threads)
-    shape = Shape(**json.loads(args.shape)) if args.shape else Shape()
-    if args.memory_child:
-        print(json.dumps(memory_child(args.memory_child, shape, args.memory_steps)))
-        return
-    started, load_start = time.perf_counter(), os.getloadavg()
-    timing = time_interleaved(shape, args.rounds, args.steps, args.warmup)
-    memory = measure_memory(shape, args.memory_steps, args.threads)
+    torch.set_num_threads(cfg.threads)
+    shape = Shape(**json.loads(cfg.shape)) if cfg.shape else Shape()
+    load_start = os.getloadavg()
+    runner = Runner(cfg, args, lambda r: {})
+    timing = time_interleaved(shape, cfg.rounds, cfg.steps, cfg.warmup)
+    memory = measure_memory(shape, cfg.memory_steps, cfg.threads)
     torch.manual_seed(0)
-    module = lm(shape)
-    profile = profile_update(module, torch.randint(0, shape.vocab_size, (shape.batch, shape.seq)), args.profile_repeats)
+    ids = torch.randint(0, shape.vocab_size, (shape.batch, shape.seq))
+    profile = profile_update(lm(shape), ids, cfg.profile_repeats)
     rows = summarize(timing, memory)
-    plain_ms = rows[0]["median_ms"]
     missed = [r["config"] for r in rows if r["ratio_vs_plain"] > TARGET_STEP_RATIO]
     result = {
         "conditions": {
@@ -393,9 +255,9 @@ def main() -> None:
             "model": {"class": "GPT2LMHeadModel", **asdict(shape)},
             "parameters": sum(p.numel() for p in lm(shape).parameters()),
             "optimizer": "AdamW(lr=1e-3), float32",
-            "rounds": args.rounds,
-            "steps_per_fit": args.steps,
-            "warmup_steps_discarded_per_fit": args.warmup,
+            "rounds": cfg.rounds,
+            "steps_per_fit": cfg.steps,
+            "warmup_steps_discarded_per_fit": cfg.warmup,
             "pruning": f"ScheduledPruning(AtSteps({{{PRUNE_AT}: 0.5}}), 'running_magnitude'), measured after it",
             "timing": "one Trainer.fit per config per round, each in its own thread, the threads taking turns "
             "step by step (order rotated each round); perf_counter from on_train_batch_start to "
@@ -410,23 +272,13 @@ def main() -> None:
         "missed_step_target": missed,
         "raw_step_seconds": timing["seconds"],
         "raw_step_cpu_seconds": timing["cpu_seconds"],
-        "seconds": time.perf_counter() - started,
+        "seconds": runner.seconds,
     }
-    write_json(args.out, result)
-    print(
-        f"\n{result['conditions']['cpu']}, torch {torch.__version__}, torch.set_num_threads({args.threads}); "
-        f"GPT-2 {shape.n_layer}×{shape.n_embd} ({result['conditions']['parameters'] / 1e6:.2f}M params), "
-        f"batch {shape.batch}×{shape.seq}; {args.rounds} rounds × {args.steps} steps, first {args.warmup} of each "
-        "fit discarded\n"
-    )
-    print(table(rows))
+    for r in rows:
+        print(f"{r['config']}: step ratio {r['ratio_vs_plain']:.3f}, tracker/weights {r['tracker_over_weights']:.2f}")
     if missed:
-        print(
-            f"\nmissed the step-time target ≤ {TARGET_STEP_RATIO}: {missed}; where the time goes "
-            f"(each part alone, the parts taking turns, median of {args.profile_repeats}):\n"
-        )
-        print(profile_table(profile, plain_ms))
-    print(f"\nwrote {args.out} in {result['seconds']:.0f} s")
+        print(f"missed the step-time target ≤ {TARGET_STEP_RATIO}: {missed}; profile in the JSON (profile_ms)")
+    runner.finish(result)
 
 
 if __name__ == "__main__":

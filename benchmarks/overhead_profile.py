@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,12 +13,13 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from benchmarks.harness.timing import take_turns
 from lightning_prune._registry import registry_of
 from lightning_prune._selection import select_parameters
 from lightning_prune.masks import all_finite
 from lightning_prune.trackers import RunningStats
 
-__all__ = ["profile_table", "profile_update"]
+__all__ = ["profile_update"]
 
 
 Parts = dict[str, dict[str, Callable[[], object]]]  # group -> part -> callable
@@ -27,15 +27,8 @@ Parts = dict[str, dict[str, Callable[[], object]]]  # group -> part -> callable
 
 def time_round_robin(parts: Parts, repeats: int) -> dict[str, dict[str, float]]:
     """Median milliseconds of every callable; the callables take turns within every repeat, like the configs."""
-    flat = [(g, k, fn) for g, per in parts.items() for k, fn in per.items()]
-    times: dict[tuple[str, str], list[float]] = {(g, k): [] for g, k, _ in flat}
-    for *_, fn in flat:
-        fn()  # warm-up
-    for _ in range(repeats):
-        for g, k, fn in flat:
-            t0 = time.perf_counter()
-            fn()
-            times[g, k].append(time.perf_counter() - t0)
+    flat = {(g, k): fn for g, per in parts.items() for k, fn in per.items()}
+    times = take_turns(flat, repeats, warmup=1)[0]
     return {g: {k: 1e3 * statistics.median(times[g, k]) for k in per} for g, per in parts.items()}
 
 
@@ -136,17 +129,3 @@ def candidate_parts(gs: list[Tensor], pruned: list[Tensor]) -> dict[str, Callabl
 def _lerp(state: list[Tensor], values: list[Tensor], dtype: torch.dtype) -> None:
     values = [v.to(dtype) for v in values] if values[0].dtype != dtype else values
     torch._foreach_lerp_(state, values, 0.01)
-
-
-def profile_table(profile: dict[str, Any], plain_ms: float) -> str:
-    """The profile as a markdown table, each part also as a share of the plain step."""
-    lines = ["| part | ms | % of plain step |", "|---|---|---|"]
-    for group, parts in profile.items():
-        if group in ("ops", "tracked_numel"):
-            continue
-        for k, v in parts.items():
-            lines.append(f"| {group}: {k} | {v:.2f} | {100 * v / plain_ms:.1f}% |")
-    for what, ops in profile["ops"].items():
-        split = ", ".join(f"{op} {ms:.2f}" for op, ms in ops.items())
-        lines.append(f"| torch.profiler, {what}: self CPU ms per call | {split} | |")
-    return "\n".join(lines)

@@ -34,12 +34,9 @@ Run: ``python -m benchmarks.quality`` (about an hour on 2 shared cores, one thre
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +49,6 @@ from typing_extensions import override
 from benchmarks.harness import (
     MP_BEST,
     MP_LTH,
-    RESULTS,
     Distilled,
     TinyGPT,
     epoch_trainer,
@@ -60,22 +56,18 @@ from benchmarks.harness import (
     measured_sparsity,
     model_pruning,
     perplexity,
+    pyplot,
     quiet,
-    reusable,
     seed_all,
     text_module,
-    write_json,
 )
-from benchmarks.quality_summary import add_ratios, goals, plot, table
+from benchmarks.harness.runner import Runner, as_dict, config_of, key_of, keyed, option, parse
 from lightning_prune import AtEpochs, Cubic, ImportanceTracking, Schedule, ScheduledPruning
 from lightning_prune._selection import select_parameters
-from lightning_prune.data import TextDataModule
 from lightning_prune.lm import CausalLM
 
 __all__ = ["Config", "main", "run", "schedule_points"]
 
-CRITERIA = ("running_magnitude", "magnitude", "taylor", "movement", "time_weighted")
-TARGETS = (0.5, 0.7, 0.9)
 # other settings of ours, outside the same-schedule comparison (``--variants``): candidates to close a gap
 VARIANTS = {
     "cubic-steps": "Cubic(unit='step', every=10) over the same window: from the first pruning epoch's first step to "
@@ -84,70 +76,62 @@ VARIANTS = {
     "distill": "the same schedule, and the loss mixed 50/50 with distillation (KL at temperature 2) from the dense "
     "model trained with the same budget; not the same budget: the teacher's training and forward passes come on top",
 }
+# targets to compare against: ratio of val perplexity to dense at each sparsity; at 90% the gap to dense must be
+# at least 20% smaller than ModelPruning-best's
+GOAL_RATIO = {0.5: 1.00, 0.7: 1.05}
+GOAL_GAP_REDUCTION = 0.2
 
 
 @dataclass
 class Config:
-    n_layer: int = 3  # transformer blocks
-    n_embd: int = 48  # model width (pilot: 48 makes ModelPruning-best lose >10% at 90% in 1000 steps)
-    n_head: int = 4  # attention heads
-    block_size: int = 64  # tokens (bytes) per example, also the model's context
-    batch_size: int = 32  # examples per optimizer step
-    epochs: int = 10  # short "epochs" of `epoch_batches` batches (ModelPruning acts only at epoch ends)
-    epoch_batches: int = 100  # optimizer steps per epoch
-    prune_epochs: tuple[int, ...] = (3, 4, 5)  # ours prunes at the start of these; ModelPruning at the end of e-1
-    lr: float = 3e-3  # AdamW peak learning rate (CausalLM: linear warm-up, cosine to 10%)
-    warmup_steps: int = 100  # linear warm-up
-    weight_decay: float = 0.1  # AdamW, on matrices only
-    seed: int = 0  # model initialisation and data order
-    source: str = "kjv"  # corpus of lightning_prune.data
-    max_tokens: int | None = None  # cap on training tokens (None: the whole training split)
-    val_tokens: int | None = None  # cap on validation tokens (None: the whole validation split)
-    curve_tokens: int = 16384  # validation tokens for the per-epoch curve
-    threads: int = 1  # torch.set_num_threads
-    criteria: tuple[str, ...] = CRITERIA  # our criteria to run
-    targets: tuple[float, ...] = TARGETS  # final sparsities
-    methods: tuple[str, ...] = ("dense", "lth", "nolth", "ours")  # which families of runs
-    variants: tuple[str, ...] = ()  # names from VARIANTS, run after the same-schedule comparison
+    n_layer: int = option(3, quick=1, key="run")  # transformer blocks
+    n_embd: int = option(48, quick=32, key="run")  # width (pilot: 48 makes ModelPruning-best lose >10% at 90%)
+    n_head: int = option(4, quick=2, key="run")  # attention heads
+    block_size: int = option(64, key="run")  # tokens (bytes) per example, also the model's context
+    batch_size: int = option(32, quick=8, key="run")  # examples per optimizer step
+    epochs: int = option(10, quick=5, key="run", help="number of epochs (pruning epochs stay as configured)")
+    epoch_batches: int = option(100, quick=6, key="run")  # optimizer steps per epoch (ModelPruning: epoch ends)
+    prune_epochs: tuple[int, ...] = option((3, 4, 5), quick=(1, 2, 3), key="run", help="ours prunes at their start")
+    lr: float = option(3e-3, key="run")  # AdamW peak learning rate (CausalLM: linear warm-up, cosine to 10%)
+    warmup_steps: int = option(100, quick=5, key="run")  # linear warm-up
+    weight_decay: float = option(0.1, key="run")  # AdamW, on matrices only
+    seed: int = option(0, key="run")  # model initialisation and data order
+    source: str = option("kjv", key="run")  # corpus of lightning_prune.data
+    max_tokens: int | None = option(None, quick=200_000, key="run", type=int)  # cap on training tokens
+    val_tokens: int | None = option(None, quick=16_384, key="run", type=int)  # cap on validation tokens
+    curve_tokens: int = option(16384, quick=2048, key="run")  # validation tokens for the per-epoch curve
+    threads: int = option(1, key="run", help="torch.set_num_threads")
+    criteria: tuple[str, ...] = ("running_magnitude", "magnitude", "taylor", "movement", "time_weighted")
+    targets: tuple[float, ...] = (0.5, 0.7, 0.9)  # final sparsities
+    methods: tuple[str, ...] = option(("dense", "lth", "nolth", "ours"), choices=["dense", "lth", "nolth", "ours"])
+    variants: tuple[str, ...] = option((), choices=list(VARIANTS), type=str)  # run after the comparison
     variant_criteria: tuple[str, ...] = ("running_magnitude",)  # criteria of the variant runs
-    extra: dict[str, Any] = field(default_factory=dict)  # notes written to the JSON
+    extra: dict[str, Any] = option({})  # notes written to the JSON
 
     @property
     def steps(self) -> int:
         return self.epochs * self.epoch_batches
 
 
-QUICK = dict(
-    n_layer=1,
-    n_embd=32,
-    n_head=2,
-    batch_size=8,
-    epochs=5,
-    epoch_batches=6,
-    prune_epochs=(1, 2, 3),
-    warmup_steps=5,
-    max_tokens=200_000,
-    val_tokens=16_384,
-    curve_tokens=2048,
-)
+def data(cfg: Config) -> Any:
+    return text_module(source=cfg.source, block_size=cfg.block_size, batch_size=cfg.batch_size, seed=cfg.seed,
+                       max_tokens=cfg.max_tokens, max_val_tokens=cfg.val_tokens)  # fmt: skip
 
 
-# ---- one run ---------------------------------------------------------------------------------------------------
-
-
-def make_lm(cfg: Config, vocab_size: int) -> CausalLM:
-    """The same initial weights for every run (seeded)."""
+def make_lm(cfg: Config, vocab_size: int, teacher: nn.Module | None = None) -> CausalLM:
+    """The same initial weights for every run (seeded); with ``teacher``, distilled from it."""
     torch.manual_seed(cfg.seed)
     model = TinyGPT(vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size)
-    return CausalLM(model=model, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
+    kwargs = dict(model=model, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
+    return Distilled(teacher, **kwargs) if teacher is not None else CausalLM(**kwargs)
 
 
 _TEACHERS: dict[str, nn.Module] = {}
 
 
-def dense_teacher(cfg: Config, dm: TextDataModule) -> nn.Module:
+def dense_teacher(cfg: Config, dm: Any) -> nn.Module:
     """The dense model trained with the benchmark's budget (trained once per process, then reused)."""
-    key = json.dumps([asdict(cfg).get(f) for f in RUN_FIELDS])
+    key = key_of(keyed(cfg, "run"))
     if key not in _TEACHERS:
         lm = make_lm(cfg, dm.vocab_size)
         seed_all(cfg.seed)
@@ -166,12 +150,17 @@ class Curve(Callback):
     """Validation perplexity on the first few held-out blocks at every epoch end (after ModelPruning's pruning)."""
 
     def __init__(self, blocks: Tensor) -> None:
-        self.blocks = blocks
-        self.ppl: list[float] = []
+        self.blocks, self.ppl = blocks, []
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.ppl.append(perplexity(pl_module.model, self.blocks))
+
+
+def parse_ours(method: str) -> tuple[str | None, str]:
+    """``"ours: taylor"`` → (None, "taylor"); ``"ours [layer]: taylor"`` → ("layer", "taylor")."""
+    head, _, criterion = method.partition(": ")
+    return (head[len("ours [") : -1] if head.startswith("ours [") else None), criterion
 
 
 def pruning_callbacks(method: str, target: float, cfg: Config, lm: CausalLM) -> list[Callback]:
@@ -190,27 +179,11 @@ def pruning_callbacks(method: str, target: float, cfg: Config, lm: CausalLM) -> 
     return [ImportanceTracking(), ScheduledPruning(schedule, criterion=criterion, scope=scope, log_histograms=False)]
 
 
-def parse_ours(method: str) -> tuple[str | None, str]:
-    """``"ours: taylor"`` → (None, "taylor"); ``"ours [layer]: taylor"`` → ("layer", "taylor")."""
-    head, _, criterion = method.partition(": ")
-    variant = head[len("ours [") : -1] if head.startswith("ours [") else None
-    return variant, criterion
-
-
-def run(method: str, target: float, cfg: Config, dm: TextDataModule) -> dict[str, Any]:
+def run(job: dict[str, Any]) -> dict[str, Any]:
     """Train one model under ``method`` to ``target`` sparsity; return its figures."""
-    t0 = time.perf_counter()
-    lm = make_lm(cfg, dm.vocab_size)
-    if method.startswith("ours [distill]"):
-        teacher = dense_teacher(cfg, dm)
-        torch.manual_seed(cfg.seed)  # the same initial weights as every other run
-        lm = Distilled(
-            teacher,
-            model=TinyGPT(dm.vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size),
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            warmup_steps=cfg.warmup_steps,
-        )
+    cfg, method, target = config_of(Config, job["cfg"]), job["method"], job["target"]
+    t0, dm = time.perf_counter(), data(cfg)
+    lm = make_lm(cfg, dm.vocab_size, dense_teacher(cfg, dm) if method.startswith("ours [distill]") else None)
     fqns = list(select_parameters(lm))
     curve = Curve(dm.val_dataset.blocks[: max(1, cfg.curve_tokens // cfg.block_size)])
     callbacks = [*pruning_callbacks(method, target, cfg, lm), curve]
@@ -220,101 +193,126 @@ def run(method: str, target: float, cfg: Config, dm: TextDataModule) -> dict[str
     if fit.global_step != cfg.steps:
         raise RuntimeError(f"{method}: ran {fit.global_step} steps, expected {cfg.steps} (too few batches?).")
     sparsity, per_layer = measured_sparsity(lm, fqns)
-    val_blocks = dm.val_dataset.blocks
-    row = {
-        "method": method,
-        "target": target if method != "dense" else 0.0,
-        "schedule": schedule_points(target, cfg.prune_epochs) if method != "dense" else {},
-        "variant": parse_ours(method)[0] if method.startswith("ours") else None,
-        "val_ppl": perplexity(lm.model, val_blocks),
-        "sparsity": sparsity,
-        "sparsity_per_layer": per_layer,
-        "curve_ppl": curve.ppl,
-        "steps": fit.global_step,
-        "seconds": time.perf_counter() - t0,
-    }
+    dense = method == "dense"
+    row = {"method": method, "target": 0.0 if dense else target}
+    row["schedule"] = {} if dense else schedule_points(target, cfg.prune_epochs)
+    row["variant"] = parse_ours(method)[0] if method.startswith("ours") else None
+    row |= {"val_ppl": perplexity(lm.model, dm.val_dataset.blocks), "sparsity": sparsity}
+    row |= {"sparsity_per_layer": per_layer, "curve_ppl": curve.ppl, "steps": fit.global_step}
+    row["seconds"] = time.perf_counter() - t0
     events = [cb.events for cb in callbacks if isinstance(cb, ScheduledPruning)]
     if events:
         row["events"] = events[0]
-    print(
-        f"{method:32s} target {row['target']:.2f}: val ppl {row['val_ppl']:.4f}, sparsity {sparsity:.4f}, "
-        f"{row['seconds']:.0f} s",
-        flush=True,
-    )
     return row
+
+
+# ---- summary ---------------------------------------------------------------------------------------------------
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> float | None:
+    """Set every row's ``ratio_to_dense`` (its perplexity over the dense run's); return the dense perplexity."""
+    dense = next((r["val_ppl"] for r in rows if r["method"] == "dense"), None)
+    for r in rows:
+        r["ratio_to_dense"] = r["val_ppl"] / dense if dense else None
+    return dense
+
+
+def goals(rows: list[dict[str, Any]], dense: float | None, targets: tuple[float, ...]) -> dict[str, Any]:
+    """Which of the targets to compare against are met, per criterion of ours (and by the best of ours)."""
+    if dense is None:
+        return {}
+    by = {(r["method"], r["target"]): r for r in rows}
+    ours = list(dict.fromkeys(r["method"] for r in rows if r["method"].startswith("ours")))
+    out: dict[str, Any] = {}
+    for t in targets:
+        mp = [by[(m, t)]["val_ppl"] for m in (MP_LTH, MP_BEST) if (m, t) in by]
+        best_mp = min(mp) if mp else None
+        mp_best_gap = by[(MP_BEST, t)]["val_ppl"] / dense - 1 if (MP_BEST, t) in by else None
+        per = {}
+        for m in ours:
+            if (m, t) not in by:
+                continue
+            ppl = by[(m, t)]["val_ppl"]
+            g: dict[str, Any] = {"ratio": ppl / dense, "below_model_pruning": best_mp is None or ppl < best_mp}
+            if t in GOAL_RATIO:
+                g["ratio_goal"] = GOAL_RATIO[t]
+                g["ratio_goal_met"] = ppl / dense <= GOAL_RATIO[t]
+            if math.isclose(t, 0.9) and mp_best_gap is not None:
+                gap = ppl / dense - 1
+                g["gap"], g["model_pruning_best_gap"] = gap, mp_best_gap
+                g["gap_reduction"] = 1 - gap / mp_best_gap if mp_best_gap > 0 else None
+                g["gap_goal_met"] = gap <= (1 - GOAL_GAP_REDUCTION) * mp_best_gap
+            g["variant"] = by[(m, t)].get("variant")
+            per[m] = g
+        main = [m for m in per if per[m]["variant"] is None]
+        best = min(main, key=lambda m: per[m]["ratio"]) if main else None
+        out[f"{t:g}"] = {"model_pruning_best_gap": mp_best_gap, "best_of_ours_same_settings": best, "ours": per}
+    return out
+
+
+def plot(rows: list[dict[str, Any]], dense: float | None, cfg: Any, path: Path) -> bool:
+    """Perplexity vs sparsity per method, and the per-epoch validation curves at the highest target (``cfg``: the
+    run's ``Config``)."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"))
+    for m in methods:
+        pts = sorted((r["sparsity"], r["val_ppl"]) for r in rows if r["method"] == m)
+        style = "--" if m.startswith("ModelPruning") else "-"
+        ax1.plot(*zip(*pts), style, marker="o", label=m)
+    if dense is not None:
+        ax1.axhline(dense, color="k", lw=1, label="dense")
+    ax1.set(xlabel="measured sparsity of the pruned matrices", ylabel="validation perplexity (bytes)")
+    ax1.legend(fontsize=7)
+    top = max(cfg.targets)
+    for r in rows:
+        if r["method"] == "dense" or math.isclose(r["target"], top):
+            ax2.plot(
+                range(1, len(r["curve_ppl"]) + 1),
+                r["curve_ppl"],
+                label=r["method"],
+                color="k" if r["method"] == "dense" else None,
+            )
+    for p in cfg.prune_epochs:
+        ax2.axvline(p, color="grey", lw=0.5, ls=":")
+    ax2.set(
+        xlabel="epoch",
+        ylabel=f"val perplexity (first {cfg.curve_tokens} tokens)",
+        yscale="log",
+        title=f"target {top:.0%}; dotted: pruning points",
+    )
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
 
 
 def method_names(cfg: Config) -> list[str]:
-    names = []
-    if "lth" in cfg.methods:
-        names.append(MP_LTH)
-    if "nolth" in cfg.methods:
-        names.append(MP_BEST)
-    if "ours" in cfg.methods:
-        names += [f"ours: {c}" for c in cfg.criteria]
-    names += [f"ours [{v}]: {c}" for v in cfg.variants for c in cfg.variant_criteria]
-    return names
+    names = ([MP_LTH] if "lth" in cfg.methods else []) + ([MP_BEST] if "nolth" in cfg.methods else [])
+    names += [f"ours: {c}" for c in cfg.criteria] if "ours" in cfg.methods else []
+    return names + [f"ours [{v}]: {c}" for v in cfg.variants for c in cfg.variant_criteria]
 
 
-def parse_args() -> tuple[Config, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run (tiny model, few steps)")
-    parser.add_argument("--steps", type=int, help="total optimizer steps (split evenly over the epochs)")
-    parser.add_argument("--epochs", type=int, help="number of epochs (pruning epochs stay as configured)")
-    parser.add_argument("--prune-epochs", type=int, nargs="+", help="epochs at whose start ours prunes")
-    parser.add_argument("--targets", type=float, nargs="+", help=f"final sparsities (default {TARGETS})")
-    parser.add_argument("--criteria", nargs="+", help=f"our criteria (default {CRITERIA})")
-    parser.add_argument("--methods", nargs="+", choices=["dense", "lth", "nolth", "ours"], help="families to run")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="extra settings of ours (other schedule)")
-    parser.add_argument(
-        "--variant-criteria", nargs="+", help="criteria of the variant runs (default running_magnitude)"
-    )
-    parser.add_argument("--reuse", action="store_true", help="keep rows already in --out measured under this config")
-    parser.add_argument("--n-layer", type=int)
-    parser.add_argument("--n-embd", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default 1)")
-    parser.add_argument("--out", type=Path, help="JSON path (default results/quality.json; --quick: a temp file)")
-    parser.add_argument("--no-plot", action="store_true")
-    args = parser.parse_args()
-    cfg = Config(**QUICK) if args.quick else Config()
-    if args.out is None:  # a smoke run never overwrites the real measurement
-        args.out = Path(tempfile.gettempdir()) / "quality_quick.json" if args.quick else RESULTS / "quality.json"
-    for name in ("epochs", "n_layer", "n_embd", "batch_size", "lr", "threads"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    if args.prune_epochs:
-        cfg.prune_epochs = tuple(args.prune_epochs)
+def parse_args(argv: list[str] | None = None) -> tuple[Config, Any]:
+    def flags(parser: Any) -> None:
+        parser.add_argument("--steps", type=int, help="total optimizer steps (split evenly over the epochs)")
+
+    cfg, args = parse(Config, argv, __doc__, "quality", flags)
     if args.steps:
         cfg.epoch_batches = max(1, args.steps // cfg.epochs)
-    if args.targets:
-        cfg.targets = tuple(args.targets)
-    if args.criteria:
-        cfg.criteria = tuple(args.criteria)
-    if args.methods:
-        cfg.methods = tuple(args.methods)
-    if args.variants:
-        cfg.variants = tuple(args.variants)
-    if args.variant_criteria:
-        cfg.variant_criteria = tuple(args.variant_criteria)
     if max(cfg.prune_epochs) >= cfg.epochs or min(cfg.prune_epochs) < 1:
         raise SystemExit(f"prune epochs {cfg.prune_epochs} must lie in 1..{cfg.epochs - 1} (epochs={cfg.epochs}).")
     return cfg, args
 
 
-def report(
-    rows: list[dict[str, Any]],
-    cfg: Config,
-    args: argparse.Namespace,
-    dm: TextDataModule,
-    seconds: float,
-    complete: bool,
-) -> dict[str, Any]:
+def document(runner: Runner, dm: Any, todo: int) -> dict[str, Any]:
     """The JSON document: conditions, goals and every row measured so far."""
+    cfg, rows = runner.cfg, runner.rows
     lm = make_lm(cfg, dm.vocab_size)
     shapes = {f: list(p.shape) for f, (_, p) in select_parameters(lm).items()}
     n_train = dm.train_dataset.blocks.numel()
@@ -336,14 +334,14 @@ def report(
             "targets at the end of the epoch before, amount = (b - a) / (1 - a)",
             "optimizer": f"AdamW lr={cfg.lr} betas=(0.9, 0.95) weight_decay={cfg.weight_decay} (matrices), "
             f"warm-up {cfg.warmup_steps} steps then cosine to 10%, gradient clipping 1.0, float32",
-            "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+            "config": as_dict(cfg),
             **facts(
                 "torch_num_threads", "torch", "lightning", "platform", "cpu_count", "load_average_1_5_15min_at_end"
             ),
-            "wall_seconds": seconds,
+            "wall_seconds": runner.seconds,
             "run_seconds_total": sum(r["seconds"] for r in rows),
-            "complete": complete,
-            "quick": args.quick,
+            "complete": len(rows) >= todo,
+            "quick": runner.args.quick,
         },
         "dense_val_ppl": dense,
         "goals": goals(rows, dense, cfg.targets),
@@ -351,68 +349,28 @@ def report(
     }
 
 
-# the Config fields that change what a run measures: rows are reused only where all of them match
-RUN_FIELDS = (
-    "n_layer",
-    "n_embd",
-    "n_head",
-    "block_size",
-    "batch_size",
-    "epochs",
-    "epoch_batches",
-    "prune_epochs",
-    "lr",
-    "warmup_steps",
-    "weight_decay",
-    "seed",
-    "source",
-    "max_tokens",
-    "val_tokens",
-    "curve_tokens",
-    "threads",
-)
-
-
-def main() -> None:
-    cfg, args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    cfg, args = parse_args(argv)
     quiet()
     torch.set_num_threads(cfg.threads)
-    started = time.perf_counter()
-    dm = text_module(
-        source=cfg.source,
-        block_size=cfg.block_size,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        max_tokens=cfg.max_tokens,
-        max_val_tokens=cfg.val_tokens,
-    )
+    dm = data(cfg)
     if cfg.epoch_batches * cfg.batch_size > dm.train_dataset.blocks.shape[0]:
         raise SystemExit("an epoch needs more batches than the training split has; lower --steps or raise epochs.")
-    first = report([], cfg, args, dm, 0.0, complete=False)["conditions"]
-    print(
-        f"model: {first['parameters']} parameters, {first['pruned_parameters']} pruned; {cfg.steps} steps of "
-        f"{cfg.batch_size}×{cfg.block_size} tokens ({first['passes_over_training_data']:.2f} passes over the "
-        "training split)",
-        flush=True,
-    )
     plan = [("dense", 0.0)] if "dense" in cfg.methods else []
     plan += [(method, target) for target in cfg.targets for method in method_names(cfg)]
-    rows = reusable(args.out, asdict(cfg), RUN_FIELDS, "rows") if args.reuse else []
-    done = {(r["method"], r["target"]) for r in rows}
-    plan = [(m, t) for m, t in plan if (m, t) not in done]
-    print(f"{len(rows)} rows reused from {args.out}, {len(plan)} to run", flush=True)
-    result = report(rows, cfg, args, dm, 0.0, complete=not plan)
-    for method, target in plan:
-        rows.append(run(method, target, cfg, dm))
-        result = report(rows, cfg, args, dm, time.perf_counter() - started, complete=(method, target) == plan[-1])
-        write_json(args.out, result)  # after every run, so a partial result survives a kill
-    write_json(args.out, result)
-    dense = result["dense_val_ppl"]
-    if not args.no_plot and plot(rows, dense, cfg, args.out.with_suffix(".png")):
-        print(f"wrote {args.out.with_suffix('.png')}")
-    print()
-    print(table(rows, dense, cfg.targets))
-    print(f"\nwrote {args.out} in {result['conditions']['wall_seconds']:.0f} s")
+    runner = Runner(cfg, args, lambda r: document(r, dm, len(plan)), rows="rows")
+    first = document(runner, dm, len(plan))["conditions"]
+    print(f"model: {first['parameters']} parameters, {first['pruned_parameters']} pruned; {cfg.steps} steps "
+          f"({first['passes_over_training_data']:.2f} passes); {len(runner.rows)} rows reused", flush=True)  # fmt: skip
+    jobs = [{"cfg": as_dict(cfg), "method": m, "target": t} for m, t in plan]
+    runner.run(
+        run,
+        jobs,
+        ("method", "target"),
+        "{method:32s} target {target:.2f}: val ppl {val_ppl:.4f}, sparsity {sparsity:.4f}",
+    )
+    result = runner.write()
+    runner.finish(result, lambda png: plot(runner.rows, result["dense_val_ppl"], cfg, png))
 
 
 if __name__ == "__main__":

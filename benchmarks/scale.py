@@ -28,26 +28,24 @@ Threads: ``torch.set_num_threads(1)`` by default (``--threads``), in every proce
 anyway, and the machine is shared with other jobs, so timings are noisy; each figure is one process's own run.
 
 Run: ``python -m benchmarks.scale`` (10 M, 100 M and 300 M scores; a few minutes and ~3 GB at most),
-``python -m benchmarks.scale --sizes 10M`` (quick). Writes ``benchmarks/results/scale.json`` and prints markdown
-tables.
+``python -m benchmarks.scale --sizes 10M`` (quick). Writes ``benchmarks/results/scale.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from benchmarks.harness import RESULTS, ROOT, facts, markdown_table, write_json
+from benchmarks.harness import facts
+from benchmarks.harness.runner import Runner, option, parse, pool
 from lightning_prune.masks import compute_masks, pack_mask, unpack_mask
 
 __all__ = ["main", "make_scores", "shapes", "sort_reference"]
@@ -134,8 +132,10 @@ def _measured(fn: Any) -> tuple[float, int, Any]:
     return seconds, _status("VmHWM") - before, result
 
 
-def child(method: str, size: int, repeats: int) -> dict[str, Any]:
+def child(job: dict[str, Any]) -> dict[str, Any]:
     """Run in a fresh process: build the scores, then time and measure one method ``repeats`` times."""
+    method, size, repeats = job["method"], job["size"], job["repeats"]
+    torch.set_num_threads(job["threads"])
     scores = make_scores(size)
     n = sum(s.numel() for s in scores.values())
     row: dict[str, Any] = {"method": method, "scores": n, "tensors": len(scores), "score_bytes": 4 * n}
@@ -159,13 +159,6 @@ def child(method: str, size: int, repeats: int) -> dict[str, Any]:
         del result
     row.update(seconds=min(times), all_seconds=times, extra_bytes=max(extras))
     return row
-
-
-def run_child(method: str, size: int, repeats: int, threads: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.scale", "--child", method, "--sizes", str(size)]
-    cmd += ["--repeats", str(repeats), "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ---- bytes per entry -----------------------------------------------------------------------------------------
@@ -194,58 +187,29 @@ def mask_bytes(size: int) -> dict[str, Any]:
 # ---- report --------------------------------------------------------------------------------------------------
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    floor = {r["scores"]: r["seconds"] for r in rows if r["method"] == "kthvalue floor"}
-    header = ["scores", "tensors", "method", "time (s)", "time / kthvalue", "extra memory (MB)", "extra / score bytes"]
-    cells = []
-    for r in rows:
-        ratio = r["seconds"] / floor[r["scores"]] if r["scores"] in floor else float("nan")
-        size = [f"{r['scores'] / 1e6:.1f} M", str(r["tensors"])]
-        cells.append(
-            [
-                *size,
-                r["method"],
-                f"{r['seconds']:.2f}",
-                f"{ratio:.2f}",
-                f"{r['extra_bytes'] / 2**20:.0f}",
-                f"{r['extra_bytes'] / r['score_bytes']:.2f}",
-            ]
-        )
-        if "concat_extra_bytes" in r:
-            extra = r["concat_extra_bytes"]
-            mib, share = f"{extra / 2**20:.0f}", f"{extra / r['score_bytes']:.2f}"
-            cells.append([*size, "concat (before kthvalue)", "", "", mib, share])
-    return markdown_table(header, cells, align=["---:", "---:", "---", "---:", "---:", "---:", "---:"])
+@dataclass
+class Config:
+    sizes: str = option("10M,100M,300M", help="comma-separated numbers of scores")
+    threads: int = option(1, help="torch.set_num_threads in every process")
+    repeats: int = option(0, help="calls per measurement (default 3 below 50 M, else 1)")
+    sort_up_to: str = option("20M", help="largest size to run the sort reference at")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=str, default="10M,100M,300M", help="comma-separated numbers of scores")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads in every process")
-    parser.add_argument("--repeats", type=int, default=None, help="calls per measurement (3 below 50 M, else 1)")
-    parser.add_argument("--sort-up-to", type=str, default="20M", help="largest size to run the sort reference at")
-    parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
-    parser.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
-    return parser.parse_args()
-
-
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args, cli = parse(Config, argv, __doc__, "scale")
     torch.set_num_threads(args.threads)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    if args.child:
-        print(json.dumps(child(args.child, sizes[0], args.repeats or 1)))
-        return
-    started, load_start = time.perf_counter(), os.getloadavg()
-    rows = []
+    runner = Runner(args, cli, lambda r: {})
+    load_start = os.getloadavg()
+    jobs = []
     for size in sizes:
         repeats = args.repeats or (3 if size < 50_000_000 else 1)
-        for method in METHODS:
-            if method.startswith("sort") and size > parse_size(args.sort_up_to):
-                continue
-            rows.append(run_child(method, size, repeats, args.threads))
-            r = rows[-1]
-            print(f"{r['scores'] / 1e6:.1f} M {method}: {r['seconds']:.2f} s, +{r['extra_bytes'] / 2**20:.0f} MB")
+        jobs += [{"method": m, "size": size, "repeats": repeats, "threads": args.threads} for m in METHODS
+                 if not (m.startswith("sort") and size > parse_size(args.sort_up_to))]  # fmt: skip
+    rows = []
+    for job, r in pool(child, jobs, 1, fresh=True):
+        rows.append(r)
+        print(f"{r['scores'] / 1e6:.1f} M {job['method']}: {r['seconds']:.2f} s, +{r['extra_bytes'] / 2**20:.0f} MB")
     for r in rows:
         if "pruned" in r:
             r["exact_count"] = r["pruned"] == round(SPARSITY * r["scores"])  # round(s · N), cap or not (0.7 > 0.6)
@@ -281,17 +245,10 @@ def main() -> None:
         "event": rows,
         "checks": checks,
         "bytes": bytes_row,
-        "seconds": time.perf_counter() - started,
+        "seconds": runner.seconds,
     }
-    write_json(args.out, result)
-    print(f"\ntorch {torch.__version__}, torch.set_num_threads({args.threads}), sparsity {SPARSITY}, cap {CAP}\n")
-    print(table(rows))
-    print(
-        f"\nmask bytes per entry ({bytes_row['entries'] / 1e6:.1f} M entries): bool "
-        f"{bytes_row['bool_bytes_per_entry']:.3f}, packed {bytes_row['packed_bytes_per_entry']:.4f} "
-        f"(pack {bytes_row['pack_seconds']:.2f} s, unpack {bytes_row['unpack_seconds']:.2f} s)"
-    )
-    print(f"\nwrote {args.out} in {result['seconds']:.0f} s")
+    print(json.dumps({"checks": checks, "bytes": bytes_row}))
+    runner.finish(result)
 
 
 if __name__ == "__main__":

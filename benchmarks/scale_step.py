@@ -8,22 +8,25 @@ over the block weights and the registry's two fused mask passes around ``optimiz
 Bytes per parameter of masks (in memory and bit-packed) and of the statistic are measured from the tensors held.
 
 ``python -m benchmarks.scale_step`` (≈ 5 minutes on 2 cores); ``--quick`` for a 2-layer model. Writes
-``benchmarks/results/scale_step.json`` and prints a markdown table.
+``benchmarks/results/scale_step.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
+import json
 import statistics
 import time
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import GPT2LMHeadModel
 
-from benchmarks.harness import RESULTS, gpt2, markdown_table, write_json
+from benchmarks.harness import gpt2
+from benchmarks.harness.runner import Runner, option, parse
+from benchmarks.harness.timing import take_turns
 from lightning_prune._registry import registry_of
 from lightning_prune._selection import select_parameters
 from lightning_prune.masks import compute_masks, pack_mask
@@ -47,7 +50,8 @@ def step(
     opt.zero_grad(set_to_none=True)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: Any) -> dict[str, Any]:
+    """The measurement of ``args`` (a :class:`Config`, or any object with its fields)."""
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     n_layer = 2 if args.quick else args.layers
@@ -80,17 +84,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     event_s = time.perf_counter() - start
     del scores
 
-    times: dict[str, list[float]] = {"plain": [], "pruned": []}
-    for r in range(args.rounds):
-        order = ["plain", "pruned"] if r % 2 == 0 else ["pruned", "plain"]
-        for name in order:
-            model = plain if name == "plain" else pruned
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step(model, opts[name], ids, stats if name == "pruned" else None, args.bf16)
-            sync()
-            times[name].append((time.perf_counter() - t0) / args.steps)
+    def steps(name: str, model: Any, tracker: RunningStats | None) -> Callable[[], None]:
+        return lambda: [step(model, opts[name], ids, tracker, args.bf16) for _ in range(args.steps)]
+
+    turns = {"plain": steps("plain", plain, None), "pruned": steps("pruned", pruned, stats)}
+    rounds = take_turns(turns, args.rounds, rotate=1, sync=sync)[0]  # the order alternates every round
+    times = {k: [t / args.steps for t in v] for k, v in rounds.items()}
     ratios = [b / a for a, b in zip(times["plain"], times["pruned"])]
     zeros = sum(int((p == 0).sum()) for p in params.values())
     numel = sum(p.numel() for p in params.values())
@@ -124,41 +123,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def table(result: dict[str, Any]) -> str:
-    b, ratios = result["bytes_per_parameter"], result["ratio_per_round"]
-    rows = [
-        [
-            f"step time, tracking + pruning / plain (median of {len(ratios)} rounds)",
-            f"{result['ratio_median']:.3f} (rounds {min(ratios):.3f}–{max(ratios):.3f}; "
-            f"target ≤ {result['target_ratio']})",
-        ],
-        ["plain step", f"{statistics.median(result['step_seconds']['plain']):.2f} s"],
-        ["pruning event", f"{result['event_seconds']:.2f} s = {result['event_in_plain_steps']:.2f} plain steps"],
-        ["masks in memory", f"{b['masks_in_memory']:.3f} B/param"],
-        ["masks in a checkpoint (bit-packed)", f"{b['masks_packed_in_checkpoint']:.3f} B/param"],
-        ["Taylor statistic (float32)", f"{b['statistic_taylor_float32']:.3f} B/param"],
-    ]
-    return markdown_table(["figure", "measured"], rows)
+@dataclass
+class Config:
+    quick: bool = option(False, cli=False)  # 2 layers (set by --quick)
+    layers: int = option(12, help="12 × 768: GPT-2 small; 24 × 1024: medium")
+    width: int = 768
+    device: str = "cpu"
+    bf16: bool = option(False, help="bf16 autocast for forward")
+    batch: int = 4
+    seq: int = 128
+    rounds: int = 6
+    steps: int = option(2, help="steps per configuration per round")
+    sparsity: float = 0.5
+    threads: int = 2
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 layers")
-    parser.add_argument("--layers", type=int, default=12, help="12 × 768: GPT-2 small; 24 × 1024: medium")
-    parser.add_argument("--width", type=int, default=768)
-    parser.add_argument("--device", type=str, default="cpu")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for forward")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=2, help="steps per configuration per round")
-    parser.add_argument("--sparsity", type=float, default=0.5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS / "scale_step.json")
-    args = parser.parse_args()
-    result = run(args)
-    write_json(args.out, result)
-    print(table(result))
+def main(argv: list[str] | None = None) -> None:
+    cfg, args = parse(Config, argv, __doc__, "scale_step")
+    cfg.quick = args.quick
+    runner = Runner(cfg, args, lambda r: {})
+    result = run(cfg)
+    print(json.dumps({k: result[k] for k in ("ratio_median", "event_seconds", "bytes_per_parameter")}))
+    runner.finish(result)
 
 
 if __name__ == "__main__":

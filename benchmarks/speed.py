@@ -19,16 +19,17 @@ Run: ``python -m benchmarks.speed`` (about 2-3 minutes on 2 cores); writes ``ben
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from benchmarks.harness import RESULTS, facts, gpt2, llama, markdown_table, write_json
+from benchmarks.harness import facts, gpt2, llama
+from benchmarks.harness.runner import Runner, option, parse
+from benchmarks.harness.timing import take_turns
 from lightning_prune.mutual_information import weight_norm_scores
 from lightning_prune.structured import block_layouts, ffn_neuron_weights, neuron_masks_from_scores, shrink_
 
@@ -74,24 +75,7 @@ def shrunk_copy(make: Callable[[], nn.Module], sparsity: float) -> nn.Module:
     return shrink_(model, neuron_masks=neuron_masks_from_scores(scores, sparsity)).eval()
 
 
-@torch.inference_mode()
-def time_interleaved(
-    models: dict[str, nn.Module], ids: torch.Tensor, repeats: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds per forward of each model in every repeat; the models take turns within every repeat."""
-    for _ in range(warmup):
-        for m in models.values():
-            m(ids)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(repeats):
-        for k, m in models.items():
-            t0 = time.perf_counter()
-            m(ids)
-            times[k].append(time.perf_counter() - t0)
-    return times
-
-
-def bench_config(name: str, make: Callable[[], nn.Module], args: argparse.Namespace) -> list[dict]:
+def bench_config(name: str, make: Callable[[], nn.Module], args: Any) -> list[dict]:
     torch.manual_seed(0)
     models = {0.0: make().eval()} | {s: shrunk_copy(make, s) for s in args.sparsities}
     labels = {s: f"{s:.2f}" for s in models}
@@ -101,7 +85,9 @@ def bench_config(name: str, make: Callable[[], nn.Module], args: argparse.Namesp
     rows = []
     for batch, repeats in ((1, args.repeats_latency), (8, args.repeats_throughput)):
         ids = torch.randint(0, VOCAB, (batch, args.seq))
-        times = time_interleaved(named, ids, repeats, args.warmup)
+        calls = {k: (lambda m=m, ids=ids: m(ids)) for k, m in named.items()}
+        with torch.inference_mode():
+            times = take_turns(calls, repeats, warmup=args.warmup)[0]
         med = {k: statistics.median(v) for k, v in times.items()}
         quart = {k: statistics.quantiles(v, n=4) for k, v in times.items()}  # [q1, median, q3]
         dense = labels[0.0]
@@ -135,7 +121,7 @@ def bench_config(name: str, make: Callable[[], nn.Module], args: argparse.Namesp
 
 
 @torch.inference_mode()
-def bench_semi_structured(args: argparse.Namespace) -> dict:
+def bench_semi_structured(args: Any) -> dict:
     """2:4 semi-structured sparsity of one fp16 Linear (4096 → 4096) at several token counts, CUDA only."""
     if not torch.cuda.is_available():
         return {
@@ -170,52 +156,20 @@ def bench_semi_structured(args: argparse.Namespace) -> dict:
     return {"device": torch.cuda.get_device_name(), "layer": "Linear 4096x4096 fp16", "rows": out}
 
 
-def table(rows: list[dict]) -> str:
-    header = [
-        "config",
-        "FFN removed",
-        "batch × seq",
-        "dense",
-        "shrunk",
-        "speed-up",
-        "FLOP bound",
-        "efficiency",
-        "params",
-    ]
-    cells = []
-    for r in rows:
-        unit = (
-            (f"{r['dense_ms']:.1f} ms", f"{r['shrunk_ms']:.1f} ms")
-            if r["batch"] == 1
-            else (f"{r['dense_tokens_per_s']:.0f} tok/s", f"{r['shrunk_tokens_per_s']:.0f} tok/s")
-        )
-        cells.append(
-            [
-                r["config"],
-                f"{r['ffn_removed']:.0%}",
-                f"{r['batch']} × {r['seq']}",
-                *unit,
-                f"{r['speedup']:.2f}×",
-                f"{r['flop_bound']:.2f}×",
-                f"{r['efficiency']:.0%}",
-                f"{r['dense_params'] / 1e6:.1f}M → {r['shrunk_params'] / 1e6:.1f}M",
-            ]
-        )
-    return markdown_table(header, cells)
+@dataclass
+class Config:
+    threads: int = option(torch.get_num_threads(), help="torch.set_num_threads")
+    seq: int = 128
+    sparsities: tuple[float, ...] = (0.25, 0.5)
+    repeats_latency: int = 31
+    repeats_throughput: int = 15
+    warmup: int = 2
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.5])
-    parser.add_argument("--repeats-latency", type=int, default=31)
-    parser.add_argument("--repeats-throughput", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args, cli = parse(Config, argv, __doc__, "speed")
     torch.set_num_threads(args.threads)
-    started = time.perf_counter()
+    runner = Runner(args, cli, lambda r: {})
     rows = [r for name, make in configs().items() for r in bench_config(name, make, args)]
     result = {
         "conditions": {
@@ -229,13 +183,11 @@ def main() -> None:
         },
         "rows": rows,
         "semi_structured_2_4": bench_semi_structured(args),
-        "seconds": time.perf_counter() - started,
+        "seconds": runner.seconds,
     }
-    write_json(args.out, result)
-    print(f"torch.set_num_threads({torch.get_num_threads()}), float32, CPU; median of interleaved repeats\n")
-    print(table(rows))
-    print(f"\n2:4 semi-structured: {result['semi_structured_2_4'].get('skipped', 'see JSON')}")
-    print(f"wrote {args.out} in {result['seconds']:.0f} s")
+    for r in rows:
+        print(f"{r['config']} {r['ffn_removed']:.0%} batch {r['batch']}: {r['speedup']:.2f}× ({r['flop_bound']:.2f}×)")
+    runner.finish(result)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ def test_tiny_run_writes_every_compensation_and_a_saturating_joint_entropy(tmp_p
     out = tmp_path / "mi.json"
     args = ["--sizes", "small", "--steps", "3", "--calib-batches", "2", "--val-batches", "1", "--threads", "1"]
     args += ["--recovery-steps", "1", "--only", "random (seed 0)", "conditional × output", "--out", str(out)]
+    args += ["--cache", str(tmp_path / "cache")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "benchmarks.mi_ablation", *args]
     subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=ROOT, timeout=600)

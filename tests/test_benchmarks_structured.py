@@ -5,8 +5,7 @@ import json
 import pytest
 
 from benchmarks import structured
-from benchmarks.structured_runs import DENSE, METHODS, ONESHOT, SCRATCH, SCRATCH_PRE, Config
-from benchmarks.structured_summary import beyond, summarize
+from benchmarks.structured import DENSE, METHODS, ONESHOT, SCRATCH, SCRATCH_PRE, Config, beyond, summarize
 
 
 def _row(method, seed, ppl, params=50):

@@ -8,8 +8,7 @@ import pytest
 
 from benchmarks import transfer
 from benchmarks.methods import MP_BEST, MP_LTH, MP_ROW, ONESHOT_MAG, ONESHOT_WANDA
-from benchmarks.transfer_runs import QUICK, Config, pretrain, pruning_points
-from benchmarks.transfer_summary import summarize
+from benchmarks.transfer import QUICK, Config, pretrain, pruning_points, summarize
 
 
 def _row(method, target, seed, ppl, sparsity=None):

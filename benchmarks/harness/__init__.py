@@ -1,13 +1,15 @@
 """What the benchmark scripts share: tiny models, byte corpora and batches, quiet Trainers and seeding, the
 measurements every quality benchmark takes, and the output side (markdown tables, plots, run facts, JSON).
 
-One concept per module: :mod:`.models`, :mod:`.data`, :mod:`.training`, :mod:`.measure`, :mod:`.output`.
+One concept per module: :mod:`.models`, :mod:`.data`, :mod:`.training`, :mod:`.measure`, :mod:`.output`, and
+the one experiment runner (:mod:`.runner`), interleaved timer (:mod:`.timing`) and pretraining cache
+(:mod:`.pretrain`) every benchmark runs on.
 """
 
 from benchmarks.harness.data import batches, byte_corpus, random_ids_loader, text_module
 from benchmarks.harness.measure import measured_sparsity, perplexity, val_loss
 from benchmarks.harness.models import GPT2Module, LMOutput, TinyGPT, gpt2, llama
-from benchmarks.harness.output import RESULTS, ROOT, facts, markdown_table, pyplot, reusable, spread, write_json
+from benchmarks.harness.output import RESULTS, ROOT, facts, markdown_table, pyplot, spread, write_json
 from benchmarks.harness.training import (
     DISTILL_TEMPERATURE,
     DISTILL_WEIGHT,
@@ -47,7 +49,6 @@ __all__ = [
     "pyplot",
     "quiet",
     "random_ids_loader",
-    "reusable",
     "seed_all",
     "spread",
     "text_module",

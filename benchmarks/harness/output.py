@@ -17,7 +17,7 @@ import torch
 from benchmarks.markdown import markdown_table
 from lightning_prune.callbacks.report import spread
 
-__all__ = ["RESULTS", "ROOT", "facts", "markdown_table", "pyplot", "reusable", "spread", "write_json"]
+__all__ = ["RESULTS", "ROOT", "facts", "markdown_table", "pyplot", "spread", "write_json"]
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 RESULTS = ROOT / "benchmarks" / "results"  # where every benchmark writes its JSON by default
@@ -62,21 +62,6 @@ def write_json(path: Path, document: Any, default: Callable[[Any], Any] | None =
     """Write ``document`` as indented JSON to ``path``, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, default=default))
-
-
-def reusable(path: Path, config: dict[str, Any], fields: tuple[str, ...], key: str) -> list[dict[str, Any]]:
-    """The measurements ``key`` of an earlier result at ``path`` (none without a file), to be kept by a rerun.
-
-    Raises:
-        SystemExit: if the result was measured with other values of the settings ``fields`` than ``config``.
-    """
-    if not path.exists():
-        return []
-    old = json.loads(path.read_text())
-    differ = [f for f in fields if json.dumps(old["conditions"]["config"].get(f)) != json.dumps(config[f])]
-    if differ:
-        raise SystemExit(f"--reuse: {path} was measured with other settings ({differ}); drop --reuse or change --out.")
-    return old[key]
 
 
 def pyplot() -> Any:
