@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
@@ -22,6 +22,7 @@ from lightning_prune.structured.ablation import HeldInputs, lm_loss, probes, rat
 from lightning_prune.structured.allocate import allocate, fewest_units
 from lightning_prune.structured.config import config_accepts
 from lightning_prune.structured.dims import check_dims, shrinkable, ungraded_blocks
+from lightning_prune.structured.exact import inexact_dims
 from lightning_prune.structured.observe import observe, stat_sizes
 from lightning_prune.structured.size import SizeModel
 from lightning_prune.structured.stats import STRUCTURE_CRITERIA, UnitStats
@@ -159,7 +160,7 @@ class StructuredPruning(Lifecycle):
         self.size = SizeModel.from_model(self.model, self.target.seq)
         if self.requested is not None:
             check_dims(self.model, self.requested, self.size)
-        self.dims = self.requested or tuple(shrinkable(self.model, self.size))
+        self.dims = self._exact(self.requested or tuple(shrinkable(self.model, self.size)))
         if not self.dims:
             raise ValueError(f"this {self.model.config.model_type} model has no dimension its config can shrink.")
         frozen = ungraded_blocks(self.model) if self.criterion == "taylor" else []
@@ -178,6 +179,31 @@ class StructuredPruning(Lifecycle):
                 f"{self.target.describe()} is {self.goal:,.0f} {metric}, but removing everything dims {self.dims} "
                 f"allow leaves {least:,} (of {self.size.size(full, metric):,}). Choose a larger target or add dims."
             )
+
+    def _exact(self, dims: tuple[str, ...]) -> tuple[str, ...]:
+        """The dimensions whose masked model computes what the shrunk model does, decided on a small copy of the
+        model (`inexact_dims`): asked-for ones that are not are refused (experts, approximate by design, warn);
+        by default they are left out."""
+        inexact = inexact_dims(self.model, dims)
+        if not inexact:
+            return dims
+        kind = self.model.config.model_type
+        why = "; ".join(f"{d}: {reason}" for d, reason in inexact.items())
+        exact = [d for d in dims if d not in inexact]
+        if self.requested is None:
+            rank_zero_info(f"StructuredPruning: leaves {sorted(inexact)} of this {kind} model alone ({why}).")
+            return tuple(exact)
+        refused = [d for d in dims if d in inexact and d != "experts"]
+        if refused:
+            raise ValueError(
+                f"removing {refused} from this {kind} model would export another model than the one trained ({why}). "
+                f"Choose dims from {exact or 'the others'}, or leave dims=None for the exact ones."
+            )
+        rank_zero_warn(
+            f"removing experts from this {kind} model is approximate: while training, a router still gives a zeroed "
+            f"expert a share of each token ({inexact['experts']}); the export warns with the difference."
+        )
+        return dims
 
     @override
     def resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, tuple[int, ...]]:

@@ -33,7 +33,7 @@ from lightning_prune.structured.masks import (
     hidden_size,
 )
 
-__all__ = ["config_accepts", "config_updates"]
+__all__ = ["config_accepts", "config_for", "config_updates", "counts_updates"]
 
 
 def _derived_head_dim(kind: str, what: str, fix: str) -> ValueError:
@@ -256,37 +256,50 @@ def config_updates(
     return updates
 
 
-def config_accepts(model: nn.Module) -> Callable[[Any], bool]:
-    """A test of whether ``model``'s config (``transformers``' own checks) accepts the sizes of a
-    [`Counts`][lightning_prune.structured.Counts]: neurons, key/value groups, hidden size, blocks and experts
-    kept. Answers are cached by the sizes."""
+def counts_updates(model: nn.Module, counts: Any) -> dict[str, Any]:
+    """The config fields a model of ``model``'s family with the sizes of a
+    [`Counts`][lightning_prune.structured.Counts] has, where they differ from ``model``'s (not validated)."""
     family, layouts = family_of(model), block_layouts(model)
     lay = layouts[0]
     group = lay.n_heads // lay.n_kv_heads
     top_k = getattr(model.config, family.top_k_key, None)
     width = hidden_size(model)
+    out: dict[str, Any] = {"num_hidden_layers": sum(counts.layers)}
+    if not all(counts.layers):  # per-layer lists (layer_types, …) shortened as the real shrink does
+        out.update(_layers(model, family, torch.tensor(counts.layers, dtype=torch.bool)))
+    if counts.neurons != lay.n_neurons and not lay.n_experts:
+        out[family.ffn_key] = counts.neurons
+    if counts.groups != lay.n_kv_heads:
+        out["num_attention_heads"] = counts.groups * group
+        out.update({family.kv_key: counts.groups} if family.kv_key else {})
+    if counts.hidden != width:
+        out["hidden_size"] = counts.hidden
+    if family.head_dim_key and ("num_attention_heads" in out or "hidden_size" in out):
+        out[family.head_dim_key] = lay.head_dim
+    experts = max((x.n_experts for x in layouts), default=0)
+    if experts and counts.experts != experts and family.experts_key:
+        out[family.experts_key] = counts.experts
+        if isinstance(top_k, int) and top_k > counts.experts:
+            out[family.top_k_key] = counts.experts
+    return out
+
+
+def config_for(model: nn.Module, counts: Any) -> Any:
+    """A copy of ``model``'s config with the sizes of ``counts``, checked by ``transformers``' own validation.
+
+    Raises:
+        ValueError: if the config refuses those sizes.
+    """
+    return _validate(model, counts_updates(model, counts))
+
+
+def config_accepts(model: nn.Module) -> Callable[[Any], bool]:
+    """A test of whether ``model``'s config (``transformers``' own checks) accepts the sizes of a
+    [`Counts`][lightning_prune.structured.Counts]: neurons, key/value groups, hidden size, blocks and experts
+    kept. Answers are cached by the sizes."""
+    layouts = block_layouts(model)
+    width = hidden_size(model)
     cache: dict[tuple[int, ...], bool] = {}
-
-    def updates(counts: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"num_hidden_layers": sum(counts.layers)}
-        if not all(counts.layers):  # per-layer lists (layer_types, …) shortened as the real shrink does
-            out.update(_layers(model, family, torch.tensor(counts.layers, dtype=torch.bool)))
-        if counts.neurons != lay.n_neurons and not lay.n_experts:
-            out[family.ffn_key] = counts.neurons
-        if counts.groups != lay.n_kv_heads:
-            out["num_attention_heads"] = counts.groups * group
-            out.update({family.kv_key: counts.groups} if family.kv_key else {})
-        if counts.hidden != width:
-            out["hidden_size"] = counts.hidden
-        if family.head_dim_key and ("num_attention_heads" in out or "hidden_size" in out):
-            out[family.head_dim_key] = lay.head_dim
-        experts = max((x.n_experts for x in layouts), default=0)
-        if experts and counts.experts != experts and family.experts_key:
-            out[family.experts_key] = counts.experts
-            if isinstance(top_k, int) and top_k > counts.experts:
-                out[family.top_k_key] = counts.experts
-        return out
-
     moe = any(x.n_experts for x in layouts)
 
     def accepts(counts: Any) -> bool:
@@ -296,7 +309,7 @@ def config_accepts(model: nn.Module) -> Callable[[Any], bool]:
             return False
         if key not in cache:
             try:
-                _validate(model, updates(counts))
+                config_for(model, counts)
                 cache[key] = True
             except ValueError:
                 cache[key] = False
