@@ -2,6 +2,9 @@
 of another (rebuilt from its config, as from_pretrained would); what differs is refused when asked for and left out
 of StructuredPruning's defaults."""
 
+import os
+from pathlib import Path
+
 import pytest
 import test_families as tf
 import torch
@@ -40,20 +43,40 @@ def structure_alone(monkeypatch):
     monkeypatch.setattr(exact, "_CACHE", {})
 
 
+def _builds():
+    builds = {case: (lambda c=case: tf.build(c)) for case in tf.CASES}
+    return builds | {kind: (lambda k=kind: tf.make(k, **MORE[k][0])) for kind in MORE}
+
+
+@pytest.fixture(scope="module")
+def probed():
+    """``{family: (model, what its config cannot shrink, what is not exact)}``, probed once by structure alone."""
+    from lightning_prune.structured.dims import why_not
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(exact, "_SMALL", 0)
+    mp.setattr(exact, "_CACHE", {})
+    out = {}
+    for name, build in _builds().items():
+        try:
+            model = build()
+        except (KeyError, ValueError):  # not in this transformers
+            continue
+        out[name] = (why_not(model), set(inexact_dims(model, shrinkable(model))))
+    mp.undo()
+    return out
+
+
 @pytest.mark.parametrize("case", list(tf.CASES))
-def test_every_described_family_is_exact_where_its_structure_allows(case, structure_alone):
-    model = tf.build(case)
-    assert set(inexact_dims(model, shrinkable(model))) == INEXACT.get(case, set())
+def test_every_described_family_is_exact_where_its_structure_allows(case, probed):
+    assert probed[case][1] == INEXACT.get(case, set())
 
 
 @pytest.mark.parametrize("kind", list(MORE))
-def test_families_found_by_their_module_names_are_probed_too(kind, structure_alone):
-    kwargs, expected = MORE[kind]
-    try:
-        model = tf.make(kind, **kwargs)
-    except (KeyError, ValueError) as err:  # not in this transformers
-        pytest.skip(f"{kind}: {err}")
-    assert set(inexact_dims(model, shrinkable(model))) == expected
+def test_families_found_by_their_module_names_are_probed_too(kind, probed):
+    if kind not in probed:
+        pytest.skip(f"{kind} is not in this transformers")
+    assert probed[kind][1] == MORE[kind][1]
 
 
 def test_a_large_model_is_probed_on_a_copy_built_from_its_config(structure_alone):
@@ -91,3 +114,42 @@ def test_experts_asked_for_are_approximate_and_said_so():
         trainer(max_steps=3, callbacks=[StructuredPruning(0.9, AtSteps({2: 1.0}), dims=("experts",))]).fit(
             module, _loader(tf.VOCAB)
         )
+
+
+DOCS = Path(__file__).parent.parent / "docs" / "api" / "structured" / "families.md"
+MARKS = ("<!-- table: exactness -->", "<!-- /table -->")
+
+
+def _cell(dim, blocked, inexact) -> str:
+    if dim in inexact:
+        return "not exact"
+    if dim not in blocked:
+        return "exact"
+    return (
+        "—"
+        if "no mixture-of-experts" in blocked[dim]
+        else "no (fused experts)"
+        if "fused" in blocked[dim]
+        else "no (config)"
+    )
+
+
+def _table(probed) -> str:
+    from lightning_prune.structured import DIMENSIONS
+
+    rows = ["| family | " + " | ".join(DIMENSIONS) + " |", "|---|" + "---|" * len(DIMENSIONS)]
+    for name, (blocked, inexact) in probed.items():
+        cells = [_cell(d, blocked, inexact) for d in DIMENSIONS]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def test_the_docs_table_is_what_the_probe_finds(probed):
+    text = DOCS.read_text()
+    start, end = text.index(MARKS[0]) + len(MARKS[0]), text.index(MARKS[1])
+    table = _table(probed)
+    if os.environ.get("LIGHTNING_PRUNE_WRITE_TABLES"):
+        DOCS.write_text(text[:start] + "\n\n" + table + "\n\n" + text[end:])
+        text = DOCS.read_text()
+        start, end = text.index(MARKS[0]) + len(MARKS[0]), text.index(MARKS[1])
+    assert text[start:end].strip() == table

@@ -45,6 +45,7 @@ from lightning_prune.structured.cuts import (
     neuron_weight_masks,
 )
 from lightning_prune.structured.dims import shrinkable
+from lightning_prune.structured.exact import inexact_dims
 from lightning_prune.structured.families import (
     FAMILIES,
     FAMILY_DESCRIPTIONS,
@@ -94,6 +95,7 @@ __all__ = [
     "Units",
     "allocate",
     "combine_units",
+    "inexact_dims",
     "shrinkable",
     "block_layouts",
     "check_expert_masks",

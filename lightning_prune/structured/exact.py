@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune._shards import is_sharded
 from lightning_prune.structured.config import config_accepts, config_for
 from lightning_prune.structured.layout import block_layouts
 from lightning_prune.structured.size import Counts, SizeModel
@@ -68,11 +69,18 @@ def _without_epsilon_(model: nn.Module) -> nn.Module:
     return model
 
 
+def _own_weights(model: nn.Module) -> bool:
+    """Whether the probe copies the model itself: small, and whole in this process (not sharded)."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params) <= _SMALL and not any(is_sharded(p) for p in params)
+
+
 def small_copy(model: nn.Module) -> nn.Module | None:
     """A small model of ``model``'s class and family in float32, in eval mode: a deep copy when it is small, else built
     from its config with at most 3 blocks, 16 neurons, 2 key/value groups, 4 experts, a narrow residual stream and a
-    vocabulary of 128 (random weights). None when the class cannot be built from its config."""
-    if sum(p.numel() for p in model.parameters()) <= _SMALL:
+    vocabulary of 128 (random weights; also for a model sharded over processes). None when the class cannot be built
+    from its config."""
+    if _own_weights(model):
         return copy.deepcopy(model).float().eval()  # its own weights: what holds for them, epsilons included
     try:
         config = config_for(model, _smaller_counts(model, SizeModel.from_model(model)))
@@ -157,11 +165,12 @@ def inexact_dims(model: nn.Module, dims: Sequence[str], tolerance: float = 1e-2)
     if key in _CACHE:
         return dict(_CACHE[key])
     out: dict[str, str] = {}
-    own = sum(p.numel() for p in model.parameters()) <= _SMALL  # its own weights, else random ones
+    own = _own_weights(model)  # its own weights, else random ones
     small = small_copy(model) if dims else None
     if small is not None:
         vocab = int(getattr(small.config, "vocab_size", 32) or 32)
         ids = torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+        ids = ids.to(next(small.parameters()).device)
         for dim in dims:
             try:
                 units = probe_units(small, dim)
