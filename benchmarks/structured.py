@@ -249,12 +249,12 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         model = shrink_units_(model, one_shot(model, dm, cfg, dims), masked=False)
     elif method.startswith("ours"):
         criterion = method.rpartition(": ")[2].split(",")[0]
-        schedule = Cubic(cfg.target, cfg.prune_start, cfg.prune_end, every=cfg.prune_every, unit="step")
+        schedule = Cubic(1.0, cfg.prune_start, cfg.prune_end, every=cfg.prune_every, unit="step")
         width = ("neurons",) if family == "gpt2" else ("neurons", "heads", "hidden")
         dims = ("layers",) if method == DEPTH else width if method == WIDTH else None
         kw = {"tolerance": cfg.depth_tolerance if method == DEPTH else cfg.tolerance}
         kw |= {"loss_batches": 0} if method == SHARES else {}  # else the callback's default
-        pruning = StructuredPruning(SizeTarget(fraction=cfg.target), schedule, dims, criterion, **kw)
+        pruning = StructuredPruning(SizeTarget(keep=cfg.target), schedule, dims, criterion, **kw)
         callbacks.append(pruning)
     if teacher is not None:
         callbacks.append(Distillation(teacher, weight=DISTILL_WEIGHT, temperature=DISTILL_TEMPERATURE))
@@ -338,7 +338,7 @@ def _fit(family: str, cfg: Config, kwargs: dict[str, Any] | None, steps: int) ->
     timer, pruning = StepTimer(), None
     callbacks: list[Callback] = [timer]
     if kwargs is not None:
-        pruning = StructuredPruning(SizeTarget(fraction=cfg.target), AtSteps({steps - 1: 0.5}), **kwargs)
+        pruning = StructuredPruning(SizeTarget(keep=cfg.target), AtSteps({steps - 1: 1.0}), **kwargs)
         callbacks.insert(0, pruning)  # before the timer: the event is not in the last step's time
     fit = trainer(max_steps=steps, precision="32-true", gradient_clip_val=1.0, callbacks=callbacks)
     fit.fit(module, datamodule=data(cfg.finetune_source, cfg, cfg.batch_size, 0))

@@ -2,8 +2,10 @@
 
 A schedule answers one question: what fraction of the selected weights should be zero now? Sparsity is
 always the *target fraction of zeros* (never an increment of what remains). Each schedule counts either
-optimizer steps (``unit="step"``, ``trainer.global_step``) or epochs (``unit="epoch"``,
-``trainer.current_epoch``); a point ``t`` means "from the start of step/epoch ``t`` on".
+optimizer steps (``unit="step"``, ``trainer.global_step``: with ``accumulate_grad_batches=k`` one step is k
+batches) or epochs (``unit="epoch"``, ``trainer.current_epoch``); a point ``t`` means "from the start of step/epoch
+``t`` on". A weight writer reads the values as sparsity (the fraction removed); ``StructuredPruning`` reads them as
+the fraction of the way to its size target (ending at 1).
 
 Examples:
     >>> AtEpochs({2: 0.3, 4: 0.5, 6: 0.6})(3)

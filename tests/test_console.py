@@ -70,7 +70,7 @@ def test_event_lines_are_written_above_the_tqdm_bar_and_stay_after_it(tmp_path, 
 
 def test_without_a_progress_bar_the_lines_go_to_rank_zero_logging(caplog):
     with caplog.at_level("INFO"):
-        t = _fit([StructuredPruning(0.8, AtEpochs({1: 0.25, 2: 0.5}), dims=["neurons"])])
+        t = _fit([StructuredPruning(0.8, AtEpochs({1: 0.5, 2: 1.0}), dims=["neurons"])])
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("StructuredPruning")]
     assert len(lines) == 2
     assert re.match(r"StructuredPruning: step 4 \(epoch 1\): params [\d,]+ of 5,248 \(this event's goal", lines[0])
@@ -124,7 +124,7 @@ def test_tensorboard_has_one_series_per_metric_logged_at_the_step_it_changes(tmp
 def test_structure_metrics_are_logged_at_the_step_of_each_event(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    structure = StructuredPruning(0.8, AtEpochs({1: 0.25, 2: 0.5}), dims=["neurons"])
+    structure = StructuredPruning(0.8, AtEpochs({1: 0.5, 2: 1.0}), dims=["neurons"])
     logger = TensorBoardLogger(tmp_path, default_hp_metric=False)
     t = _fit([structure], logger=logger, log_every_n_steps=3)  # events at steps 4 and 8, between logging steps
     events = EventAccumulator(logger.log_dir)

@@ -70,7 +70,7 @@ def test_final_model_is_labelled_by_what_happened_and_dense_is_before_it(tmp_pat
 
 
 def test_structured_removal_is_reported_as_parameters_removed(tmp_path):
-    report, summary = _fit(tmp_path, [StructuredPruning(0.8, AtEpochs({1: 0.25, 2: 0.5}), dims=["neurons"])])
+    report, summary = _fit(tmp_path, [StructuredPruning(0.8, AtEpochs({1: 0.5, 2: 1.0}), dims=["neurons"])])
     assert summary["final_label"] == "parameters removed"
     assert [e["epoch"] for e in summary["events"]] == [1, 2]
     first, last = (e["params_removed"] for e in summary["events"])

@@ -60,7 +60,7 @@ def test_each_dimension_reaches_its_target_holds_zeros_and_exports(tmp_path, fam
     pl.seed_everything(0, verbose=False)
     module = CausalLM(model=BUILD[family](), warmup_steps=2)
     target = _half(SizeModel.from_model(module.model), dim)
-    pruning = StructuredPruning(SizeTarget(params=target), AtSteps({2: 0.3, 4: 0.6}), dims=(dim,))
+    pruning = StructuredPruning(SizeTarget(params=target), AtSteps({2: 0.5, 4: 1.0}), dims=(dim,))
     held = HeldZero()
     t = trainer(max_steps=6, callbacks=[pruning, held, ExportPretrained(str(tmp_path))])
     t.fit(module, _loader())
@@ -85,7 +85,7 @@ def test_all_dimensions_reach_half_the_parameters_within_one_percent(tmp_path):
     pl.seed_everything(0, verbose=False)
     module = CausalLM(model=llama(num_hidden_layers=3, intermediate_size=64), warmup_steps=2)
     dense = sum(p.numel() for p in module.model.parameters())
-    pruning = StructuredPruning(0.5, AtSteps({2: 0.5, 4: 0.9}), criterion="activation")
+    pruning = StructuredPruning(0.5, AtSteps({2: 0.5 / 0.9, 4: 1.0}), criterion="activation")
     trainer(max_steps=6, callbacks=[pruning, ExportPretrained(str(tmp_path))]).fit(module, _loader())
     assert pruning.dims == ("neurons", "heads", "layers", "hidden")
     exported = json.loads((tmp_path / "export.json").read_text())["parameters"]
@@ -103,7 +103,7 @@ def test_resume_mid_schedule_equals_an_uninterrupted_run(tmp_path):
     def run(folder, stop_after=None, ckpt=None):
         pl.seed_everything(0, verbose=False)
         module = CausalLM(model=llama(intermediate_size=32), warmup_steps=2)
-        pruning = StructuredPruning(0.6, AtEpochs({1: 0.5, 2: 0.9}))
+        pruning = StructuredPruning(0.6, AtEpochs({1: 0.5 / 0.9, 2: 1.0}))
         saver = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0)
         extra = [StopAfter(stop_after)] if stop_after is not None else []
         t = trainer(max_epochs=3, callbacks=[pruning, saver, *extra], enable_checkpointing=True)
@@ -125,23 +125,23 @@ def _fit(pruning, build=lambda: BUILD["gpt2"](), steps=6):
 
 def test_bad_input_is_refused_at_setup():
     with pytest.raises(ValueError, match=r"fraction of the dense model to keep, in \(0, 1\), got 1.5"):
-        StructuredPruning(SizeTarget(fraction=1.5), AtSteps({2: 0.5}))
+        StructuredPruning(SizeTarget(keep=1.5), AtSteps({2: 1.0}))
     with pytest.raises(ValueError, match="unknown structured criterion 'l2'"):
-        StructuredPruning(0.5, AtSteps({2: 0.5}), criterion="l2")
+        StructuredPruning(0.5, AtSteps({2: 1.0}), criterion="l2")
     with pytest.raises(ValueError, match="dims must be a non-empty list from"):
-        StructuredPruning(0.5, AtSteps({2: 0.5}), dims=("width",))
+        StructuredPruning(0.5, AtSteps({2: 1.0}), dims=("width",))
     with pytest.raises(ValueError, match=r"cannot remove \['heads'\] of this gpt2 model physically .*derives head_dim"):
-        _fit(StructuredPruning(0.5, AtSteps({2: 0.5}), dims=("heads",)))
+        _fit(StructuredPruning(0.5, AtSteps({2: 1.0}), dims=("heads",)))
     with pytest.raises(ValueError, match=r"Choose dims from \['neurons', 'layers'\]"):
-        _fit(StructuredPruning(0.5, AtSteps({2: 0.5}), dims=("hidden",)))
+        _fit(StructuredPruning(0.5, AtSteps({2: 1.0}), dims=("hidden",)))
     with pytest.raises(ValueError, match="removing everything dims \\('layers',\\) allow leaves"):
-        _fit(StructuredPruning(0.3, AtSteps({2: 0.5}), dims=("layers",)))
+        _fit(StructuredPruning(0.3, AtSteps({2: 1.0}), dims=("layers",)))
     with pytest.raises(ValueError, match="prunes at step 0, before any statistics"):
-        _fit(StructuredPruning(0.5, AtSteps({0: 0.5})))
+        _fit(StructuredPruning(0.5, AtSteps({0: 1.0})))
     with pytest.raises(ValueError, match="at step 9, but the run has only steps 0..5"):
-        _fit(StructuredPruning(0.5, AtSteps({9: 0.5})))
+        _fit(StructuredPruning(0.5, AtSteps({9: 1.0})))
     with pytest.raises(ValueError, match="has no experts blocks|neurons sit in fused experts"):
-        _fit(StructuredPruning(0.5, AtSteps({2: 0.5}), dims=("neurons",)), build=mixtral)
+        _fit(StructuredPruning(0.5, AtSteps({2: 1.0}), dims=("neurons",)), build=mixtral)
 
 
 def test_the_export_cuts_the_units_every_writer_published(tmp_path):
@@ -149,7 +149,7 @@ def test_the_export_cuts_the_units_every_writer_published(tmp_path):
     module = CausalLM(model=BUILD["gpt2"](), warmup_steps=2)
     size = SizeModel.from_model(module.model)
     neurons = NeuronPruning(AtSteps({2: 0.25}), "activation")
-    layers = StructuredPruning(SizeTarget(params=_half(size, "layers")), AtSteps({3: 0.5}), dims=("layers",))
+    layers = StructuredPruning(SizeTarget(params=_half(size, "layers")), AtSteps({3: 1.0}), dims=("layers",))
     trainer(max_steps=5, callbacks=[neurons, layers, ExportPretrained(str(tmp_path))]).fit(module, _loader())
     registry = registry_of(module)
     assert set(registry.units) == {"NeuronPruning", "StructuredPruning"}

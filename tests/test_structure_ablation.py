@@ -169,7 +169,7 @@ def test_structured_pruning_removes_what_was_measured_cheapest_per_parameter(mon
     size = SizeModel.from_model(module.model)
     block = size.params(size.full) - size.params(size.counts(Units(layers=torch.tensor([True, False]))))
     target = SizeTarget(params=size.params(size.full) - block)
-    pruning = StructuredPruning(target, AtSteps({2: 0.5}), dims=("neurons", "layers"), loss_batches=1)
+    pruning = StructuredPruning(target, AtSteps({2: 1.0}), dims=("neurons", "layers"), loss_batches=1)
     trainer(max_steps=4, callbacks=[pruning]).fit(module, _loader())
     assert (not bool(pruning.units.layers.all())) == removes_block
     event = pruning.events[0]
@@ -182,6 +182,6 @@ def test_structured_pruning_removes_what_was_measured_cheapest_per_parameter(mon
 
 def test_loss_batches_is_checked():
     with pytest.raises(ValueError, match="loss_batches is a number of training batches >= 0"):
-        StructuredPruning(0.5, AtSteps({2: 0.5}), loss_batches=-1)
+        StructuredPruning(0.5, AtSteps({2: 1.0}), loss_batches=-1)
     with pytest.raises(ValueError, match="loss_batches is a number of training batches >= 0"):
-        StructuredPruning(0.5, AtSteps({2: 0.5}), loss_batches=True)
+        StructuredPruning(0.5, AtSteps({2: 1.0}), loss_batches=True)

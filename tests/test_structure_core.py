@@ -38,15 +38,15 @@ def n_params(model):
 
 def test_size_targets_resolve_and_refuse_bad_values():
     assert SizeTarget(params=400).goal(1000, 9) == 400.0
-    assert SizeTarget(fraction=0.25).goal(1000, 9) == 250.0
+    assert SizeTarget(keep=0.25).goal(1000, 9) == 250.0
     assert SizeTarget(flops=0.5, seq=8).goal(1000, 9) == 4.5 and SizeTarget(flops=0.5).metric == "flops"
-    assert SizeTarget.of(0.5) == SizeTarget(fraction=0.5) and SizeTarget.of(7) == SizeTarget(params=7)
+    assert SizeTarget.of(0.5) == SizeTarget(keep=0.5) and SizeTarget.of(7) == SizeTarget(params=7)
     with pytest.raises(ValueError, match="exactly one of params"):
-        SizeTarget(params=10, fraction=0.5)
+        SizeTarget(params=10, keep=0.5)
     with pytest.raises(ValueError, match="exactly one of params"):
         SizeTarget()
     with pytest.raises(ValueError, match=r"fraction of the dense model to keep, in \(0, 1\), got 1.5"):
-        SizeTarget(fraction=1.5)
+        SizeTarget(keep=1.5)
     with pytest.raises(ValueError, match="not below the model's 1,000"):
         SizeTarget(params=1000).goal(1000, 9)
     with pytest.raises(ValueError, match="a SizeTarget, a float"):

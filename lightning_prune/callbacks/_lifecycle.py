@@ -152,6 +152,7 @@ class Lifecycle(Callback):
         self._ckpt_path: str | None = None
         self._loading_for_fit: bool | None = None  # set by on_load_checkpoint for the load_state_dict that follows
         self._shrinks_seen = 0  # the registry's shrinks this instance's state already follows
+        self.spent = False  # a writer of units whose units a shrink cut out: a further fit holds and prunes nothing
         self.registry: MaskRegistry | None = None
 
     # ---- what a subclass provides --------------------------------------------------------------------------
@@ -181,7 +182,12 @@ class Lifecycle(Callback):
         """Map the state through a physical shrink of the model (`Shrink`), so a
         later fit continues it. By default the parameters the state is made for are renamed and reshaped (masks
         live in the registry, which followed already); state that cannot follow sets ``self._signature = None``
-        and starts afresh at the next fit."""
+        and starts afresh at the next fit. A writer of units (one with a ``_prefix``: the model it removes from)
+        whose model the shrink cut is *spent*: its units are gone, it reached what it did, and a further fit holds
+        and prunes nothing for it."""
+        if shrink.prefix is not None and shrink.prefix == getattr(self, "_prefix", None):
+            self.spent = True
+            return
         if self._signature is not None:
             self._signature = {
                 new: shrink.shape(f, s) for f, s in self._signature.items() if (new := shrink.fqn(f)) is not None
@@ -196,7 +202,8 @@ class Lifecycle(Callback):
             schedule = getattr(self, "schedule", None)
             if isinstance(schedule, Schedule) and not self.finished(pl_module):  # again at on_fit_start
                 check_schedule_fits(schedule, trainer)
-            self.check(trainer, pl_module)
+            if not self._spent_on(pl_module):
+                self.check(trainer, pl_module)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -207,6 +214,11 @@ class Lifecycle(Callback):
             for shrink in self.registry.shrinks[self._shrinks_seen :]:
                 self.follow(shrink)
         self._shrinks_seen = len(self.registry.shrinks)
+        if self.spent and owner is pl_module:
+            rank_zero_info(f"{type(self).__name__}: its units were cut out of the model; this fit prunes none.")
+            self.registry.progress[self.state_key] = (1.0, 1.0)
+            return
+        self.spent = False
         signature = self.resolve(trainer, pl_module)
         if owner is not pl_module or signature != self._signature:
             if self._signature is not None:
@@ -217,10 +229,20 @@ class Lifecycle(Callback):
         if isinstance(schedule, Schedule) and not self.finished(pl_module):
             check_schedule_fits(schedule, trainer)
 
+    def _spent_on(self, pl_module: pl.LightningModule) -> bool:
+        """Whether a shrink of ``pl_module``'s model since this state was made cut this writer's units out."""
+        owner = self._owner() if self._owner is not None else None
+        if owner is not pl_module:
+            return False
+        shrinks = registry_of(pl_module).shrinks[self._shrinks_seen :]
+        return self.spent or any(s.prefix is not None and s.prefix == getattr(self, "_prefix", None) for s in shrinks)
+
     def finished(self, pl_module: pl.LightningModule) -> bool:
         """Whether this instance's state is of ``pl_module`` and has reached its final target: a further fit of any
         length continues it (masks held, nothing pruned again), so its schedule need not fit that run."""
         owner = self._owner() if self._owner is not None else None
+        if self._spent_on(pl_module):
+            return True
         progress = registry_of(pl_module).progress.get(self.state_key) if owner is pl_module else None
         return progress is not None and progress[0] >= progress[1]
 
@@ -231,7 +253,8 @@ class Lifecycle(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_pending()
-        self.start(trainer, pl_module)
+        if not self.spent:
+            self.start(trainer, pl_module)
         self.registry.attach(trainer.optimizers)
 
     @override

@@ -168,6 +168,8 @@ class NeuronPruning(Lifecycle):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self.spent:
+            return
         target = self.schedule(trainer.global_step if self.schedule.unit == "step" else trainer.current_epoch)
         if target > self.sparsity:
             self.prune(trainer, target)

@@ -64,9 +64,10 @@ class StructuredPruning(Lifecycle):
     Args:
         target: the exported size: a [`SizeTarget`][lightning_prune.SizeTarget], a float (fraction of the
             parameters kept) or an int (parameter count).
-        schedule: when to get there: a [`Schedule`][lightning_prune.Schedule] (its values are read as the
-            fraction of the way, relative to its last value) or ``{epoch: value}``. The first point must follow at
-            least one training step (statistics come from training).
+        schedule: when to get there: a [`Schedule`][lightning_prune.Schedule] or ``{epoch: value}`` whose values are
+            the fraction of the way to the target (0: dense, 1: at the target), ending at 1.0; positions count
+            optimizer steps (``trainer.global_step``: under gradient accumulation one step is several batches) or
+            epochs. The first point must follow at least one training step (statistics come from training).
         dims: dimensions to remove from ([`DIMENSIONS`][lightning_prune.structured.DIMENSIONS]); default: all that the
             model's config can shrink.
         criterion: what orders the units within a dimension: ``"taylor"`` (the second-order estimate of the loss
@@ -89,7 +90,7 @@ class StructuredPruning(Lifecycle):
             not search every combination); the last event then warns with the size reached.
 
     Examples:
-        >>> pruning = StructuredPruning(SizeTarget(fraction=0.5), Cubic(0.5, start=100, end=1000))
+        >>> pruning = StructuredPruning(SizeTarget(keep=0.5), Cubic(1.0, start=100, end=1000))
         >>> trainer = pl.Trainer(max_steps=1200, callbacks=[pruning, ExportPretrained("out")])
     """
 
@@ -106,8 +107,13 @@ class StructuredPruning(Lifecycle):
     ) -> None:
         self.target = SizeTarget.of(target)
         self.schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
-        if self.schedule.end_sparsity() <= 0:
-            raise ValueError(f"the schedule {self.schedule} never rises above 0: it would never prune.")
+        if self.schedule.end_sparsity() != 1.0:
+            raise ValueError(
+                f"StructuredPruning reads its schedule as the fraction of the way to the target (0: dense, 1: at the "
+                f"target), and {self.schedule} ends at {self.schedule.end_sparsity()}, which reads like a second "
+                "target: the size is the target's alone. End the schedule at 1.0, e.g. Cubic(1.0, start=100, "
+                "end=1000) or AtEpochs({2: 0.5, 4: 1.0})."
+            )
         if dims is not None and (isinstance(dims, str) or not set(dims) <= set(DIMENSIONS) or not dims):
             raise ValueError(f"dims must be a non-empty list from {DIMENSIONS}, got {dims!r}.")
         if criterion not in STRUCTURE_CRITERIA:
@@ -251,12 +257,14 @@ class StructuredPruning(Lifecycle):
 
     def progress(self, t: int) -> float:
         """Fraction of the way to the target the schedule asks for at position ``t``."""
-        return min(1.0, self.schedule(t) / self.schedule.end_sparsity())
+        return min(1.0, self.schedule(t))
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self.spent:
+            return
         wanted = self.progress(trainer.global_step if self.schedule.unit == "step" else trainer.current_epoch)
         if wanted > self.reached:
             self.prune(trainer, pl_module, wanted)
@@ -434,9 +442,10 @@ class StructuredPruning(Lifecycle):
         """Physically remove the units from ``model`` (default: the trained one) and update its config.
 
         Shrinking the trained model cuts out every writer's units of it (as an export does) and maps every record
-        through the shrink (`shrink_trained_`): other writers' masks are cut
-        and renamed with the blocks renumbered after removed layers, so each stays on its own weights, and a
-        further fit continues them. This callback's own state is spent: a further fit starts it afresh."""
+        through the shrink (`shrink_trained_`): other writers' entry masks (``ScheduledPruning``, ``HoldMasks``) are
+        cut and renamed with the blocks renumbered after removed layers, so each stays on its own weights, and a
+        further fit continues them; every writer of units of this model (this one, a ``NeuronPruning``) is spent:
+        its units are gone, and a further fit holds and prunes nothing for it."""
         if model is not None and model is not self.model:
             return shrink_units_(model, self.units)
         shrink_trained_(self.model, self._prefix, self.registry, self.units)

@@ -1,11 +1,13 @@
 """What size a structured pruning run should end at: [`SizeTarget`][lightning_prune.SizeTarget].
 
-The target is one of: a parameter count of the exported model, a fraction of the dense model's parameters, or a
-fraction of its FLOPs per token. Fractions are what is *kept*: ``SizeTarget(fraction=0.5)`` exports a model with
-half the parameters.
+The target is what the exported model *keeps*: a parameter count (``params=``), a fraction of the dense model's
+parameters (``keep=``) or a fraction of its FLOPs per token (``flops=``). ``SizeTarget(keep=0.3)`` exports a model
+with 30 % of the parameters — where ``ScheduledPruning({2: 0.3})`` *removes* 30 % of the weights (a sparsity). The
+schedule of a [`StructuredPruning`][lightning_prune.StructuredPruning] is neither: it says how far along the way to
+this target a run is (0 dense, 1 at the target).
 
 Examples:
-    >>> SizeTarget(fraction=0.5).goal(dense_params=1000, dense_flops=4000)
+    >>> SizeTarget(keep=0.5).goal(dense_params=1000, dense_flops=4000)
     500.0
     >>> SizeTarget(flops=0.25).metric
     'flops'
@@ -13,6 +15,7 @@ Examples:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 __all__ = ["SizeTarget"]
@@ -28,30 +31,40 @@ def _fraction(value: float, name: str) -> float:
 
 @dataclass(frozen=True)
 class SizeTarget:
-    """The size of the exported model: give exactly one of ``params``, ``fraction`` and ``flops``.
+    """The size of the exported model, what it keeps: give exactly one of ``params``, ``keep`` and ``flops``.
 
     Raises:
         ValueError: with none or several of them, a count below 1, a fraction outside (0, 1), or a negative ``seq``.
     """
 
-    params: int | None = None  # parameters of the exported model (a count)
-    fraction: float | None = None  # fraction of the dense model's parameters kept, in (0, 1)
+    params: int | None = None  # parameters the exported model keeps (a count)
+    keep: float | None = None  # fraction of the dense model's parameters kept, in (0, 1)
     flops: float | None = None  # fraction of the dense model's FLOPs per token kept, in (0, 1)
     seq: int = 0  # tokens of context counted in the attention products' FLOPs per token (0: weight products only)
+    fraction: float | None = None  # the former name of ``keep`` (deprecated)
 
     def __post_init__(self) -> None:
-        given = [n for n in ("params", "fraction", "flops") if getattr(self, n) is not None]
+        if self.fraction is not None:
+            warnings.warn(
+                "SizeTarget(fraction=) is now SizeTarget(keep=): the fraction of the parameters the model keeps.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            if self.keep is None:
+                object.__setattr__(self, "keep", self.fraction)
+            object.__setattr__(self, "fraction", None)
+        given = [n for n in ("params", "keep", "flops") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(
-                f"a SizeTarget takes exactly one of params (a count), fraction (of parameters) or flops (a fraction "
-                f"of FLOPs per token), got {given or 'none'}; e.g. SizeTarget(fraction=0.5)."
+                f"a SizeTarget takes exactly one of params (a count kept), keep (a fraction of the parameters kept) or "
+                f"flops (a fraction of FLOPs per token kept), got {given or 'none'}; e.g. SizeTarget(keep=0.5)."
             )
         if self.params is not None and (isinstance(self.params, bool) or not isinstance(self.params, int)):
             raise ValueError(f"params is a parameter count (an int), got {self.params!r}.")
         if self.params is not None and self.params < 1:
             raise ValueError(f"params must be at least 1, got {self.params}.")
-        if self.fraction is not None:
-            _fraction(self.fraction, "fraction")
+        if self.keep is not None:
+            _fraction(self.keep, "keep")
         if self.flops is not None:
             _fraction(self.flops, "flops")
         if isinstance(self.seq, bool) or not isinstance(self.seq, int) or self.seq < 0:
@@ -68,7 +81,7 @@ class SizeTarget:
         if isinstance(value, SizeTarget):
             return value
         if isinstance(value, float):
-            return cls(fraction=value)
+            return cls(keep=value)
         if isinstance(value, int) and not isinstance(value, bool):
             return cls(params=value)
         raise ValueError(
@@ -90,16 +103,16 @@ class SizeTarget:
             if self.params >= dense_params:
                 raise ValueError(
                     f"the target of {self.params:,} parameters is not below the model's {int(dense_params):,}: "
-                    f"nothing to remove. Give a smaller count or a fraction, e.g. SizeTarget(fraction=0.5)."
+                    f"nothing to remove. Give a smaller count or a fraction kept, e.g. SizeTarget(keep=0.5)."
                 )
             return float(self.params)
-        if self.fraction is not None:
-            return self.fraction * dense_params
+        if self.keep is not None:
+            return self.keep * dense_params
         return self.flops * dense_flops
 
     def describe(self) -> str:
         if self.params is not None:
             return f"{self.params:,} parameters"
-        if self.fraction is not None:
-            return f"{self.fraction:.1%} of the parameters"
+        if self.keep is not None:
+            return f"{self.keep:.1%} of the parameters"
         return f"{self.flops:.1%} of the FLOPs per token" + (f" (context {self.seq})" if self.seq else "")
