@@ -1,11 +1,12 @@
 """Invariants of the structured wing composed with the other writers, drawn by hypothesis.
 
-Each draw composes a tiny model of a ``transformers`` family (GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma, Phi-3, OPT,
-GPT-NeoX, Mixtral; 2 or 3 blocks, width 16), ``StructuredPruning`` over a subset of the dimensions that family can
-shrink (criterion, ``loss_batches``, target), the writers beside it (none, ``NeuronPruning``, ``ScheduledPruning``
-with the unstructured, row or 2:4 pattern, with or without a cap), a recovery afterwards (``HoldMasks`` or
-``FineTune`` from the run's checkpoint) and a lifecycle point (a plain fit; ``shrink_()`` and a new fit with the
-other writers; a resume from a mid-run checkpoint; a second fit of the same model). Every draw checks:
+Each draw composes a tiny model of a ``transformers`` family (GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2,
+Phi-3, Granite, Starcoder2, OPT, GPT-NeoX, Falcon, Mixtral, Qwen3-MoE; 2 or 3 blocks, width 16), ``StructuredPruning``
+over a subset of the dimensions that family can shrink (criterion, ``loss_batches``, target), the writers beside it
+(none, ``NeuronPruning``, ``ScheduledPruning`` with the unstructured, row or 2:4 pattern, with or without a cap), a
+recovery afterwards (``HoldMasks`` or ``FineTune`` from the run's checkpoint) and a lifecycle point (a plain fit;
+``shrink_()`` and a new fit with the other writers; a resume from a mid-run checkpoint; a second fit of the same
+model), each ending in an export. Every draw checks:
 
 - a configuration that cannot work is refused before the first optimizer step, with a ``ValueError`` that says what
   to do; every other one runs without an error;
@@ -18,7 +19,7 @@ other writers; a resume from a mid-run checkpoint; a second fit of the same mode
 - a resumed run ends where the uninterrupted one does (units, events, weights);
 - a second fit after the target removes nothing more.
 
-The draws are derandomized (a fixed seed). ``LIGHTNING_PRUNE_STRUCTURED_DRAWS`` sets their number (default 16, about
+The draws are derandomized (a fixed seed). ``LIGHTNING_PRUNE_STRUCTURED_DRAWS`` sets their number (default 40, about
 a minute on two cores); a larger value is the long profile.
 """
 
@@ -58,7 +59,7 @@ from lightning_prune.structured.config import config_accepts
 
 logging.set_verbosity_error()  # tiny configs trip warnings about special tokens and sliding windows
 
-DRAWS = int(os.environ.get("LIGHTNING_PRUNE_STRUCTURED_DRAWS", "16"))
+DRAWS = int(os.environ.get("LIGHTNING_PRUNE_STRUCTURED_DRAWS", "40"))
 VOCAB, SEQ, BATCH = 32, 16, 4
 EPOCHS = 3  # per fit, of 2 batches (by epochs: these runs stopped and resumed under max_steps do not replay exactly)
 TOKENS = {"vocab_size": VOCAB, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
@@ -95,13 +96,38 @@ FAMILIES = {  # family -> (model_type, config kwargs without the block count, th
         {**LLAMA, "intermediate_size": 8, "num_local_experts": 4, "num_experts_per_tok": 2},
         "num_hidden_layers",
     ),
+    "qwen3_moe": (  # block 1 is dense
+        "qwen3_moe",
+        {**LLAMA, "head_dim": 4, "moe_intermediate_size": 8, "num_experts": 4, "num_experts_per_tok": 2}
+        | {"mlp_only_layers": [1]},
+        "num_hidden_layers",
+    ),
+    "gemma2": ("gemma2", {**LLAMA, "head_dim": 4, "sliding_window": 4}, "num_hidden_layers"),
+    "granite": (
+        "granite",
+        {**LLAMA, "embedding_multiplier": 2.0, "residual_multiplier": 0.5, "logits_scaling": 2.0},
+        "num_hidden_layers",
+    ),
+    "starcoder2": ("starcoder2", {**LLAMA, "residual_dropout": 0.0, "embedding_dropout": 0.0}, "num_hidden_layers"),
+    "falcon": (
+        "falcon",
+        {**MHA, "ffn_hidden_size": 32, "new_decoder_architecture": True, "num_kv_heads": 2}
+        | {"hidden_dropout": 0.0, "attention_dropout": 0.0},
+        "num_hidden_layers",
+    ),
 }
 DIMS = {  # what each family's config can shrink (StructuredPruning's default dims)
     "gpt2": ("neurons", "layers"),
     "opt": ("neurons", "layers"),
     "gpt_neox": ("neurons", "layers"),
+    "falcon": ("neurons", "layers"),
+    # hidden features of Gemma 2 export to other logits: test_gemma2_hidden_features_export_the_masked_models_logits
+    "gemma2": ("neurons", "heads", "layers"),
     "mixtral": ("heads", "layers", "hidden", "experts"),
+    "qwen3_moe": ("heads", "layers", "hidden", "experts"),
 }
+LAYER_NORM = {"starcoder2"}  # of the families whose hidden features can go, those with LayerNorm (not RMSNorm)
+MOE = {"mixtral", "qwen3_moe"}
 ALL_DIMS = ("neurons", "heads", "layers", "hidden")
 CUTS_INPUTS = {"neurons", "heads", "hidden"}  # dimensions that cut input features out of some weight
 ADVICE = re.compile(r"\b(choose|use|start|add|pass|remove|set|train|apply)\b", re.IGNORECASE)
@@ -127,7 +153,8 @@ class Draw:
 def draws(draw: st.DrawFn) -> Draw:
     family = draw(st.sampled_from(list(FAMILIES)))
     supported = DIMS.get(family, ALL_DIMS)
-    dims = tuple(draw(st.lists(st.sampled_from(supported), min_size=1, max_size=len(supported), unique=True)))
+    order = draw(st.permutations(supported))
+    dims = tuple(order[: draw(st.integers(1, len(supported)))])
     writers = draw(st.sampled_from(["alone", "neurons", "weights", "weights"]))
     lifecycles = ["plain", "shrink", "resume", "second_fit"]
     if (
@@ -206,12 +233,13 @@ def _others(callbacks) -> list[pl.Callback]:
 
 def _refusal(d: Draw) -> str | None:
     """What the refusal of a draw that cannot work says (it must come before training), or None."""
-    if d.writers == "neurons" and d.family == "mixtral":
+    # in the order they are checked: the target at setup, the writers' models at fit start, N:M groups after
+    if _floor(d) > d.fraction * _dense(d) * 1.01:
+        return "Choose a larger target or add dims"
+    if d.writers == "neurons" and d.family in ("mixtral", "qwen3_moe"):
         return "neurons in fused experts.*score expert neurons yourself"
     if d.writers == "weights" and d.pattern == "2:4" and CUTS_INPUTS & set(d.dims):
         return "N:M groups.*dims=\\('layers',\\)"
-    if _floor(d) > d.fraction * _dense(d) * 1.01:
-        return "Choose a larger target or add dims"
     return None
 
 
@@ -264,21 +292,24 @@ def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _tolerance(dims) -> dict | None:
+def _tolerance(dims, family: str = "") -> dict | None:
     """How close the exported model's logits are to the masked model's: exact for neurons, heads and layers of these
-    pre-norm families; hidden features up to the norms' epsilon (the norms are rescaled on the cut); experts not
-    at all (the router still routes to a masked expert while training, and the export drops it from the softmax)."""
-    if "experts" in dims:
+    pre-norm families; hidden features up to the RMS norms' epsilon (they are rescaled on the cut), and not at all
+    under LayerNorm (its mean and variance are over every feature, masked ones included); experts not at all (the
+    router still routes to a masked expert while training, and the export drops it from the softmax). Hidden features
+    of a mixture of experts are not compared either: an epsilon-sized difference in the router's input can flip its
+    top-k choice for a token."""
+    if "experts" in dims or ("hidden" in dims and family in LAYER_NORM | MOE):
         return None
     if "hidden" in dims:
         return {"atol": 2e-3, "rtol": 1e-2}
     return {"atol": 1e-4, "rtol": 1e-4}
 
 
-def _check_export(directory, model: torch.nn.Module, params: int, dims) -> None:
+def _check_export(directory, model: torch.nn.Module, params: int, dims, family: str = "") -> None:
     reloaded = AutoModelForCausalLM.from_pretrained(directory).eval()
     assert sum(p.numel() for p in reloaded.parameters()) == params
-    exact = _tolerance(dims)
+    exact = _tolerance(dims, family)
     if exact is not None:
         ids = torch.randint(3, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(_logits(reloaded, ids), _logits(model, ids), **exact)
@@ -333,11 +364,11 @@ def _recover(d: Draw, tmp_path, structured: StructuredPruning, module) -> None:
         again = CausalLM(model=build(d.family, d.blocks), warmup_steps=2)
         again.load_state_dict(module.state_dict())
         _fit(again, [HoldMasks(checkpoint=ckpt)], export=tmp_path / "held", epochs=2, seed=1)
-        _check_export(tmp_path / "held", again.model, params, d.dims)
+        _check_export(tmp_path / "held", again.model, params, d.dims, d.family)
     elif d.recovery == "finetune":
         ft = FineTune(checkpoint=str(ckpt), model=build(d.family, d.blocks), warmup_steps=2)
         _fit(ft, [], export=tmp_path / "tuned", epochs=2, seed=1)
-        _check_export(tmp_path / "tuned", ft.model, params, d.dims)
+        _check_export(tmp_path / "tuned", ft.model, params, d.dims, d.family)
 
 
 def _run(d: Draw, tmp_path) -> None:
@@ -348,19 +379,31 @@ def _run(d: Draw, tmp_path) -> None:
     assert [e["step"] for e in structured.events] == [2, 4]
     _neuron_counts(structured, callbacks)
     if last:
-        _check_export(tmp_path / "export", module.model, structured.measure()["params"], d.dims)
+        _check_export(tmp_path / "export", module.model, structured.measure()["params"], d.dims, d.family)
     if d.lifecycle == "shrink":
         ids = torch.randint(3, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(2))
         masked, params = _logits(module.model, ids), structured.measure()["params"]
+        registry = registry_of(module)
+        own = {w: {f: m.clone() for f, m in registry.writers.get(w, {}).items()} for w in map(_key, _others(callbacks))}
+        kept = structured.units.layers
         structured.shrink_()
         assert sum(p.numel() for p in module.model.parameters()) == params
-        exact = _tolerance(d.dims)
+        exact = _tolerance(d.dims, d.family)
         if exact is not None:
             torch.testing.assert_close(_logits(module.model, ids), masked, **exact)
         before = _masks_sit_on_zeros(module)
-        assert set(before) == {f for f, (pruned, _) in before.items() if pruned} or d.writers != "alone"
-        others = _others(callbacks)
-        _fit(module, others, export=tmp_path / "shrunk")
+        for writer, masks in own.items():  # each writer's masks went with their weights (blocks renumbered)
+            for fqn, mask in masks.items():
+                new = _renamed(fqn, kept)
+                if new is None or not (~mask).any():
+                    continue  # its block is gone, or it pruned nothing there
+                held = registry.writers[writer][new]
+                if held.shape == mask.shape:  # a weight the shrink did not cut: the very same mask
+                    assert torch.equal(held, mask), (fqn, new)
+                else:
+                    assert int((~held).sum()) <= int((~mask).sum()), (fqn, new)
+        assert sum(pruned for pruned, _ in before.values()) > 0 or d.writers == "alone"
+        _fit(module, _others(callbacks), export=tmp_path / "shrunk")
         assert _masks_sit_on_zeros(module) == before  # each writer's masks on their own weights, none added
         _check_export(tmp_path / "shrunk", module.model, params, ())  # nothing left to cut: exact
     elif d.lifecycle == "resume":
@@ -369,16 +412,39 @@ def _run(d: Draw, tmp_path) -> None:
         _fit(resumed, again, ckpt_path=tmp_path / "stopped" / "last.ckpt", export=tmp_path / "resumed")
         other = _structured(again)
         assert other.events == structured.events and other.units.equal(structured.units)
+        assert _same_masks(registry_of(resumed), registry_of(module))  # every writer's
         for (name, a), b in zip(module.state_dict().items(), resumed.state_dict().values(), strict=True):
             torch.testing.assert_close(a, b, msg=name)
-        _check_export(tmp_path / "resumed", resumed.model, other.measure()["params"], d.dims)
+        _check_export(tmp_path / "resumed", resumed.model, other.measure()["params"], d.dims, d.family)
     elif d.lifecycle == "second_fit":
         events, units, params = list(structured.events), structured.units.to_dict(), structured.measure()["params"]
+        keep = {f: m.clone() for f, m in registry_of(module).keep.items()}
         _fit(module, callbacks, export=tmp_path / "second")
+        assert keep.keys() == registry_of(module).keep.keys()
+        assert all(torch.equal(m, registry_of(module).keep[f]) for f, m in keep.items())  # nothing more, nothing freed
         assert structured.events == events and structured.measure()["params"] == params
         assert all(torch.equal(a, b) for a, b in zip(_flat(structured.units.to_dict()), _flat(units), strict=True))
-        _check_export(tmp_path / "second", module.model, params, d.dims)
+        _check_export(tmp_path / "second", module.model, params, d.dims, d.family)
     _recover(d, tmp_path, structured, module)
+
+
+def _key(callback) -> str:
+    return callback.state_key
+
+
+def _renamed(fqn: str, kept: torch.Tensor | None) -> str | None:
+    """The name of ``fqn`` after a shrink that kept the blocks ``kept`` (None: every block), or None if it went."""
+    found = re.search(r"\.(h|layers)\.(\d+)\.", fqn)
+    if found is None or kept is None:
+        return fqn
+    block = int(found.group(2))
+    if not bool(kept[block]):
+        return None
+    return f"{fqn[: found.start(2)]}{int(kept[:block].sum())}{fqn[found.end(2) :]}"
+
+
+def _same_masks(a, b) -> bool:
+    return a.keep.keys() == b.keep.keys() and all(torch.equal(a.keep[f], b.keep[f]) for f in a.keep)
 
 
 def _flat(units: dict) -> list[torch.Tensor]:
@@ -455,3 +521,20 @@ def test_neuron_pruning_continues_after_a_structured_shrink():
     trainer(max_epochs=2, callbacks=[neurons]).fit(module, _loader())  # a further fit continues it: at its target
     assert neurons.events == events
     assert all(int((b.mlp.c_fc.weight == 0).sum()) == 0 for b in module.model.transformer.h)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Gemma 2 with hidden features removed exports a model whose logits differ from the masked model's "
+    "(llama and gemma agree within the norms' epsilon)",
+)
+def test_gemma2_hidden_features_export_the_masked_models_logits(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    module = CausalLM(model=build("gemma2"), warmup_steps=2)
+    pruning = StructuredPruning(0.75, AtSteps({2: 1.0}), dims=("hidden",), loss_batches=0)
+    trainer(max_epochs=2, callbacks=[pruning, ExportPretrained(str(tmp_path))]).fit(module, _loader())
+    assert pruning.removed()["hidden"] > 0
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert sum(p.numel() for p in reloaded.parameters()) == pruning.measure()["params"]
+    ids = torch.randint(3, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(_logits(reloaded, ids), _logits(module.model, ids), atol=2e-3, rtol=1e-2)
