@@ -2,6 +2,7 @@
 series per metric (no hp_metric), and no empty version folder after a refused run."""
 
 import json
+import logging
 import re
 
 import lightning.pytorch as pl
@@ -68,9 +69,22 @@ def test_event_lines_are_written_above_the_tqdm_bar_and_stay_after_it(tmp_path, 
     assert all(len(line.replace(str(tmp_path), "")) < 160 for line in written if "\n" not in line)  # short lines
 
 
-def test_without_a_progress_bar_the_lines_go_to_rank_zero_logging(caplog):
-    with caplog.at_level("INFO"):
-        t = _fit([StructuredPruning(0.8, AtEpochs({1: 0.5, 2: 1.0}), dims=["neurons"])])
+@pytest.fixture
+def logged(caplog):
+    """caplog that sees Lightning's rank-zero logger whether or not it propagates (an earlier test may have set it
+    not to)."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    propagate, logger.propagate = logger.propagate, False  # each record reaches caplog once, through its handler
+    logger.addHandler(caplog.handler)
+    with caplog.at_level("INFO", logger="lightning.pytorch.utilities.rank_zero"):
+        yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.propagate = propagate
+
+
+def test_without_a_progress_bar_the_lines_go_to_rank_zero_logging(logged):
+    caplog = logged
+    t = _fit([StructuredPruning(0.8, AtEpochs({1: 0.5, 2: 1.0}), dims=["neurons"])])
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("StructuredPruning")]
     assert len(lines) == 2
     assert re.match(r"StructuredPruning: step 4 \(epoch 1\): params [\d,]+ of 5,248 \(this event's goal", lines[0])
@@ -80,9 +94,9 @@ def test_without_a_progress_bar_the_lines_go_to_rank_zero_logging(caplog):
     assert [r.getMessage() for r in caplog.records] == ["a line"]
 
 
-def test_the_export_prints_a_short_summary_and_keeps_the_detail_in_its_json(tmp_path, caplog):
-    with caplog.at_level("INFO"):
-        _fit([NeuronPruning(AtEpochs({1: 0.5})), ExportPretrained(str(tmp_path))], max_epochs=2)
+def test_the_export_prints_a_short_summary_and_keeps_the_detail_in_its_json(tmp_path, logged):
+    caplog = logged
+    _fit([NeuronPruning(AtEpochs({1: 0.5})), ExportPretrained(str(tmp_path))], max_epochs=2)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("exported to")]
     report = json.loads((tmp_path / "export.json").read_text())
     assert "n_inner 32 → 16" in line

@@ -21,6 +21,7 @@ from lightning_prune._selection import find_model
 from lightning_prune.adapters import is_peft_model, merge_adapters
 from lightning_prune.callbacks._console import discard_unused_run, run_directory, say
 from lightning_prune.export import export_pretrained, make_permanent_, nonzero_report
+from lightning_prune.structured.exact import without_epsilon_
 from lightning_prune.structured.units import Units, combine_units, shrink_units_
 from lightning_prune.tokenizers import build_tokenizer, encode_corpus
 
@@ -165,7 +166,7 @@ class ExportPretrained(Callback):
             report = export_pretrained(model, directory, masks, tokenizer=tokenizer)
             after = before
         if self.verify:
-            check = reload_check(model, directory)
+            check = reload_check(model, directory, epsilon_check=self.tolerance)
             report.update(check.report(self.tolerance))
             sample = (getattr(datamodule, "val_text", None) or "")[:_TOKENIZER_CHECK_CHARS]
             if tokenizer is not None and sample:
@@ -182,7 +183,8 @@ class ExportPretrained(Callback):
             approximate = [d for d in ("experts",) if any(getattr(u, d) is not None for u in units.values())]
             message = (
                 f"the export in {directory} computes another model than the trained one: its {check.name} differ by "
-                f"{check.relative:.3g} of their standard deviation (tolerance {self.tolerance}), greedy tokens "
+                f"{check.relative:.3g} of their standard deviation ({check.without_epsilon or check.relative:.3g} with "
+                f"the norms' epsilons set aside; tolerance {self.tolerance}), greedy tokens "
                 f"{'agree' if check.greedy_match else 'differ'}; the figures are in its export.json."
             )
             if approximate:  # held at zero while training, a removed expert still takes a share of the routing
@@ -280,24 +282,35 @@ class ReloadCheck:
     difference: float  # largest absolute difference
     relative: float  # difference / std of the trained model's output
     greedy_match: bool | None  # greedy continuations (with the cache) equal; None: not a generating model
+    without_epsilon: float | None = None  # the relative difference with the norms' epsilons set aside (if compared)
 
     def report(self, tolerance: float) -> dict[str, Any]:
-        """The figures for ``export.json`` (``reload_exact``: within ``tolerance`` and the same greedy tokens)."""
-        exact = self.relative <= tolerance and self.greedy_match is not False
+        """The figures for ``export.json`` (``reload_exact``: within ``tolerance``, or within it once the norms'
+        epsilons are set aside — a norm over zeroed features is exact up to its epsilon — and the same greedy
+        tokens where they are compared with the epsilons kept)."""
+        close = self.relative <= tolerance or (self.without_epsilon is not None and self.without_epsilon <= tolerance)
+        greedy = self.greedy_match is not False or self.relative > tolerance
         key = f"max_{'logit' if self.name == 'logits' else 'hidden_state'}_difference"
         return {
             key: self.difference,
             "relative_difference": self.relative,
+            "relative_difference_without_epsilon": self.without_epsilon,
             "greedy_tokens_match": self.greedy_match,
             "reload_tolerance": tolerance,
-            "reload_exact": exact,
+            "reload_exact": close and greedy,
         }
 
 
+_EPS = ("eps", "variance_epsilon", "epsilon")
+
+
 @torch.no_grad()
-def reload_check(model: torch.nn.Module, directory: str | Path, new_tokens: int = 8) -> ReloadCheck:
+def reload_check(
+    model: torch.nn.Module, directory: str | Path, new_tokens: int = 8, epsilon_check: float = 0.0
+) -> ReloadCheck:
     """Reload ``directory`` (see `reload_class`), compare its main output with ``model``'s on a seeded batch and, for a
-    causal LM, its greedy continuation of a few tokens with the cache."""
+    causal LM, its greedy continuation of a few tokens with the cache; beyond ``epsilon_check`` (relative), compare
+    again with the norms' epsilons set aside (``without_epsilon``)."""
     reloaded = reload_class(directory).from_pretrained(directory).eval()
     config = reloaded.config
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 16
@@ -324,7 +337,16 @@ def reload_check(model: torch.nn.Module, directory: str | Path, new_tokens: int 
         model.train(was_training)
     difference = float((got.float() - ref.float().cpu()).abs().max())
     scale = float(ref.float().std()) or 1.0
-    return ReloadCheck(name, difference, difference / scale, greedy)
+    check = ReloadCheck(name, difference, difference / scale, greedy)
+    if check.relative > epsilon_check and any(
+        isinstance(getattr(m, n, None), float) for m in model.modules() for n in _EPS
+    ):
+        # a norm over zeroed features is exact up to its epsilon: compare again with the epsilons set aside
+        mine, theirs = without_epsilon_(copy.deepcopy(model).eval()), without_epsilon_(reloaded)
+        ref = _main_output(mine(input_ids=ids.to(device)))[1].float().cpu()
+        got = _main_output(theirs(input_ids=ids))[1].float()
+        check.without_epsilon = float((got - ref).abs().max()) / (float(ref.std()) or 1.0)
+    return check
 
 
 @torch.no_grad()

@@ -12,10 +12,10 @@ share.
 one copy and cut out of another, and the two copies' logits on a seeded batch are compared — the shrunk one rebuilt
 from its config as ``from_pretrained`` would build it, so what the modeling code derives from a block's index or the
 config is derived anew. What differs beyond ``tolerance`` of the logits' standard deviation is reported with the
-difference. The copy is the model itself when it is small (its own weights decide, the norms' epsilons included:
-an RMS norm over zeroed features is exact only up to its epsilon, which counts where activations are small); else
-the same class built from its config with few blocks and narrow widths and random weights, whose tiny activations
-would magnify the epsilons, so there they are set aside and the structure alone decides.
+difference. The copy is the model itself when it is small and whole in this process, else the same class built
+from its config with few blocks and narrow widths (random weights). Either way the norms' epsilons are set aside:
+an RMS norm over zeroed features is exact up to its epsilon (negligible at a trained model's activations, magnified
+by small random ones), and the structure alone decides; the export's own check accounts for the epsilon.
 
 Examples:
     >>> from transformers import GPT2Config, GPT2LMHeadModel
@@ -41,7 +41,7 @@ from lightning_prune.structured.layout import block_layouts
 from lightning_prune.structured.size import Counts, SizeModel
 from lightning_prune.structured.units import Units, shrink_units_
 
-__all__ = ["inexact_dims", "probe_units", "small_copy"]
+__all__ = ["inexact_dims", "probe_units", "small_copy", "without_epsilon_"]
 
 _SMALL = 4_000_000  # parameters up to which the model itself is copied for the probe
 _CACHE: dict[tuple[type, str, tuple[str, ...]], dict[str, str]] = {}
@@ -59,7 +59,7 @@ def _smaller_counts(model: nn.Module, size: SizeModel) -> Counts:
     return counts
 
 
-def _without_epsilon_(model: nn.Module) -> nn.Module:
+def without_epsilon_(model: nn.Module) -> nn.Module:
     """Norms' epsilons made negligible: a masked and a shrunk norm agree up to their epsilon, which random weights of a
     small copy (tiny activations) would otherwise magnify."""
     for module in model.modules():
@@ -81,7 +81,7 @@ def small_copy(model: nn.Module) -> nn.Module | None:
     vocabulary of 128 (random weights; also for a model sharded over processes). None when the class cannot be built
     from its config."""
     if _own_weights(model):
-        return copy.deepcopy(model).float().eval()  # its own weights: what holds for them, epsilons included
+        return without_epsilon_(copy.deepcopy(model).float().eval())
     try:
         config = config_for(model, _smaller_counts(model, SizeModel.from_model(model)))
         config = copy.deepcopy(config)
@@ -96,7 +96,7 @@ def small_copy(model: nn.Module) -> nn.Module | None:
             small = type(model)(config)
     except Exception:  # noqa: BLE001 - a class that does not build from its config: nothing to probe on
         return None
-    return _without_epsilon_(small.float().eval())
+    return without_epsilon_(small.float().eval())
 
 
 def probe_units(model: nn.Module, dim: str) -> Units | None:
@@ -127,14 +127,13 @@ def probe_units(model: nn.Module, dim: str) -> Units | None:
     return units
 
 
-def _rebuilt(model: nn.Module, epsilon: bool) -> nn.Module:
+def _rebuilt(model: nn.Module) -> nn.Module:
     """``model`` as ``from_pretrained`` would give it back: its class built from its config, its weights loaded (what
     the modeling code derives from the config or a block's index at construction is derived anew)."""
     with torch.random.fork_rng(devices=[]):
         fresh = type(model)(copy.deepcopy(model.config))
     fresh.load_state_dict(model.state_dict())
-    fresh = fresh.float().eval()
-    return fresh if epsilon else _without_epsilon_(fresh)
+    return without_epsilon_(fresh.float().eval())
 
 
 def _output(out: Any) -> torch.Tensor:
@@ -144,14 +143,13 @@ def _output(out: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _difference(model: nn.Module, units: Units, ids: torch.Tensor, epsilon: bool) -> float:
-    """Largest logit difference of the masked and the shrunk copy, relative to the masked logits' std (``epsilon``:
-    the norms keep theirs when the shrunk copy is rebuilt)."""
+def _difference(model: nn.Module, units: Units, ids: torch.Tensor) -> float:
+    """Largest logit difference of the masked and the shrunk copy, relative to the masked logits' std."""
     masked = copy.deepcopy(model)
     params = dict(masked.named_parameters())
     for fqn, pruned in units.weight_masks(masked).items():
         params[fqn][pruned.to(params[fqn].device)] = 0
-    shrunk = _rebuilt(shrink_units_(copy.deepcopy(masked), units, masked=True), epsilon)
+    shrunk = _rebuilt(shrink_units_(copy.deepcopy(masked), units, masked=True))
     ref, got = _output(masked(input_ids=ids)), _output(shrunk(input_ids=ids))
     return float((got - ref).abs().max()) / (float(ref.std()) or 1.0)
 
@@ -165,7 +163,6 @@ def inexact_dims(model: nn.Module, dims: Sequence[str], tolerance: float = 1e-2)
     if key in _CACHE:
         return dict(_CACHE[key])
     out: dict[str, str] = {}
-    own = _own_weights(model)  # its own weights, else random ones
     small = small_copy(model) if dims else None
     if small is not None:
         vocab = int(getattr(small.config, "vocab_size", 32) or 32)
@@ -174,7 +171,7 @@ def inexact_dims(model: nn.Module, dims: Sequence[str], tolerance: float = 1e-2)
         for dim in dims:
             try:
                 units = probe_units(small, dim)
-                difference = _difference(small, units, ids, epsilon=own) if units is not None else 0.0
+                difference = _difference(small, units, ids) if units is not None else 0.0
             except Exception:  # noqa: BLE001 - the copy cannot lose this unit (its config, adapters): not decided here
                 continue
             if difference > tolerance:
