@@ -24,26 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_prune.callbacks._record import read_checkpoint
 from lightning_prune.callbacks.hold import HoldMasks
+from lightning_prune.distill import distillation_loss
 from lightning_prune.export import bare_fqn
 from lightning_prune.lm import CausalLM
 from lightning_prune.masks import apply_masks_
 
 __all__ = ["FineTune", "distillation_loss", "masks_from_checkpoint"]
-
-
-def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    """T²·KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over tokens; logits are (..., V)."""
-    t = temperature
-    log_p_student = F.log_softmax(student.float() / t, dim=-1).flatten(0, -2)  # (N, V)
-    log_p_teacher = F.log_softmax(teacher.float() / t, dim=-1).flatten(0, -2)  # (N, V)
-    return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * t * t
 
 
 def masks_from_checkpoint(path: str | Path, state_key: str | None = None) -> dict[str, Tensor]:

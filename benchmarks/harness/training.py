@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from benchmarks.methods import MP_BEST, MP_LTH
 from lightning_prune._selection import select_parameters
-from lightning_prune.finetune import distillation_loss
+from lightning_prune.distill import distillation_loss
 from lightning_prune.lm import CausalLM
 
 __all__ = [

@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from lightning_prune.callbacks._console import say
 from lightning_prune.callbacks.export import find_pretrained
-from lightning_prune.finetune import distillation_loss
+from lightning_prune.distill import distillation_loss
 from lightning_prune.structured.layout import blocks_of
 
 __all__ = ["Distillation"]

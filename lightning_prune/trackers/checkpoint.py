@@ -5,15 +5,26 @@ flat form (``ImportanceTracking`` checkpoints name every tensor ``stat/fqn`` or 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from lightning_prune.trackers.running import RunningStats
+
+class Tracked(Protocol):
+    """What a checkpoint reads of a `RunningStats` (named here, not imported: the tracker imports this module)."""
+
+    in_dims: Mapping[str, int]
+    full_shapes: Mapping[str, tuple[int, ...]]
+    stats: Sequence[str]
+    statistics: Mapping[str, Any]
+    snapshots: int
+    calls: int
+    steps: int
+    skipped: int
+
 
 __all__ = ["check_fits", "dump", "load", "nested"]
 
 
-def dump(stats: RunningStats) -> dict[str, Any]:
+def dump(stats: Tracked) -> dict[str, Any]:
     """``stats.state_dict()``: its counters, then the parts of its statistics (`Statistic.state_dict`)."""
     parts: dict[str, Any] = {  # what a statistic that is not kept leaves, in the checkpoint's key order
         "inputs_seen": {f: 0 for f in stats.in_dims},
@@ -36,7 +47,7 @@ def dump(stats: RunningStats) -> dict[str, Any]:
     }
 
 
-def load(stats: RunningStats, state: Mapping[str, Any]) -> None:
+def load(stats: Tracked, state: Mapping[str, Any]) -> None:
     """``stats.load_state_dict(state)``, for a nested or a flat ``state``, after `check_fits`."""
     if "tensors" in state:
         state = nested(state)
