@@ -79,3 +79,11 @@ def trainer(**kwargs) -> pl.Trainer:
     )
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
+
+
+def drawn(examples: int):
+    """The settings of an invariant suite's draws: derandomized (a fixed seed), no deadline, no database."""
+    from hypothesis import HealthCheck, settings
+
+    checks = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+    return settings(max_examples=examples, deadline=None, derandomize=True, database=None, suppress_health_check=checks)

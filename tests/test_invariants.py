@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import TinyLM, token_loader, trainer
-from hypothesis import HealthCheck, event, given, settings
+from helpers import TinyLM, drawn, token_loader, trainer
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from test_neurons import CFG, _loader
@@ -369,13 +369,7 @@ def _run(d: Draw, tmp_path) -> None:
         assert _same(_states(new), _states(_callbacks(d)))
 
 
-@settings(
-    max_examples=DRAWS,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
-)
+@drawn(DRAWS)
 @given(d=draws())
 def test_every_composed_configuration_keeps_the_invariants(d: Draw, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("draw")

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import trainer
-from hypothesis import HealthCheck, event, given, settings
+from helpers import drawn, trainer
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_resume import StopAfter
@@ -454,13 +454,7 @@ def _flat(units: dict) -> list[torch.Tensor]:
     return out
 
 
-@settings(
-    max_examples=DRAWS,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
-)
+@drawn(DRAWS)
 @given(d=draws())
 def test_every_composed_structured_configuration_keeps_the_invariants(d: Draw, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("draw")
