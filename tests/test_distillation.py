@@ -117,3 +117,74 @@ def test_bad_arguments_are_refused():
         Distillation(hidden_weight=1.0)
     with pytest.raises(ValueError, match="teacher must be an nn.Module or 'copy'"):
         Distillation(teacher="dense")
+
+
+def _lm_loader(n=16, seed=0):
+    ids = torch.randint(0, 16, (n, 8), generator=torch.Generator().manual_seed(seed))
+    return DataLoader([(x,) for x in ids], batch_size=4)
+
+
+def _fit(module, callbacks, steps):
+    trainer(max_steps=steps, callbacks=callbacks).fit(module, _lm_loader())
+
+
+def test_the_next_token_loss_of_a_pass_is_the_causal_lms_own():
+    from lightning_prune.callbacks.distillation import lm_loss
+
+    model = gpt2().eval()
+    ids = torch.randint(0, 16, (2, 8), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :3] = -100
+    with torch.no_grad():
+        out, masked = model(ids, labels=ids), model(ids, labels=labels)
+    torch.testing.assert_close(lm_loss(out.logits, {"input_ids": ids}), out.loss)
+    torch.testing.assert_close(lm_loss(out.logits, {"input_ids": ids, "labels": labels}), masked.loss)
+    assert lm_loss(out.logits[:, 0], {"input_ids": ids}) is None  # not (B, T, V): no loss to compare
+
+
+def test_a_teacher_worse_than_the_student_on_the_training_batches_is_reported_once():
+    pl.seed_everything(0, verbose=False)
+    student = OwnModule(gpt2())
+    _fit(student, [], 40)  # the student has learned the data; a fresh model has not
+    with pytest.warns(
+        UserWarning, match=r"teacher's next-token loss .* (\d\.\d{4}) .* above the student's, \d\.\d{4}"
+    ) as seen:
+        _fit(student, [Distillation(gpt2(), weight=0.5, check_steps=4)], 12)
+    assert sum("teacher's next-token loss" in str(w.message) for w in seen) == 1
+    assert "corrected=True" in str(next(w.message for w in seen if "teacher's" in str(w.message)))
+
+
+def test_a_corrected_teacher_trains_on_the_student_batches_and_resumes(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    student = OwnModule(gpt2())
+    distill = Distillation("copy", weight=0.5, corrected=True, teacher_lr=1e-2, check_steps=0)
+    saver = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    ids = next(iter(_lm_loader()))[0]
+    t = trainer(max_steps=10, callbacks=[distill, saver], enable_checkpointing=True)
+    t.fit(student, _lm_loader())
+    with torch.no_grad():
+        trained = distill.teacher(ids, labels=ids).loss.item()
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"]
+    (key,) = [k for k in state if "Distillation" in str(k)]
+    assert set(state[key]) >= {"teacher", "optimizer"}  # a trained teacher is part of the run
+    assert distill.teacher.training is False and all(p.requires_grad for p in distill.teacher.parameters())
+    fresh = Distillation("copy", weight=0.5, corrected=True, teacher_lr=1e-2, check_steps=0)
+    resumed = OwnModule(gpt2())
+    trainer(max_steps=10, callbacks=[fresh], enable_checkpointing=False).fit(
+        resumed, _lm_loader(), ckpt_path=tmp_path / "last.ckpt"
+    )
+    for (name, a), b in zip(distill.teacher.state_dict().items(), fresh.teacher.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)  # the checkpoint's teacher, not a new copy
+    assert trained < math.log(16)  # it learned the batches (below a uniform guess)
+
+
+def test_before_start_step_the_loss_is_the_students_own():
+    def run(callbacks):
+        pl.seed_everything(0, verbose=False)
+        module = OwnModule(gpt2())
+        _fit(module, callbacks, 6)
+        return module
+
+    plain, late = run([]), run([Distillation(gpt2(), weight=0.9, start_step=100, check_steps=0)])
+    for (name, a), b in zip(plain.state_dict().items(), late.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)

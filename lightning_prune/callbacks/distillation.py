@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -18,11 +19,21 @@ from lightning_prune.callbacks.export import find_pretrained
 from lightning_prune.distill import distillation_loss
 from lightning_prune.structured.layout import blocks_of
 
-__all__ = ["Distillation"]
+__all__ = ["Distillation", "lm_loss"]
 
 
 def _first(value: Any) -> Tensor:
     return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def lm_loss(logits: Tensor, inputs: dict[str, Any]) -> Tensor | None:
+    """The next-token loss of ``logits (B, T, V)`` against the pass's ``labels`` (``-100`` ignored), else its
+    ``input_ids``, as ``transformers`` causal models compute it; None when the pass has neither."""
+    targets = inputs.get("labels")
+    targets = inputs.get("input_ids") if targets is None else targets
+    if not isinstance(targets, Tensor) or logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        return None
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets[:, 1:].flatten(), ignore_index=-100)
 
 
 def _logits(output: Any) -> Tensor:
@@ -53,6 +64,19 @@ class Distillation(Callback):
     callback, outside the module tree: it is never optimized, selected for pruning, or saved in a checkpoint (this
     callback's state holds only its settings). It is moved to the module's device at the start of every fit.
 
+    Teacher correction (``corrected=True``, Minitron's): a teacher that does not know the data the student trains
+    on pulls it away from that data (a copy of a model pretrained elsewhere, fine-tuned on new text). With
+    ``corrected`` the teacher trains alongside the student on the same batches — its own next-token loss, its own
+    AdamW at ``teacher_lr`` — so the student distils from a teacher that learns the task with it; from
+    ``start_step`` on the distillation term is mixed in (before it, the teacher only learns). It costs a forward and
+    a backward of the teacher per step (about one more training step of the dense model) and the teacher's weights
+    and optimizer state in the checkpoint (so a resume continues it). Under several processes the teacher's
+    gradients are averaged over them.
+
+    Whatever the teacher, its next-token loss on the training batches is compared with the student's (running
+    means): after ``check_steps`` steps a teacher worse than the student is reported once with both losses and the
+    fix (``corrected=True``, or a teacher fine-tuned on this data, or no distillation).
+
     It prints a line when it switches on (at the start of the fit, with the loss it mixes in) and when it switches off
     (at the end of training, with the KD term of the last step and its mean over the fit); the KD term is logged as
     ``distill/kd`` at every logged step.
@@ -66,6 +90,11 @@ class Distillation(Callback):
         hidden_layers: blocks whose outputs are compared (student and teacher of the same width).
         attr: the attribute path of the student model in the LightningModule (default: the ``transformers`` model
             found in it).
+        corrected: train the teacher on the same batches alongside the student (see above).
+        teacher_lr: the teacher's learning rate with ``corrected`` (default: the student's first optimizer's, read at
+            each step).
+        start_step: the optimizer step from which the distillation term is mixed in (0: from the start).
+        check_steps: steps after which a teacher worse than the student on the training batches is reported (0: never).
 
     Raises:
         ValueError: for α, T or β out of range, a hidden weight without layers (or the reverse), a teacher that is
@@ -84,6 +113,10 @@ class Distillation(Callback):
         hidden_weight: float = 0.0,
         hidden_layers: Sequence[int] = (),
         attr: str | None = None,
+        corrected: bool = False,
+        teacher_lr: float | None = None,
+        start_step: int = 0,
+        check_steps: int = 20,
     ) -> None:
         if not (isinstance(teacher, nn.Module) or teacher == "copy"):
             raise ValueError(f"teacher must be an nn.Module or 'copy', got {teacher!r}.")
@@ -96,6 +129,23 @@ class Distillation(Callback):
                 f"hidden_weight (>= 0) and hidden_layers go together: got hidden_weight={hidden_weight!r} and "
                 f"hidden_layers={tuple(hidden_layers)!r}; give both (e.g. 1.0 and (-1,)) or neither."
             )
+        if teacher_lr is not None and not teacher_lr > 0:
+            raise ValueError(f"teacher_lr must be > 0, got {teacher_lr!r}.")
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+            raise ValueError(f"start_step is an optimizer step >= 0, got {start_step!r}.")
+        if isinstance(check_steps, bool) or not isinstance(check_steps, int) or check_steps < 0:
+            raise ValueError(f"check_steps is a number of steps >= 0 (0: no check), got {check_steps!r}.")
+        self.corrected, self.teacher_lr, self.start_step, self.check_steps = (
+            corrected,
+            teacher_lr,
+            start_step,
+            check_steps,
+        )
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._pending: dict[str, Any] | None = None  # a checkpoint's corrected teacher, applied at fit start
+        self._losses: list[float] = []  # running means of the [teacher, student] next-token losses
+        self._loss_steps = 0
+        self._warned = False
         self.weight, self.temperature = weight, temperature
         self.hidden_weight, self.hidden_layers, self.attr = hidden_weight, tuple(hidden_layers), attr
         self._teacher = [teacher] if isinstance(teacher, nn.Module) else []  # a list: never a submodule
@@ -125,11 +175,17 @@ class Distillation(Callback):
             )
         if self._copy and not self._teacher:
             self._teacher = [copy.deepcopy(self._student(pl_module))]
-        self.teacher.requires_grad_(False).eval()
+        self.teacher.requires_grad_(self.corrected).eval()
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.teacher.to(pl_module.device)
+        if self.corrected:
+            self._optimizer = torch.optim.AdamW(self.teacher.parameters(), lr=self.teacher_lr or 1e-4, weight_decay=0.0)
+            if self._pending is not None:
+                self.teacher.load_state_dict(self._pending["teacher"])
+                self._optimizer.load_state_dict(self._pending["optimizer"])
+                self._pending = None
         student = self._student(pl_module)
         self._handles.append(student.register_forward_hook(self._capture(), with_kwargs=True))
         if self.hidden_layers:
@@ -141,6 +197,8 @@ class Distillation(Callback):
         self._kd, self._kd_steps = [], 0
         hidden = f" + {self.hidden_weight:g}·hidden MSE of blocks {list(self.hidden_layers)}" * bool(self.hidden_layers)
         teacher = "a copy of the model at fit setup" if self._copy else type(self.teacher).__name__
+        teacher += ", trained on the same batches (corrected)" if self.corrected else ""
+        hidden += f", from step {self.start_step}" if self.start_step else ""
         say(
             trainer,
             f"Distillation: on from step {trainer.global_step} (epoch {trainer.current_epoch}): loss = "
@@ -156,6 +214,7 @@ class Distillation(Callback):
                 if args:
                     inputs["input_ids"] = args[0]
                 seen["inputs"], seen["logits"] = inputs, _logits(output)
+                seen["labels"] = kwargs.get("labels")
 
         return hook
 
@@ -187,11 +246,18 @@ class Distillation(Callback):
     def loss(self, pl_module: pl.LightningModule, loss: Tensor) -> Tensor:
         """The training loss mixed with the distillation terms of the pass just captured."""
         inputs, student_logits = self._seen["inputs"], self._seen["logits"]
+        targets = {**inputs, "labels": self._seen.get("labels")}
         self._seen.pop("teacher", None)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.corrected):
             teacher_logits = _logits(self.teacher(**inputs))
+        teacher_loss = lm_loss(teacher_logits, targets)
+        if self.corrected and teacher_loss is not None:
+            self._correct_(teacher_loss, pl_module)
+        teacher_logits = teacher_logits.detach()
+        self._compare(teacher_loss, student_logits, targets)
         kd = distillation_loss(student_logits, teacher_logits, self.temperature)
-        total = (1 - self.weight) * loss + self.weight * kd
+        weight = self.weight if pl_module.trainer.global_step >= self.start_step else 0.0
+        total = (1 - weight) * loss + weight * kd
         pl_module.log("distill/kd", kd.detach(), on_step=True, on_epoch=False)
         self._kd = [kd.detach(), self._kd[1] + kd.detach() if self._kd else kd.detach()]  # no sync with the device
         self._kd_steps += 1
@@ -201,6 +267,39 @@ class Distillation(Callback):
             total = total + self.hidden_weight * mse
             pl_module.log("distill/hidden_mse", mse.detach(), on_step=True, on_epoch=False)
         return total
+
+    def _correct_(self, teacher_loss: Tensor, pl_module: pl.LightningModule) -> None:
+        """One step of the teacher on this batch's next-token loss (gradients averaged over the processes)."""
+        trainer = pl_module.trainer
+        if self.teacher_lr is None and trainer.optimizers:
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            for group in self._optimizer.param_groups:
+                group["lr"] = lr
+        self._optimizer.zero_grad(set_to_none=True)
+        teacher_loss.backward()
+        if trainer.world_size > 1:
+            for p in self.teacher.parameters():
+                if p.grad is not None:
+                    p.grad.copy_(trainer.strategy.reduce(p.grad, reduce_op="mean"))
+        self._optimizer.step()
+        self._optimizer.zero_grad(set_to_none=True)
+
+    def _compare(self, teacher_loss: Tensor | None, student_logits: Tensor, targets: dict[str, Any]) -> None:
+        """Running means of both next-token losses; report once a teacher worse than the student."""
+        student_loss = lm_loss(student_logits.detach(), targets)
+        if teacher_loss is None or student_loss is None or not self.check_steps or self._warned:
+            return
+        values = [float(teacher_loss.detach()), float(student_loss)]
+        self._loss_steps += 1
+        self._losses = [m + (v - m) / self._loss_steps for m, v in zip(self._losses or values, values, strict=True)]
+        if self._loss_steps >= self.check_steps and self._losses[0] > self._losses[1]:
+            self._warned = True
+            rank_zero_warn(
+                f"Distillation: the teacher's next-token loss on the training batches, {self._losses[0]:.4f} (mean "
+                f"of {self._loss_steps} steps), is above the student's, {self._losses[1]:.4f}: it knows this data "
+                "less than the student and pulls it away from it. Train the teacher alongside (Distillation(..., "
+                "corrected=True)), pass a teacher fine-tuned on this data, or leave distillation out."
+            )
 
     def _unwrap(self) -> None:
         for handle in self._handles:
@@ -232,4 +331,17 @@ class Distillation(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"weight": self.weight, "temperature": self.temperature, "hidden_weight": self.hidden_weight}
+        state: dict[str, Any] = {
+            "weight": self.weight,
+            "temperature": self.temperature,
+            "hidden_weight": self.hidden_weight,
+        }
+        if self.corrected and self._optimizer is not None:  # a trained teacher is part of the run
+            state["teacher"] = {k: v.detach().cpu().clone() for k, v in self.teacher.state_dict().items()}
+            state["optimizer"] = self._optimizer.state_dict()
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.corrected and "teacher" in state_dict:
+            self._pending = {"teacher": state_dict["teacher"], "optimizer": state_dict["optimizer"]}
