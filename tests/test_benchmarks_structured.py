@@ -52,3 +52,12 @@ def test_quick_run_writes_every_row_the_speed_and_the_summary(tmp_path):
         s["throughput"]["flop_bound"] >= 1 for s in speed["shapes"].values()
     )
     assert set(result["summary"]["llama"]["rows"]) == set(METHODS)
+
+
+def test_the_distillation_cost_benchmark_writes_each_configuration_beside_plain(tmp_path):
+    from benchmarks import distill_cost
+
+    result = distill_cost.main(["--quick", "--out", str(tmp_path / "cost.json")])
+    assert set(result["seconds_per_step"]) == {"plain", "copy", "corrected"} and result["times_plain"]["plain"] == 1.0
+    assert all(v > 0 for v in result["seconds_per_step"].values())
+    assert (tmp_path / "cost.json").is_file()

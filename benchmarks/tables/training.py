@@ -11,7 +11,7 @@ from benchmarks.markdown import bold, markdown_table, pct, spread_cell
 from benchmarks.methods import MP_BEST, MP_LTH, MP_ROW, ONESHOT_MAG, ONESHOT_WANDA
 from benchmarks.tables.source import load, result
 
-__all__ = ["main_job", "pretrained", "quality", "sweep", "transfer", "transfer_schedule"]
+__all__ = ["distill_cost", "main_job", "pretrained", "quality", "sweep", "transfer", "transfer_schedule"]
 
 
 def _count(nonzero: int, parameters: int) -> str:
@@ -200,3 +200,21 @@ def pretrained(root: Path) -> str:
         "5th percentile",
     ]
     return markdown_table(header, cells)
+
+
+def distill_cost(root: Path) -> str:
+    """``distill_cost.json``: seconds per step of fine-tuning with a frozen and with a corrected teacher, beside
+    plain fine-tuning measured in turns with them."""
+    doc = result(root, "distill_cost")
+    c, times = doc["conditions"], doc["seconds_per_step"]
+    names = {
+        "plain": "plain fine-tuning",
+        "copy": '`Distillation("copy")` (frozen teacher)',
+        "corrected": '`Distillation("copy", corrected=True)` (teacher trained alongside)',
+    }
+    rows = [[names[k], f"{times[k] * 1000:.0f} ms", f"{doc['times_plain'][k]:.2f}×"] for k in names]
+    table = markdown_table(["run", "seconds per step", "× plain"], rows, ["---", "---:", "---:"])
+    return (
+        f"{table}\n\n{c['model']}, batch {c['batch']}, {c['steps_per_fit']} steps a fit, {c['rounds']} rounds, "
+        f"{c['precision']}, {doc['facts']['cpu_count']} CPU cores (torch {doc['facts']['torch']}); {c['timing']}."
+    )

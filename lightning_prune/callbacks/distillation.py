@@ -69,8 +69,8 @@ class Distillation(Callback):
     ``corrected`` the teacher trains alongside the student on the same batches — its own next-token loss, its own
     AdamW at ``teacher_lr`` — so the student distils from a teacher that learns the task with it; from
     ``start_step`` on the distillation term is mixed in (before it, the teacher only learns). It costs a forward and
-    a backward of the teacher per step (about one more training step of the dense model) and the teacher's weights
-    and optimizer state in the checkpoint (so a resume continues it). Under several processes the teacher's
+    a backward of the teacher per step (measured in ``docs/RESULTS.md``, "What distillation costs per step") and the
+    teacher's weights and optimizer state in the checkpoint (so a resume continues it). Under several processes the teacher's
     gradients are averaged over them.
 
     Whatever the teacher, its next-token loss on the training batches is compared with the student's (running
@@ -101,7 +101,7 @@ class Distillation(Callback):
             neither a module nor ``"copy"``, a module with manual optimization, or a model it cannot find.
 
     Examples:
-        >>> schedule = AtSteps({100: 0.25, 200: 0.5})
+        >>> schedule = AtSteps({100: 0.5, 200: 1.0})
         >>> trainer = pl.Trainer(callbacks=[Distillation("copy", weight=0.5), StructuredPruning(0.5, schedule)])
     """
 
