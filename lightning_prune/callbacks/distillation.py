@@ -70,8 +70,8 @@ class Distillation(Callback):
     AdamW at ``teacher_lr`` — so the student distils from a teacher that learns the task with it; from
     ``start_step`` on the distillation term is mixed in (before it, the teacher only learns). It costs a forward and
     a backward of the teacher per step (measured in ``docs/RESULTS.md``, "What distillation costs per step") and the
-    teacher's weights and optimizer state in the checkpoint (so a resume continues it). Under several processes the teacher's
-    gradients are averaged over them.
+    teacher's weights and optimizer state in the checkpoint (so a resume continues it). Under several processes the
+    teacher's gradients are averaged over them.
 
     Whatever the teacher, its next-token loss on the training batches is compared with the student's (running
     means): after ``check_steps`` steps a teacher worse than the student is reported once with both losses and the
