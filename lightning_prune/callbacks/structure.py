@@ -20,7 +20,7 @@ from lightning_prune.callbacks.neurons import find_transformer
 from lightning_prune.schedules import AtEpochs, Schedule
 from lightning_prune.structured.ablation import HeldInputs, lm_loss, probes, rates, zeroed
 from lightning_prune.structured.allocate import allocate, fewest_units
-from lightning_prune.structured.config import config_accepts
+from lightning_prune.structured.config import ROUNDED, config_accepts
 from lightning_prune.structured.dims import check_dims, shrinkable, ungraded_blocks
 from lightning_prune.structured.exact import inexact_dims
 from lightning_prune.structured.observe import observe, stat_sizes
@@ -30,6 +30,18 @@ from lightning_prune.structured.target import SizeTarget
 from lightning_prune.structured.units import DIMENSIONS, Units, shrink_units_, unit_cuts
 
 __all__ = ["StructuredPruning"]
+
+
+DEFAULT_MULTIPLE = {"neurons": 128, "hidden": 64, "experts": 8}  # what GPU kernels and serving engines run well
+
+
+def rounding(full: Any, multiple_of: Mapping[str, int] | None) -> dict[str, int]:
+    """The multiples the kept counts keep: ``multiple_of`` as given, else `DEFAULT_MULTIPLE` for each dimension at
+    least 16 times as large as its multiple (a smaller one keeps unit steps: rounding would leave too few shapes)."""
+    if multiple_of is not None:
+        return dict(multiple_of)
+    sizes = {"neurons": full.neurons, "hidden": full.hidden, "experts": full.experts}
+    return {d: m for d, m in DEFAULT_MULTIPLE.items() if sizes[d] >= 16 * m}
 
 
 class StructuredPruning(Lifecycle):
@@ -80,6 +92,11 @@ class StructuredPruning(Lifecycle):
             checkpoint: process 0's, with several processes.
         attr: the attribute path of the model to prune in the LightningModule (default: the ``transformers`` model
             found in it; among several, the one that trains).
+        multiple_of: per dimension (``neurons``, ``hidden``, ``experts``), the multiple every reduced count keeps,
+            so the exported shapes run well on GPU kernels and serving engines (heads always go by whole key/value
+            groups); the allocation chooses among the sizes the rounding allows, within ``tolerance`` of the
+            target where one exists. Default: 128 neurons, 64 hidden features, 8 experts, each only where the
+            dimension is at least 16 times its multiple (``{}``: unit steps everywhere).
 
     Raises:
         ValueError: for a bad target, schedule, dimension, criterion, decay, tolerance or ``loss_batches``; at setup
@@ -104,6 +121,7 @@ class StructuredPruning(Lifecycle):
         tolerance: float = 0.01,
         loss_batches: int = 4,
         attr: str | None = None,
+        multiple_of: Mapping[str, int] | None = None,
     ) -> None:
         self.target = SizeTarget.of(target)
         self.schedule = schedule if isinstance(schedule, Schedule) else AtEpochs(dict(schedule))
@@ -126,6 +144,15 @@ class StructuredPruning(Lifecycle):
             raise ValueError(
                 f"loss_batches is a number of training batches >= 0 (0: no measured losses), got {loss_batches!r}."
             )
+        if multiple_of is not None and (
+            not isinstance(multiple_of, Mapping)
+            or set(multiple_of) - set(ROUNDED)
+            or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in multiple_of.values())
+        ):
+            raise ValueError(f"multiple_of maps {ROUNDED} to positive ints, got {multiple_of!r}.")
+        self.multiple_of = dict(multiple_of) if multiple_of is not None else None
+        self.rounding: dict[str, int] = {}  # the multiples in force for this model (see `rounding`)
+        self._accepts: Any = None
         self.requested = tuple(dims) if dims is not None else None
         self.criterion, self.decay, self.tolerance, self.loss_batches = criterion, decay, tolerance, loss_batches
         self.attr = attr
@@ -178,7 +205,9 @@ class StructuredPruning(Lifecycle):
             )
         full, metric = self.size.full, self.target.metric
         self.goal = self.target.goal(self.size.params(full), self.size.flops(full))
-        floor = fewest_units(self.size, Units.full(self.model, self.dims), config_accepts(self.model))
+        self.rounding = rounding(self.size.full, self.multiple_of)
+        self._accepts = config_accepts(self.model, self.rounding)
+        floor = fewest_units(self.size, Units.full(self.model, self.dims), self._accepts)
         least = self.size.size(self.size.counts(floor), metric)
         if least > self.goal * (1 + self.tolerance):
             raise ValueError(
@@ -285,7 +314,7 @@ class StructuredPruning(Lifecycle):
                 f"no statistics for {missing} yet at step {trainer.global_step}: they come from training passes "
                 f"through those units; start the schedule later."
             )
-        scores, stop_at, accepts = self._scores(), self.goal_at(progress), config_accepts(self.model)
+        scores, stop_at, accepts = self._scores(), self.goal_at(progress), self._accepts
         start = self.union()  # what every writer removed: the size counts it, the plan removes on top of it
         dim_rates, measured = None, {}
         if self.held is not None and self.measure()[self.target.metric] > stop_at:  # (else nothing is removed)
@@ -433,6 +462,7 @@ class StructuredPruning(Lifecycle):
             "now": now,
             "relative_to_goal": now[metric] / self.goal - 1,
             "dims": self.units.report(),
+            "multiple_of": dict(self.rounding),
             "events": [dict(e) for e in self.events],
             "event_seconds": list(self.seconds),
         }

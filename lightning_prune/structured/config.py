@@ -15,7 +15,7 @@ Examples:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from lightning_prune.structured.masks import (
     hidden_size,
 )
 
-__all__ = ["config_accepts", "config_for", "config_updates", "counts_updates"]
+__all__ = ["ROUNDED", "config_accepts", "config_for", "config_updates", "counts_updates"]
 
 
 def _derived_head_dim(kind: str, what: str, fix: str) -> ValueError:
@@ -293,16 +293,34 @@ def config_for(model: nn.Module, counts: Any) -> Any:
     return _validate(model, counts_updates(model, counts))
 
 
-def config_accepts(model: nn.Module) -> Callable[[Any], bool]:
+ROUNDED = ("neurons", "hidden", "experts")  # the dimensions a multiple_of can round (heads go by whole groups)
+
+
+def config_accepts(model: nn.Module, multiple_of: Mapping[str, int] | None = None) -> Callable[[Any], bool]:
     """A test of whether ``model``'s config (``transformers``' own checks) accepts the sizes of a
     [`Counts`][lightning_prune.structured.Counts]: neurons, key/value groups, hidden size, blocks and experts
-    kept. Answers are cached by the sizes."""
+    kept — and, with ``multiple_of`` (``{"neurons": 128, "hidden": 64, "experts": 8}``), whether every reduced
+    count of those dimensions is a multiple of its value (shapes GPU kernels run well; the dense count always
+    passes). Answers are cached by the sizes.
+
+    Raises:
+        ValueError: for a ``multiple_of`` of another dimension or not a positive int.
+    """
+    multiple_of = dict(multiple_of or {})
+    bad = {d: m for d, m in multiple_of.items() if d not in ROUNDED or isinstance(m, bool) or not isinstance(m, int)}
+    if bad or any(m < 1 for m in multiple_of.values()):
+        raise ValueError(f"multiple_of maps {ROUNDED} to positive ints, got {multiple_of!r}.")
     layouts = block_layouts(model)
     width = hidden_size(model)
     cache: dict[tuple[int, ...], bool] = {}
     moe = any(x.n_experts for x in layouts)
+    full = {"neurons": layouts[0].n_neurons, "hidden": width, "experts": max((x.n_experts for x in layouts), default=0)}
 
     def accepts(counts: Any) -> bool:
+        for dim, m in multiple_of.items():
+            kept = getattr(counts, dim)
+            if kept != full[dim] and kept % m:
+                return False
         key = (counts.neurons, counts.groups, sum(counts.layers), counts.hidden, counts.experts)
         if moe and counts.hidden != width and counts.hidden % 8:
             # transformers' grouped experts kernel needs rows of a multiple of 16 bytes (8 entries in 16 bits)
