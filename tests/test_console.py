@@ -69,6 +69,34 @@ def test_event_lines_are_written_above_the_tqdm_bar_and_stay_after_it(tmp_path, 
     assert all(len(line.replace(str(tmp_path), "")) < 160 for line in written if "\n" not in line)  # short lines
 
 
+CLOCK = r"(\d+s|\d+m\d\ds|\d+h\d\dm)"  # 45s, 4m50s, 1h02m
+
+
+@pytest.mark.parametrize("limit", [{}, {"max_steps": 10}], ids=["max_epochs", "max_steps"])
+def test_each_validation_line_shows_the_elapsed_time_and_the_time_left_of_the_run(tmp_path, monkeypatch, limit):
+    written = []
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+    monkeypatch.setattr(Tqdm, "write", classmethod(lambda cls, s, *a, **kw: written.append(s)))
+    _fit([PruningReport(str(tmp_path)), TQDMProgressBar()], enable_progress_bar=True, **limit)  # 4 steps an epoch
+    lines = [line for line in written if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 0 step 4", "epoch 1 step 8", "epoch 2 step 12"][
+        : 2 if limit else 3
+    ]
+    for line in lines:
+        assert re.fullmatch(rf"epoch \d step \d+: val loss [\d.]+, .*, elapsed {CLOCK}, about {CLOCK} left", line), line
+    if not limit:
+        assert lines[-1].endswith(", about 0s left")  # after the run's last step nothing is left
+
+
+def test_durations_read_as_a_person_reads_them():
+    from lightning_prune.callbacks.report import _clock
+
+    assert [_clock(s) for s in (0, 44.6, 59.6, 72, 290, 3599, 3720)] == [
+        "0s", "45s", "1m00s", "1m12s", "4m50s", "59m59s", "1h02m"
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def logged(caplog):
     """caplog that sees Lightning's rank-zero logger whether or not it propagates (an earlier test may have set it

@@ -31,6 +31,16 @@ from lightning_prune.export import nonzero_report
 __all__ = ["PruningReport", "budget_of", "format_table", "greedy_continuation", "pruned_label"]
 
 
+def _clock(seconds: float) -> str:
+    """``"45s"``, ``"4m50s"``, ``"1h02m"``: a duration as a person reads it."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def format_table(rows: list[tuple[str, ...]]) -> str:
     """A markdown table; the first row is the header."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -283,8 +293,22 @@ class PruningReport(Callback):
             trainer,
             f"epoch {record['epoch']} step {record['step']}: val loss {record['val_loss']:.4f}, val ppl "
             f"{record['val_ppl']:.3f}, sparsity {record['sparsity']:.1%}"
-            + "".join(f", {CHANGES[k]} {record[k]:.1%}" for k in ("neurons_removed", "params_removed") if record[k]),
+            + "".join(f", {CHANGES[k]} {record[k]:.1%}" for k in ("neurons_removed", "params_removed") if record[k])
+            + self._time_left(trainer),
         )
+
+    def _time_left(self, trainer: pl.Trainer) -> str:
+        """``", elapsed 1m12s, about 4m50s left"``: the run's wall time so far (before a resume too) and the mean
+        time per optimizer step so far times the steps left (``trainer.estimated_stepping_batches``: the epochs
+        left under ``max_epochs``, or ``max_steps``); no estimate before the first step or for an unbounded run."""
+        if not self._start or trainer.state.fn != "fit":
+            return ""
+        elapsed = self._seconds + time.perf_counter() - self._start
+        line = f", elapsed {_clock(elapsed)}"
+        total, done = trainer.estimated_stepping_batches, trainer.global_step
+        if done > 0 and 0 < total < float("inf"):
+            line += f", about {_clock(elapsed / done * max(0, total - done))} left"
+        return line
 
     def events(self, trainer: pl.Trainer | None) -> list[dict[str, Any]]:
         """Every change of the model, in step order: ``{"step", "epoch", key: value}`` with a key of `CHANGES`
