@@ -20,8 +20,10 @@ from lightning_prune.callbacks import (
 )
 from lightning_prune.compensation import refit_ffn_
 from lightning_prune.criteria import Criterion, get_criterion
+from lightning_prune.data import TextDataModule
 from lightning_prune.export import export_pretrained
 from lightning_prune.finetune import FineTune
+from lightning_prune.lm import CausalLM
 from lightning_prune.neurons import calibrated_neuron_masks
 from lightning_prune.schedules import AtEpochs, AtSteps, Cubic, Linear, OneShot, Schedule
 from lightning_prune.structured import shrink_
@@ -30,28 +32,30 @@ from lightning_prune.structured.target import SizeTarget
 __all__ = [
     "AtEpochs",
     "AtSteps",
+    "calibrated_neuron_masks",
+    "CausalLM",
     "Criterion",
     "Cubic",
     "Distillation",
+    "export_pretrained",
     "ExportPretrained",
     "FineTune",
+    "get_criterion",
     "HoldMasks",
     "ImportanceTracking",
     "Linear",
+    "merge_adapters",
     "NeuronPruning",
     "OneShot",
     "PruningReport",
+    "refit_ffn_",
     "Schedule",
     "ScheduledPruning",
+    "shrink_",
     "SizeTarget",
     "StructuredPruning",
     "TargetCheckpoint",
-    "calibrated_neuron_masks",
-    "export_pretrained",
-    "get_criterion",
-    "merge_adapters",
-    "refit_ffn_",
-    "shrink_",
+    "TextDataModule",
     "wanda_masks",
 ]
 __version__ = "0.1.0"
