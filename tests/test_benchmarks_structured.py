@@ -61,3 +61,13 @@ def test_the_distillation_cost_benchmark_writes_each_configuration_beside_plain(
     assert set(result["seconds_per_step"]) == {"plain", "copy", "corrected"} and result["times_plain"]["plain"] == 1.0
     assert all(v > 0 for v in result["seconds_per_step"].values())
     assert (tmp_path / "cost.json").is_file()
+
+
+def test_the_rounding_speed_benchmark_compares_each_cut_with_and_without_rounding(tmp_path):
+    from benchmarks import rounding_speed
+
+    rows = rounding_speed.main(["--quick", "--out", str(tmp_path / "speed.json")])["rows"]
+    assert {r["shape"] for r in rows} == {"unrounded", "multiple of 128"}
+    unrounded = next(r for r in rows if r["shape"] == "unrounded")
+    assert unrounded["flop_bound"] == 1.0 and unrounded["throughput_efficiency"] == 1.0
+    assert all(r["tokens_per_second"] > 0 and r["latency_ms"] > 0 for r in rows)

@@ -23,6 +23,7 @@ TABLES: dict[str, Callable[[Path], str]] = {  # name → table from the JSON und
     "scale": cost.scale,
     "overhead": cost.overhead,
     "speed": cost.speed,
+    "rounding-speed": cost.rounding_speed,
     "transfer": training.transfer,
     "distill-cost": training.distill_cost,
     "transfer-schedule": training.transfer_schedule,

@@ -8,7 +8,7 @@ from pathlib import Path
 from benchmarks.markdown import bold, markdown_table, pct
 from benchmarks.tables.source import result
 
-__all__ = ["overhead", "scale", "speed"]
+__all__ = ["overhead", "rounding_speed", "scale", "speed"]
 
 
 def scale(root: Path) -> str:
@@ -130,3 +130,33 @@ def speed(root: Path) -> str:
         "parameters",
     ]
     return markdown_table(header, cells)
+
+
+def rounding_speed(root: Path) -> str:
+    """``rounding_speed.json``: exported feed-forward widths with and without rounding to a multiple of 128."""
+    doc = result(root, "rounding_speed")
+    c = doc["conditions"]
+    rows = [
+        [
+            f"{r['intermediate_size']} ({r['shape']})",
+            f"{r['tokens_per_second']:,.0f}",
+            f"{r['latency_ms']:.1f} ms",
+            f"{r['flop_bound']:.3f}×",
+            f"{r['throughput_efficiency']:.3f}",
+            f"{r['latency_efficiency']:.3f}",
+        ]
+        for r in doc["rows"]
+    ]
+    header = [
+        "feed-forward width",
+        f"tokens/s ({c['throughput']})",
+        f"latency ({c['latency']})",
+        "FLOP bound vs unrounded",
+        "throughput per FLOP vs unrounded",
+        "latency per FLOP vs unrounded",
+    ]
+    table = markdown_table(header, rows, ["---", "---:", "---:", "---:", "---:", "---:"])
+    f = doc["facts"]
+    return (
+        f"{table}\n\n{c['model']}; {c['rounds']} rounds, {c['timing']}; {f['cpu_count']} CPU cores, torch {f['torch']}."
+    )
