@@ -71,3 +71,12 @@ def test_the_rounding_speed_benchmark_compares_each_cut_with_and_without_roundin
     unrounded = next(r for r in rows if r["shape"] == "unrounded")
     assert unrounded["flop_bound"] == 1.0 and unrounded["throughput_efficiency"] == 1.0
     assert all(r["tokens_per_second"] > 0 and r["latency_ms"] > 0 for r in rows)
+
+
+def test_the_structured_scale_benchmark_times_steps_and_events_beside_plain(tmp_path):
+    from benchmarks import structured_scale
+
+    result = structured_scale.main(["--quick", "--out", str(tmp_path / "scale.json")])
+    assert set(result["seconds_per_step"]) == {"plain", "activation", "taylor"}
+    assert result["times_plain"]["plain"] == 1.0 and set(result["event_seconds"]) == {"activation", "taylor"}
+    assert all(len(r) == result["conditions"]["steps_per_fit"] for runs in result["steps"].values() for r in runs)

@@ -24,6 +24,7 @@ TABLES: dict[str, Callable[[Path], str]] = {  # name → table from the JSON und
     "overhead": cost.overhead,
     "speed": cost.speed,
     "rounding-speed": cost.rounding_speed,
+    "structured-scale": cost.structured_scale,
     "transfer": training.transfer,
     "distill-cost": training.distill_cost,
     "transfer-schedule": training.transfer_schedule,

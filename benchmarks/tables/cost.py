@@ -8,7 +8,7 @@ from pathlib import Path
 from benchmarks.markdown import bold, markdown_table, pct
 from benchmarks.tables.source import result
 
-__all__ = ["overhead", "rounding_speed", "scale", "speed"]
+__all__ = ["overhead", "rounding_speed", "scale", "speed", "structured_scale"]
 
 
 def scale(root: Path) -> str:
@@ -159,4 +159,26 @@ def rounding_speed(root: Path) -> str:
     f = doc["facts"]
     return (
         f"{table}\n\n{c['model']}; {c['rounds']} rounds, {c['timing']}; {f['cpu_count']} CPU cores, torch {f['torch']}."
+    )
+
+
+def structured_scale(root: Path) -> str:
+    """``structured_scale.json``: StructuredPruning's per-step and per-event cost at a 32 M-parameter Llama."""
+    doc = result(root, "structured_scale")
+    c, f = doc["conditions"], doc["facts"]
+    rows = [["plain training", f"{doc['seconds_per_step']['plain'] * 1000:.0f} ms", "1.00×", "—"]]
+    for k in ("activation", "taylor"):
+        rows.append(
+            [
+                f'`StructuredPruning(0.5, …, criterion="{k}")`',
+                f"{doc['seconds_per_step'][k] * 1000:.0f} ms",
+                f"{doc['times_plain'][k]:.2f}×",
+                f"{doc['event_seconds'][k]:.1f} s ({doc['event_in_plain_steps'][k]:.0f} plain steps)",
+            ]
+        )
+    table = markdown_table(["run", "step", "× plain", "one event"], rows, ["---", "---:", "---:", "---:"])
+    machine = f"{f['cpu_count']} CPU cores, torch {f['torch']}"
+    return (
+        f"{table}\n\n{c['model']}, batch {c['batch']}, {c['steps_per_fit']} steps a fit (the event at step "
+        f"{c['event_step']}), {c['rounds']} rounds; {c['timing']}; {machine}."
     )
