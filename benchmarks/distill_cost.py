@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from benchmarks.harness import RESULTS, facts, gpt2, quiet, seed_all, text_module, trainer, write_json
-from benchmarks.harness.timing import take_turns
+from benchmarks.harness.timing import StepTimer, take_turns
 from lightning_prune import Distillation
 from lightning_prune.lm import CausalLM
 
@@ -36,17 +35,9 @@ def _fit(kind: str, shape: dict[str, int], steps: int, batch: int) -> float:
     callbacks = {"plain": [], "copy": [Distillation("copy", check_steps=0)]}.get(kind)
     if callbacks is None:
         callbacks = [Distillation("copy", corrected=True, check_steps=0)]
-    times: list[float] = []
-
-    class Steps(Callback):
-        def on_train_batch_start(self, *args: Any) -> None:
-            self.t0 = time.perf_counter()
-
-        def on_train_batch_end(self, *args: Any) -> None:
-            times.append(time.perf_counter() - self.t0)
-
-    trainer(max_steps=steps, callbacks=[Steps(), *callbacks]).fit(module, dm)
-    return statistics.median(times[1:])
+    timer = StepTimer()
+    trainer(max_steps=steps, callbacks=[timer, *callbacks]).fit(module, dm)
+    return statistics.median(timer.seconds[1:])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -20,26 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from benchmarks.harness import RESULTS, facts, llama, quiet, seed_all, trainer, write_json
-from benchmarks.harness.timing import take_turns
+from benchmarks.harness.timing import StepTimer, take_turns
 from lightning_prune import AtSteps, StructuredPruning
 from lightning_prune.lm import CausalLM
 
 CONFIGS = ("plain", "activation", "taylor")
-
-
-class _Steps(Callback):
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def on_train_batch_start(self, *args: Any) -> None:
-        self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, *args: Any) -> None:
-        self.seconds.append(time.perf_counter() - self.t0)
 
 
 def _fit(kind: str, shape: dict[str, int], steps: int, event: int, batch: int, seq: int) -> list[float]:
@@ -48,7 +36,7 @@ def _fit(kind: str, shape: dict[str, int], steps: int, event: int, batch: int, s
     ids = torch.randint(0, shape["vocab_size"], (batch * steps, seq), generator=torch.Generator().manual_seed(0))
     loader = DataLoader([{"input_ids": x, "labels": x} for x in ids], batch_size=batch)
     module = CausalLM(model=llama(**shape), warmup_steps=2)
-    timer = _Steps()
+    timer = StepTimer()
     pruning = [] if kind == "plain" else [StructuredPruning(0.5, AtSteps({event: 1.0}), criterion=kind)]
     trainer(max_steps=steps, callbacks=[timer, *pruning]).fit(module, loader)
     return timer.seconds

@@ -73,9 +73,10 @@ class Distillation(Callback):
     teacher's weights and optimizer state in the checkpoint (so a resume continues it). Under several processes the
     teacher's gradients are averaged over them.
 
-    Whatever the teacher, its next-token loss on the training batches is compared with the student's (running
-    means): after ``check_steps`` steps a teacher worse than the student is reported once with both losses and the
-    fix (``corrected=True``, or a teacher fine-tuned on this data, or no distillation).
+    Whatever the teacher, its next-token loss on the training batches is compared with the student's: their means
+    over the first ``check_steps`` steps of the callback's life (summed on the device, one host sync at the check)
+    are compared once, and a teacher worse than the student is reported with both losses and the fix
+    (``corrected=True``, or a teacher fine-tuned on this data, or no distillation).
 
     It prints a line when it switches on (at the start of the fit, with the loss it mixes in) and when it switches off
     (at the end of training, with the KD term of the last step and its mean over the fit); the KD term is logged as
@@ -143,9 +144,8 @@ class Distillation(Callback):
         )
         self._optimizer: torch.optim.Optimizer | None = None
         self._pending: dict[str, Any] | None = None  # a checkpoint's corrected teacher, applied at fit start
-        self._losses: list[float] = []  # running means of the [teacher, student] next-token losses
+        self._losses: Tensor | None = None  # sums of the [teacher, student] next-token losses, on the device
         self._loss_steps = 0
-        self._warned = False
         self.weight, self.temperature = weight, temperature
         self.hidden_weight, self.hidden_layers, self.attr = hidden_weight, tuple(hidden_layers), attr
         self._teacher = [teacher] if isinstance(teacher, nn.Module) else []  # a list: never a submodule
@@ -285,18 +285,24 @@ class Distillation(Callback):
         self._optimizer.zero_grad(set_to_none=True)
 
     def _compare(self, teacher_loss: Tensor | None, student_logits: Tensor, targets: dict[str, Any]) -> None:
-        """Running means of both next-token losses; report once a teacher worse than the student."""
-        student_loss = lm_loss(student_logits.detach(), targets)
-        if teacher_loss is None or student_loss is None or not self.check_steps or self._warned:
+        """Sum both next-token losses over the first ``check_steps`` steps on the device (no host sync), then compare
+        their means once and report a teacher worse than the student; nothing is computed after that."""
+        if not self.check_steps or self._loss_steps >= self.check_steps or teacher_loss is None:
             return
-        values = [float(teacher_loss.detach()), float(student_loss)]
+        with torch.no_grad():
+            student_loss = lm_loss(student_logits.detach(), targets)
+            if student_loss is None:
+                return
+            pair = torch.stack([teacher_loss.detach().float(), student_loss.float()])
+            self._losses = pair if self._loss_steps == 0 else self._losses + pair
         self._loss_steps += 1
-        self._losses = [m + (v - m) / self._loss_steps for m, v in zip(self._losses or values, values, strict=True)]
-        if self._loss_steps >= self.check_steps and self._losses[0] > self._losses[1]:
-            self._warned = True
+        if self._loss_steps < self.check_steps:
+            return
+        teacher, student = (self._losses / self._loss_steps).tolist()  # the one sync, at the check
+        if teacher > student:
             rank_zero_warn(
-                f"Distillation: the teacher's next-token loss on the training batches, {self._losses[0]:.4f} (mean "
-                f"of {self._loss_steps} steps), is above the student's, {self._losses[1]:.4f}: it knows this data "
+                f"Distillation: the teacher's next-token loss on the training batches, {teacher:.4f} (mean "
+                f"of {self._loss_steps} steps), is above the student's, {student:.4f}: it knows this data "
                 "less than the student and pulls it away from it. Train the teacher alongside (Distillation(..., "
                 "corrected=True)), pass a teacher fine-tuned on this data, or leave distillation out."
             )
